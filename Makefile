@@ -1,0 +1,45 @@
+# saga-host: the two commands of the README are `make run` and `make test`.
+#
+# Everything builds in one target directory with the release profile: the host, the tests and
+# the benchmark share their compiled dependencies, and the components are wasm32-wasip2 builds
+# of the workspace's guest crates.
+
+CARGO ?= cargo
+WASM_TARGET := wasm32-wasip2
+WASM_DIR := target/$(WASM_TARGET)/release
+# The components `make run` serves (the bundled Exam and Attempt services).
+BUNDLED := guest_exam guest_attempt
+# Every guest crate of the workspace: the bundled services and the test components.
+GUESTS := -p guest-exam -p guest-attempt -p test-probe
+
+.PHONY: run test setup components lint bench clean-data
+
+## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
+## broker, the bundled components in ./components) on http://127.0.0.1:8080.
+run: components
+	$(CARGO) run --release -p saga-host -- serve
+
+## Sets up, builds everything and runs every test (lints first).
+test: components lint
+	$(CARGO) test --release --workspace
+
+setup:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+## Builds the guest components and copies the bundled ones into ./components.
+components: setup
+	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS)
+	@mkdir -p components
+	@for c in $(BUNDLED); do cp $(WASM_DIR)/$$c.wasm components/; done
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) $(GUESTS) -p saga-sdk -- -D warnings
+
+## Runs the benchmarks (see the README's Benchmarks section).
+bench: components
+	$(CARGO) run --release -p saga-bench -- all
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,298 @@
+//! A service: its name, handlers and the triggers that reach them, aggregates and sagas. Build
+//! one in a function and export it with [`crate::export_service!`].
+
+use std::collections::BTreeMap;
+
+use crate::bindings::saga::host::types;
+use crate::saga::Callback;
+use crate::{Aggregate, Error, Reply, Request, Response, Result, Saga, SagaContext};
+
+type HandlerFn = Box<dyn Fn(Request) -> Result<Response>>;
+
+struct Handler {
+    trigger: types::Trigger,
+    function: HandlerFn,
+}
+
+/// A service definition.
+pub struct Service {
+    name: String,
+    handlers: Vec<(String, Handler)>,
+    aggregates: Vec<types::AggregateType>,
+    sagas: BTreeMap<String, Saga>,
+}
+
+impl Service {
+    /// A service named `name` ("exam"): letters, digits, '-' and '_'.
+    pub fn new(name: &str) -> Self {
+        Service {
+            name: name.to_string(),
+            handlers: Vec::new(),
+            aggregates: Vec::new(),
+            sagas: BTreeMap::new(),
+        }
+    }
+
+    fn handler(
+        mut self,
+        name: String,
+        trigger: types::Trigger,
+        function: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        self.handlers.push((
+            name,
+            Handler {
+                trigger,
+                function: Box::new(function),
+            },
+        ));
+        self
+    }
+
+    /// An HTTP route that may write, e.g. `rest_command("POST", "/exams", submit_exam)`.
+    pub fn rest_command(
+        self,
+        method: &str,
+        path: &str,
+        handler: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        let route = rest_route(method, path);
+        self.handler(
+            format!("{method} {path}"),
+            types::Trigger::RestCommand(route),
+            handler,
+        )
+    }
+
+    /// An HTTP route that only reads, e.g. `rest_query("GET", "/exams/{uuid}", get_exam)`.
+    pub fn rest_query(
+        self,
+        method: &str,
+        path: &str,
+        handler: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        let route = rest_route(method, path);
+        self.handler(
+            format!("{method} {path}"),
+            types::Trigger::RestQuery(route),
+            handler,
+        )
+    }
+
+    /// A broker command, e.g. `broker_command("GetUserAttempts", get_user_attempts)`.
+    pub fn broker_command(
+        self,
+        topic: &str,
+        handler: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        self.handler(
+            format!("command {topic}"),
+            types::Trigger::BrokerCommand(topic.to_string()),
+            handler,
+        )
+    }
+
+    /// A broker query: like a command, but it may not write.
+    pub fn broker_query(
+        self,
+        topic: &str,
+        handler: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        self.handler(
+            format!("query {topic}"),
+            types::Trigger::BrokerQuery(topic.to_string()),
+            handler,
+        )
+    }
+
+    /// A domain event, e.g. `broker_event("ExamCreated", count_exam)`.
+    pub fn broker_event(
+        self,
+        topic: &str,
+        handler: impl Fn(Request) -> Result<Response> + 'static,
+    ) -> Self {
+        self.handler(
+            format!("event {topic}"),
+            types::Trigger::BrokerEvent(topic.to_string()),
+            handler,
+        )
+    }
+
+    /// Declares an aggregate type the service stores.
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        self.aggregates.push(types::AggregateType {
+            name: A::NAME.to_string(),
+            indexes: A::INDEXES.iter().map(|s| s.to_string()).collect(),
+        });
+        self
+    }
+
+    /// Registers a saga under the name `SagaManager::run` starts it by.
+    pub fn saga(mut self, name: &str, saga: Saga) -> Self {
+        self.sagas.insert(name.to_string(), saga);
+        self
+    }
+
+    fn saga_callback(&self, saga: &str, callback: &str) -> Result<&Callback> {
+        self.sagas
+            .get(saga)
+            .ok_or_else(|| Error::system(format!("service {} has no saga {saga:?}", self.name)))?
+            .callbacks
+            .get(callback)
+            .ok_or_else(|| Error::system(format!("saga {saga} has no callback {callback:?}")))
+    }
+}
+
+fn rest_route(method: &str, path: &str) -> types::RestRoute {
+    let method = match method.to_ascii_uppercase().as_str() {
+        "GET" => types::HttpMethod::Get,
+        "POST" => types::HttpMethod::Post,
+        "PUT" => types::HttpMethod::Put,
+        "PATCH" => types::HttpMethod::Patch,
+        "DELETE" => types::HttpMethod::Delete,
+        other => panic!(
+            "unknown HTTP method {other:?} for route {path}; use GET, POST, PUT, PATCH or DELETE"
+        ),
+    };
+    types::RestRoute {
+        method,
+        path: path.to_string(),
+    }
+}
+
+/// What the `export_service!` glue calls; not for service code.
+#[doc(hidden)]
+pub mod dispatch {
+    use super::*;
+    use std::time::Duration;
+
+    fn millis(duration: Option<Duration>) -> Option<u64> {
+        duration.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub fn describe(service: &Service) -> types::Manifest {
+        types::Manifest {
+            name: service.name.clone(),
+            handlers: service
+                .handlers
+                .iter()
+                .map(|(name, handler)| types::Handler {
+                    name: name.clone(),
+                    triggers: vec![handler.trigger.clone()],
+                })
+                .collect(),
+            aggregates: service.aggregates.clone(),
+            sagas: service
+                .sagas
+                .iter()
+                .map(|(name, saga)| types::SagaDefinition {
+                    name: name.clone(),
+                    operations: saga.operations.clone(),
+                    step_timeout_ms: millis(saga.step_timeout),
+                    timeout_ms: millis(saga.timeout),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn handle(
+        service: &Service,
+        request: types::Request,
+    ) -> Result<types::Response, types::Error> {
+        let Some((_, handler)) = service
+            .handlers
+            .iter()
+            .find(|(name, _)| *name == request.handler)
+        else {
+            return Err(Error::system(format!(
+                "service {} has no handler {:?}",
+                service.name, request.handler
+            ))
+            .into());
+        };
+        (handler.function)(Request::new(request))
+            .map(|response| types::Response {
+                status: response.status,
+                payload: response.payload,
+            })
+            .map_err(Into::into)
+    }
+
+    pub fn prepare(
+        service: &Service,
+        saga: &str,
+        callback: &str,
+        context: &str,
+    ) -> Result<types::SagaRequest, types::Error> {
+        let run = || -> Result<types::SagaRequest> {
+            match service.saga_callback(saga, callback)? {
+                Callback::Prepare(prepare) => Ok(types::SagaRequest {
+                    target: None,
+                    payload: prepare(&SagaContext::parse(context)?)?.to_string(),
+                }),
+                _ => Err(Error::system(format!(
+                    "{saga}.{callback} does not build a payload"
+                ))),
+            }
+        };
+        run().map_err(Into::into)
+    }
+
+    pub fn on_reply(
+        service: &Service,
+        saga: &str,
+        callback: &str,
+        context: &str,
+        reply: types::Reply,
+    ) -> Result<String, types::Error> {
+        let run = || -> Result<String> {
+            match service.saga_callback(saga, callback)? {
+                Callback::Reply(on_reply) => {
+                    let reply = Reply {
+                        status: reply.status,
+                        payload: reply.payload,
+                    };
+                    Ok(on_reply(SagaContext::parse(context)?, reply)?.to_json())
+                }
+                _ => Err(Error::system(format!(
+                    "{saga}.{callback} does not take a reply"
+                ))),
+            }
+        };
+        run().map_err(Into::into)
+    }
+
+    pub fn execute(
+        service: &Service,
+        saga: &str,
+        callback: &str,
+        context: &str,
+    ) -> Result<String, types::Error> {
+        let run = || -> Result<String> {
+            match service.saga_callback(saga, callback)? {
+                Callback::Execute(execute) => Ok(execute(SagaContext::parse(context)?)?.to_json()),
+                _ => Err(Error::system(format!(
+                    "{saga}.{callback} is not a local step or commit"
+                ))),
+            }
+        };
+        run().map_err(Into::into)
+    }
+
+    pub fn condition(
+        service: &Service,
+        saga: &str,
+        callback: &str,
+        context: &str,
+    ) -> Result<bool, types::Error> {
+        let run = || -> Result<bool> {
+            match service.saga_callback(saga, callback)? {
+                Callback::Condition(condition) => condition(&SagaContext::parse(context)?),
+                _ => Err(Error::system(format!(
+                    "{saga}.{callback} is not a condition"
+                ))),
+            }
+        };
+        run().map_err(Into::into)
+    }
+}

@@ -1,0 +1,92 @@
+-- The saga-host schema. SQLite has the same tables in ../sqlite; keep them in step.
+
+-- Committed state of every aggregate (what queries read). A deleted aggregate keeps its row,
+-- flagged, so that its uuid is never reused.
+CREATE TABLE snapshots (
+    service    TEXT    NOT NULL,
+    uuid       TEXT    NOT NULL,
+    aggregate  TEXT    NOT NULL,
+    version    BIGINT  NOT NULL,
+    data       TEXT    NOT NULL,
+    deleted    BIGINT  NOT NULL DEFAULT 0,
+    created_at BIGINT  NOT NULL,
+    updated_at BIGINT  NOT NULL,
+    PRIMARY KEY (service, uuid)
+);
+CREATE INDEX snapshots_by_type ON snapshots (service, aggregate, created_at);
+
+-- The event log: one row per aggregate version.
+CREATE TABLE events (
+    service    TEXT    NOT NULL,
+    uuid       TEXT    NOT NULL,
+    version    BIGINT  NOT NULL,
+    aggregate  TEXT    NOT NULL,
+    action     TEXT    NOT NULL,
+    diff       TEXT    NOT NULL,
+    saga       TEXT,
+    created_at BIGINT  NOT NULL,
+    PRIMARY KEY (service, uuid, version)
+);
+
+-- Writes made for a running saga: the latest state per aggregate (its primary key is the lock
+-- that keeps other writers out until the saga ends), the events, and the messages held back.
+CREATE TABLE staged_snapshots (
+    service      TEXT    NOT NULL,
+    uuid         TEXT    NOT NULL,
+    saga         TEXT    NOT NULL,
+    aggregate    TEXT    NOT NULL,
+    base_version BIGINT  NOT NULL,
+    version      BIGINT  NOT NULL,
+    data         TEXT    NOT NULL,
+    deleted      BIGINT  NOT NULL,
+    created_at   BIGINT  NOT NULL,
+    updated_at   BIGINT  NOT NULL,
+    PRIMARY KEY (service, uuid)
+);
+CREATE INDEX staged_snapshots_by_saga ON staged_snapshots (saga, service, aggregate);
+
+CREATE TABLE staged_events (
+    seq        BIGSERIAL PRIMARY KEY,
+    saga       TEXT    NOT NULL,
+    service    TEXT    NOT NULL,
+    uuid       TEXT    NOT NULL,
+    version    BIGINT  NOT NULL,
+    aggregate  TEXT    NOT NULL,
+    action     TEXT    NOT NULL,
+    diff       TEXT    NOT NULL,
+    created_at BIGINT  NOT NULL
+);
+CREATE INDEX staged_events_by_saga ON staged_events (saga, seq);
+
+CREATE TABLE staged_messages (
+    seq      BIGSERIAL PRIMARY KEY,
+    saga     TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    consumer TEXT NOT NULL,
+    body     TEXT NOT NULL
+);
+CREATE INDEX staged_messages_by_saga ON staged_messages (saga, seq);
+
+-- The in-process broker's durable queue. A row is deleted in the transaction that commits its
+-- handling, so a handled message is never delivered again.
+CREATE TABLE queue (
+    seq          BIGSERIAL PRIMARY KEY,
+    id           TEXT    NOT NULL,
+    consumer     TEXT    NOT NULL,
+    body         TEXT    NOT NULL,
+    attempts     BIGINT  NOT NULL,
+    available_at BIGINT  NOT NULL
+);
+
+-- Saga executions; `state` is the orchestrator's JSON (context, cursor, steps).
+CREATE TABLE sagas (
+    id         TEXT    PRIMARY KEY,
+    service    TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    status     TEXT    NOT NULL,
+    state      TEXT    NOT NULL,
+    created_at BIGINT  NOT NULL,
+    updated_at BIGINT  NOT NULL,
+    revision   BIGINT  NOT NULL
+);
+CREATE INDEX sagas_by_status ON sagas (status, created_at);

@@ -1,0 +1,339 @@
+//! The in-process durable broker. Messages (commands, queries, events, replies) are addressed to
+//! the service that consumes them, stored in the queue table in the same transaction as the
+//! writes of the call that sent them (a transactional outbox), delivered from memory once that
+//! transaction commits, and removed in the transaction that commits their handling. A restarted
+//! host delivers whatever is still queued.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::storage::{
+    self, Committed, NewMessage, QueuedMessage, Storage, StorageError, Transaction,
+};
+
+/// A message as it travels and is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub kind: Kind,
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// JSON text.
+    pub payload: String,
+    /// For replies: 200 SUCCESS, 4xx ERROR, 5xx SYSTEM_ERROR.
+    #[serde(default = "success")]
+    pub status: u16,
+}
+
+fn success() -> u16 {
+    200
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Command,
+    Query,
+    Event,
+    Reply,
+}
+
+/// Where the answer to a command goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyTo {
+    /// To the orchestrator of `service`, for the saga step in the message's headers.
+    Saga { service: String },
+    /// To a broker-command topic of `service`.
+    Topic { service: String, topic: String },
+}
+
+impl Message {
+    pub fn command(
+        topic: &str,
+        payload: String,
+        headers: Vec<(String, String)>,
+        reply_to: Option<ReplyTo>,
+    ) -> Self {
+        Message {
+            id: Uuid::new_v4().to_string(),
+            kind: Kind::Command,
+            topic: topic.to_string(),
+            reply_to,
+            headers,
+            payload,
+            status: 200,
+        }
+    }
+
+    pub fn event(topic: &str, payload: String, headers: Vec<(String, String)>) -> Self {
+        Message {
+            kind: Kind::Event,
+            reply_to: None,
+            ..Message::command(topic, payload, headers, None)
+        }
+    }
+
+    /// The reply to this message, carrying its headers back.
+    pub fn reply(&self, status: u16, payload: String) -> Self {
+        Message {
+            id: Uuid::new_v4().to_string(),
+            kind: Kind::Reply,
+            topic: self.topic.clone(),
+            reply_to: None,
+            headers: self.headers.clone(),
+            payload,
+            status,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Which service consumes which topic; replaced whenever the set of loaded components changes.
+#[derive(Debug, Default, Clone)]
+pub struct Topics {
+    /// Command and query topics: exactly one consumer each.
+    pub commands: HashMap<String, String>,
+    /// Event topics: every subscribed service.
+    pub events: HashMap<String, Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("no loaded service handles the command {0:?}; deploy the service that declares it")]
+    NoConsumer(String),
+}
+
+/// A queued message handed to its consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub seq: i64,
+    pub consumer: String,
+    pub message: Message,
+    pub attempts: u32,
+}
+
+pub enum Outcome {
+    /// Handled: the handler's transaction removed it from the queue.
+    Done,
+    /// Not handled this time; deliver again later.
+    Retry(String),
+}
+
+/// What consumes deliveries (the host: handlers and saga orchestration).
+pub trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, delivery: Delivery) -> BoxFuture<'static, Outcome>;
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Storage,
+    topics: ArcSwap<Topics>,
+    consumer: OnceLock<Arc<dyn Deliver>>,
+    in_flight: Semaphore,
+}
+
+/// Deliveries handled at once; more wait in memory (they are durable in the queue anyway).
+const MAX_IN_FLIGHT: usize = 512;
+
+impl Broker {
+    pub fn new(storage: Storage) -> Self {
+        Broker {
+            inner: Arc::new(Inner {
+                storage,
+                topics: ArcSwap::from_pointee(Topics::default()),
+                consumer: OnceLock::new(),
+                in_flight: Semaphore::new(MAX_IN_FLIGHT),
+            }),
+        }
+    }
+
+    /// Sets who consumes deliveries; done once, when the host starts.
+    pub fn set_consumer(&self, consumer: Arc<dyn Deliver>) {
+        if self.inner.consumer.set(consumer).is_err() {
+            panic!("the broker's consumer is set once");
+        }
+    }
+
+    pub fn set_topics(&self, topics: Topics) {
+        self.inner.topics.store(Arc::new(topics));
+    }
+
+    pub fn handles(&self, topic: &str) -> bool {
+        self.inner.topics.load().commands.contains_key(topic)
+    }
+
+    /// A command or query for the one service that handles its topic.
+    pub fn address_command(
+        &self,
+        message: &Message,
+        staged_under: Option<String>,
+    ) -> Result<NewMessage, BrokerError> {
+        let topics = self.inner.topics.load();
+        let consumer = topics
+            .commands
+            .get(&message.topic)
+            .ok_or_else(|| BrokerError::NoConsumer(message.topic.clone()))?;
+        Ok(addressed(message, consumer, staged_under))
+    }
+
+    /// An event, once for every subscribed service.
+    pub fn address_event(
+        &self,
+        message: &Message,
+        staged_under: Option<String>,
+    ) -> Vec<NewMessage> {
+        let topics = self.inner.topics.load();
+        topics
+            .events
+            .get(&message.topic)
+            .map(|services| {
+                services
+                    .iter()
+                    .map(|service| {
+                        // Each subscriber's copy is its own message, deduplicated on its own.
+                        let copy = Message {
+                            id: Uuid::new_v4().to_string(),
+                            ..message.clone()
+                        };
+                        addressed(&copy, service, staged_under.clone())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The reply to `request`, sent where it asked.
+    pub fn address_reply(
+        &self,
+        request: &Message,
+        status: u16,
+        payload: String,
+    ) -> Option<NewMessage> {
+        let reply = request.reply(status, payload);
+        match request.reply_to.as_ref()? {
+            ReplyTo::Saga { service } => Some(addressed(&reply, service, None)),
+            ReplyTo::Topic { service, topic } => {
+                let mut reply = reply;
+                reply.kind = Kind::Command;
+                reply.topic = topic.clone();
+                reply.headers.push(("status".into(), status.to_string()));
+                Some(addressed(&reply, service, None))
+            }
+        }
+    }
+
+    /// Commits a transaction and delivers the messages it queued.
+    pub async fn commit(&self, transaction: Transaction) -> Result<(), StorageError> {
+        let Committed { queued } = self.inner.storage.commit(transaction).await?;
+        self.dispatch(queued);
+        Ok(())
+    }
+
+    /// Delivers queued messages to their consumer, each in its own task.
+    pub fn dispatch(&self, queued: Vec<QueuedMessage>) {
+        for entry in queued {
+            let message: Message = match serde_json::from_str(&entry.body) {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(seq = entry.seq, %error, "a queued message is not readable; it stays in the queue");
+                    continue;
+                }
+            };
+            let delivery = Delivery {
+                seq: entry.seq,
+                consumer: entry.consumer,
+                message,
+                attempts: entry.attempts,
+            };
+            let delay =
+                Duration::from_millis((entry.available_at - storage::now_ms()).max(0) as u64);
+            let broker = self.clone();
+            tokio::spawn(async move { broker.deliver(delivery, delay).await });
+        }
+    }
+
+    async fn deliver(self, mut delivery: Delivery, mut delay: Duration) {
+        let Some(consumer) = self.inner.consumer.get().cloned() else {
+            tracing::error!("a message arrived before the host set its consumer");
+            return;
+        };
+        loop {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let outcome = {
+                let Ok(_permit) = self.inner.in_flight.acquire().await else {
+                    return;
+                };
+                consumer.deliver(delivery.clone()).await
+            };
+            match outcome {
+                Outcome::Done => return,
+                Outcome::Retry(reason) => {
+                    delivery.attempts += 1;
+                    delay = retry_delay(delivery.attempts);
+                    tracing::warn!(
+                        message_id = %delivery.message.id,
+                        topic = %delivery.message.topic,
+                        attempts = delivery.attempts,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "delivery failed: {reason}"
+                    );
+                    let available_at = storage::now_ms() + delay.as_millis() as i64;
+                    if let Err(error) = self
+                        .inner
+                        .storage
+                        .defer_message(delivery.seq, delivery.attempts, available_at)
+                        .await
+                    {
+                        tracing::error!(%error, "could not record a failed delivery");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers every message left in the queue (after a restart).
+    pub async fn recover(&self) -> Result<usize, StorageError> {
+        let queued = self.inner.storage.queued_messages().await?;
+        let count = queued.len();
+        self.dispatch(queued);
+        Ok(count)
+    }
+}
+
+fn addressed(message: &Message, consumer: &str, staged_under: Option<String>) -> NewMessage {
+    NewMessage {
+        id: message.id.clone(),
+        consumer: consumer.to_string(),
+        body: serde_json::to_string(message).expect("messages serialise"),
+        staged_under,
+    }
+}
+
+/// Exponential backoff from 50 ms, at most 30 s.
+pub fn retry_delay(attempts: u32) -> Duration {
+    let millis = 50u64.saturating_mul(1u64 << attempts.min(20));
+    Duration::from_millis(millis.min(30_000))
+}

@@ -1,0 +1,159 @@
+//! Runs one handler call as one transaction: a fresh instance handles the request; if it
+//! succeeds its writes and messages commit together with the acknowledgement of the message it
+//! handled and the reply to it; if it fails nothing of it is kept. A call whose writes collide
+//! with another writer's (or with aggregates a running saga holds) is run again once the other
+//! is done, so concurrent requests serialise on the aggregates they share.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::broker::{Broker, Message};
+use crate::runtime::bindings::types as wit;
+use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
+use crate::saga::SagaEnds;
+use crate::storage::{StorageError, Transaction};
+
+pub struct Handlers {
+    runtime: Arc<Runtime>,
+    broker: Broker,
+    env: Arc<CallEnv>,
+    ends: SagaEnds,
+    lock_wait: Duration,
+}
+
+/// A handler call to make.
+pub struct Invocation {
+    pub service: Arc<ServiceVersion>,
+    pub request: wit::Request,
+    pub scope: Scope,
+    pub access: Access,
+    pub user: Option<String>,
+    /// The queued message being handled: acknowledged, and answered if it asks for a reply.
+    pub message: Option<(i64, Message)>,
+}
+
+/// How a handler call ended.
+pub enum Handled {
+    /// The handler answered; when it succeeded, its effects are committed. The message it
+    /// handled is consumed unless the answer is a system error (5xx) nobody gets a reply to.
+    Answered(Result<wit::Response, wit::Error>),
+    /// The component failed (a trap or a broken limit); nothing it did is kept. A message that
+    /// asked for a reply got a SYSTEM_ERROR reply; any other stays queued.
+    Failed(CallError),
+    /// The message was handled before; this delivery changed nothing.
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    #[error("the aggregates this request writes stayed held by running sagas for {0} s; try again")]
+    Blocked(u64),
+    #[error("storage failed: {0}")]
+    Storage(StorageError),
+}
+
+impl Handlers {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        broker: Broker,
+        env: Arc<CallEnv>,
+        ends: SagaEnds,
+        lock_wait: Duration,
+    ) -> Self {
+        Handlers {
+            runtime,
+            broker,
+            env,
+            ends,
+            lock_wait,
+        }
+    }
+
+    pub async fn run(&self, invocation: Invocation) -> Result<Handled, HandleError> {
+        let given_up = Instant::now() + self.lock_wait;
+        loop {
+            let mut context = CallContext::new(
+                invocation.service.clone(),
+                Some(self.env.clone()),
+                invocation.scope.clone(),
+                invocation.access,
+            );
+            context.user = invocation.user.clone();
+            context.message_id = invocation.message.as_ref().map(|(_, m)| m.id.clone());
+            let (result, context) = self
+                .runtime
+                .handle(&invocation.service, context, invocation.request.clone())
+                .await;
+            if let Err(CallError::Raced { holder, .. }) = &result {
+                self.wait_to_retry(holder.clone(), given_up).await?;
+                continue;
+            }
+            let mut tx = Transaction {
+                ack: invocation.message.as_ref().map(|(seq, _)| *seq),
+                ..Transaction::default()
+            };
+            // A failure nobody is told about (no reply requested) must not consume the message:
+            // leave it queued, so that it is delivered again.
+            let answered =
+                matches!(&result, Ok(Ok(_))) || matches!(&result, Ok(Err(e)) if e.status < 500);
+            let reply_requested = invocation
+                .message
+                .as_ref()
+                .is_some_and(|(_, m)| m.reply_to.is_some());
+            if !answered && !reply_requested {
+                return Ok(match result {
+                    Ok(answer) => Handled::Answered(answer),
+                    Err(error) => Handled::Failed(error),
+                });
+            }
+            let reply = match &result {
+                Ok(Ok(response)) => {
+                    tx.writes = context.writes;
+                    tx.messages = context.messages;
+                    (response.status, response.payload.clone())
+                }
+                Ok(Err(error)) => (error.status, json_string(&error.message)),
+                Err(error) => (500, json_string(&error.to_string())),
+            };
+            if let Some((_, message)) = &invocation.message
+                && let Some(reply) = self.broker.address_reply(message, reply.0, reply.1)
+            {
+                tx.messages.push(reply);
+            }
+            match self.broker.commit(tx).await {
+                Ok(()) => {
+                    return Ok(match result {
+                        Ok(answer) => Handled::Answered(answer),
+                        Err(error) => Handled::Failed(error),
+                    });
+                }
+                Err(StorageError::Duplicate(_)) => return Ok(Handled::Duplicate),
+                Err(StorageError::Conflict { holder, .. }) => {
+                    self.wait_to_retry(holder, given_up).await?
+                }
+                Err(error) => return Err(HandleError::Storage(error)),
+            }
+        }
+    }
+
+    /// Waits before running a call again after it collided with another writer: until the saga
+    /// holding what it wants ends, or briefly. Gives up at `given_up`.
+    async fn wait_to_retry(
+        &self,
+        holder: Option<String>,
+        given_up: Instant,
+    ) -> Result<(), HandleError> {
+        if Instant::now() >= given_up {
+            return Err(HandleError::Blocked(self.lock_wait.as_secs()));
+        }
+        match holder {
+            Some(saga) => self.ends.wait(&saga, Duration::from_millis(100)).await,
+            None => tokio::task::yield_now().await,
+        }
+        Ok(())
+    }
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::Value::String(text.to_string()).to_string()
+}

@@ -1,0 +1,209 @@
+//! The HTTP front: the routes components declare (matched against the current registry on every
+//! request, so hot-loaded routes take effect at once) and the host's own `/health`. Every
+//! refusal is JSON `{"error": "..."}` that says what was wrong.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::handler::{HandleError, Handled, Invocation};
+use crate::host::Host;
+use crate::runtime::bindings::types as wit;
+use crate::runtime::{Access, Scope};
+
+pub fn router(host: Arc<Host>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .fallback(component_route)
+        .with_state(host)
+}
+
+async fn health(State(host): State<Arc<Host>>) -> Response {
+    let services: Vec<String> = host.registry.current().by_name.keys().cloned().collect();
+    (
+        StatusCode::OK,
+        axum::Json(json!({"status": "ok", "services": services})),
+    )
+        .into_response()
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let method = parts.method.as_str().to_string();
+    let path = parts.uri.path().to_string();
+    let services = host.registry.current();
+    let Some(matched) = services.route(&method, &path) else {
+        let allowed = services.methods_at(&path);
+        if allowed.is_empty() {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {path}"),
+            );
+        }
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!(
+                "{method} is not allowed on {path}; it accepts {}",
+                allowed.join(", ")
+            ),
+        );
+        if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
+    };
+    let limit = host.config.max_body_bytes;
+    let bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the limit of {limit} bytes"),
+            );
+        }
+    };
+    let payload = if bytes.is_empty() {
+        "null".to_string()
+    } else {
+        if let Err(problem) = check_json_content_type(&parts.headers) {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
+        }
+        if let Err(problem) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid JSON: {problem}"),
+            );
+        }
+        match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => text,
+            Err(_) => return error(StatusCode::BAD_REQUEST, "the request body is not UTF-8"),
+        }
+    };
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let headers: Vec<wit::Header> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| wit::Header {
+            name: name.as_str().to_string(),
+            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        })
+        .collect();
+    let user = parts
+        .headers
+        .get("x-user")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let target = matched.target.clone();
+    let Some(service) = services.by_name.get(&target.service).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no route for {method} {path}"),
+        );
+    };
+    let invocation = Invocation {
+        service,
+        request: wit::Request {
+            handler: target.handler,
+            trigger: target.trigger,
+            payload,
+            params: matched.params,
+            query,
+            headers,
+            user: user.clone(),
+        },
+        scope: Scope::Direct,
+        access: if target.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        },
+        user,
+        message: None,
+    };
+    drop(services);
+    match host.handlers.run(invocation).await {
+        Ok(Handled::Answered(Ok(response))) => {
+            if !(200..=299).contains(&response.status) {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "service {} answered with status {}, which is not a success status; errors must be returned as errors",
+                        target.service, response.status
+                    ),
+                );
+            }
+            if serde_json::from_str::<serde::de::IgnoredAny>(&response.payload).is_err() {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "service {} answered with a payload that is not JSON",
+                        target.service
+                    ),
+                );
+            }
+            Response::builder()
+                .status(response.status)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(response.payload))
+                .unwrap_or_else(|_| {
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "could not build the response",
+                    )
+                })
+        }
+        Ok(Handled::Answered(Err(failure))) => {
+            let status = StatusCode::from_u16(failure.status)
+                .ok()
+                .filter(|s| s.is_client_error() || s.is_server_error())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, failure.message)
+        }
+        Ok(Handled::Failed(failure)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())
+        }
+        Ok(Handled::Duplicate) => error(StatusCode::CONFLICT, "this request was already handled"),
+        Err(blocked @ HandleError::Blocked(_)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, blocked.to_string())
+        }
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}
+
+fn check_json_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(
+            "the request has a body but no Content-Type; send it as application/json".into(),
+        );
+    };
+    let text = value.to_str().unwrap_or_default();
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if media == "application/json"
+        || (media.starts_with("application/") && media.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "the Content-Type is {text:?}; send the body as application/json"
+        ))
+    }
+}

@@ -1,0 +1,129 @@
+//! The `saga-host` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use saga_host::runtime::{CallLimits, RuntimeConfig};
+use saga_host::{Config, Host};
+
+#[derive(Parser)]
+#[command(
+    name = "saga-host",
+    version,
+    about = "Runs saga-orchestrated services compiled to WebAssembly components"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Loads the components and serves their routes, commands and sagas.
+    Serve(Serve),
+}
+
+#[derive(Args)]
+struct Serve {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "SAGA_HOST_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Directory for the host's data (the SQLite database, the compiled-component cache).
+    #[arg(long, env = "SAGA_HOST_DATA", default_value = "./data")]
+    data: PathBuf,
+    /// Directory for compiled components, reused across restarts; default: DATA/cache.
+    #[arg(long, env = "SAGA_HOST_CACHE")]
+    cache: Option<PathBuf>,
+    /// Directory whose *.wasm components are loaded at start.
+    #[arg(long, env = "SAGA_HOST_COMPONENTS", default_value = "./components")]
+    components: PathBuf,
+    /// Database URL: sqlite://PATH or postgres://…; default: a SQLite file in the data directory.
+    #[arg(long, env = "SAGA_HOST_DATABASE")]
+    database: Option<String>,
+    /// Linear memory one component instance may use, in MiB.
+    #[arg(long, env = "SAGA_HOST_MEMORY_MB", default_value_t = 256)]
+    memory_mb: usize,
+    /// CPU time one component call may use, in milliseconds.
+    #[arg(long, env = "SAGA_HOST_CPU_MS", default_value_t = 5_000)]
+    cpu_ms: u64,
+    /// Wall-clock time one component call may take, waiting included, in seconds.
+    #[arg(long, env = "SAGA_HOST_CALL_TIMEOUT_S", default_value_t = 60)]
+    call_timeout_s: u64,
+    /// How long a write waits for aggregates held by a running saga, in seconds.
+    #[arg(long, env = "SAGA_HOST_LOCK_WAIT_S", default_value_t = 30)]
+    lock_wait_s: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "SAGA_HOST_MAX_BODY", default_value_t = 1 << 20)]
+    max_body: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Serve(serve) => runtime.block_on(run(serve)),
+    }
+}
+
+async fn run(serve: Serve) -> anyhow::Result<()> {
+    let config = Config {
+        listen: serve.listen,
+        runtime: RuntimeConfig {
+            max_memory_bytes: serve.memory_mb << 20,
+            cpu_time: Duration::from_millis(serve.cpu_ms),
+            wall_time: Duration::from_secs(serve.call_timeout_s),
+            cache_dir: Some(serve.cache.unwrap_or_else(|| serve.data.join("cache"))),
+            ..RuntimeConfig::default()
+        },
+        data_dir: serve.data,
+        components_dir: serve.components,
+        database_url: serve.database,
+        call_limits: CallLimits::default(),
+        lock_wait: Duration::from_secs(serve.lock_wait_s),
+        max_body_bytes: serve.max_body,
+    };
+    let running = Host::start(config)
+        .await
+        .context("saga-host could not start")?;
+    let services: Vec<String> = running
+        .host
+        .registry
+        .current()
+        .by_name
+        .keys()
+        .cloned()
+        .collect();
+    println!(
+        "saga-host listening on http://{} (services: {})",
+        running.addr,
+        services.join(", ")
+    );
+    tokio::select! {
+        result = shutdown_signal() => result?,
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+    running.stop().await.context("the HTTP server failed")?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

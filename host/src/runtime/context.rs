@@ -1,0 +1,905 @@
+//! The host side of one component call: what the call may do (its scope and access), the writes
+//! and messages it accumulates until it ends, and the implementation of every host import
+//! (storage, broker, sagas, logging) against that state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::ServiceVersion;
+use super::bindings::{broker, logging, sagas, storage as wit_storage, types as wit};
+use crate::broker::{Broker, Message};
+use crate::storage::condition::{self, Condition, Node, OrderBy};
+use crate::storage::{self, Action, AggregateRecord, NewMessage, Storage, Write};
+
+/// Starts sagas on behalf of a component (implemented by the orchestrator).
+pub trait SagaRunner: Send + Sync + 'static {
+    fn run(
+        &self,
+        caller: Caller,
+        name: String,
+        context: Map<String, Value>,
+        wait: bool,
+    ) -> BoxFuture<'static, Result<wit::Execution, wit::Error>>;
+
+    fn get(
+        &self,
+        service: String,
+        id: String,
+    ) -> BoxFuture<'static, Result<wit::Execution, wit::Error>>;
+}
+
+/// Who starts a saga: the service version (sagas stay on the version they start with) and the
+/// user the request came from.
+#[derive(Clone)]
+pub struct Caller {
+    pub service: Arc<ServiceVersion>,
+    pub user: Option<String>,
+}
+
+/// What the host gives every call.
+pub struct CallEnv {
+    pub storage: Storage,
+    pub broker: Broker,
+    pub sagas: Arc<dyn SagaRunner>,
+    pub limits: CallLimits,
+}
+
+/// Bounds on what one call may ask of the host.
+#[derive(Debug, Clone)]
+pub struct CallLimits {
+    /// Aggregate writes per call.
+    pub max_writes: usize,
+    /// Messages sent per call.
+    pub max_messages: usize,
+    /// Aggregates one `find` may return or scan.
+    pub max_find_results: usize,
+    /// Bytes of one aggregate's JSON, one payload, one saga context.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            max_writes: 1_000,
+            max_messages: 1_000,
+            max_find_results: 10_000,
+            max_value_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Whose writes these are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Commit when the call ends.
+    Direct,
+    /// Stage under this saga until it ends.
+    Saga(String),
+}
+
+/// What the call may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Commands and saga callbacks.
+    ReadWrite,
+    /// Queries: reads only.
+    ReadOnly,
+    /// `describe`: nothing at all.
+    Nothing,
+}
+
+/// The state of one call.
+pub struct CallContext {
+    pub service: Arc<ServiceVersion>,
+    pub scope: Scope,
+    pub access: Access,
+    pub env: Option<Arc<CallEnv>>,
+    /// On whose behalf (propagated to the messages the call sends).
+    pub user: Option<String>,
+    /// The message being handled, for logs.
+    pub message_id: Option<String>,
+    /// Writes and messages, committed (or staged) when the call succeeds.
+    pub writes: Vec<Write>,
+    pub messages: Vec<NewMessage>,
+    /// Time spent waiting on the host inside imports: not counted against the CPU budget.
+    pub host_time: Duration,
+    /// When the call started (ms since the epoch) and the version of every aggregate it read:
+    /// what tells a race (another writer committed while this call ran) from a real conflict.
+    started_ms: i64,
+    observed: HashMap<String, u64>,
+}
+
+/// A call acted on data another writer changed while it ran; it is stopped and run again.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct Raced {
+    pub reason: String,
+    /// The saga holding what the call wants, if that is the cause.
+    pub holder: Option<String>,
+}
+
+impl CallContext {
+    pub fn new(
+        service: Arc<ServiceVersion>,
+        env: Option<Arc<CallEnv>>,
+        scope: Scope,
+        access: Access,
+    ) -> Self {
+        CallContext {
+            service,
+            scope,
+            access,
+            env,
+            user: None,
+            message_id: None,
+            writes: Vec::new(),
+            messages: Vec::new(),
+            host_time: Duration::ZERO,
+            started_ms: storage::now_ms(),
+            observed: HashMap::new(),
+        }
+    }
+
+    fn observe(&mut self, record: &AggregateRecord) {
+        self.observed.insert(record.uuid.clone(), record.version);
+    }
+
+    /// An `expected-version` that does not match: a race when this call itself read the older
+    /// version (someone committed since), a real conflict otherwise.
+    fn version_conflict(
+        &self,
+        aggregate: &str,
+        current: &AggregateRecord,
+        expected: u64,
+    ) -> Failure {
+        if self.observed.get(&current.uuid) == Some(&expected) && current.version > expected {
+            return Failure::Trap(
+                Raced {
+                    reason: format!("{aggregate} {} changed while the call ran", current.uuid),
+                    holder: None,
+                }
+                .into(),
+            );
+        }
+        Failure::Guest(wit_storage::StorageError::Conflict(format!(
+            "{aggregate} {} is at version {}, not the expected {expected}",
+            current.uuid, current.version
+        )))
+    }
+
+    pub fn saga_id(&self) -> Option<&str> {
+        match &self.scope {
+            Scope::Saga(id) => Some(id),
+            Scope::Direct => None,
+        }
+    }
+
+    fn staged_under(&self) -> Option<String> {
+        self.saga_id().map(str::to_string)
+    }
+
+    fn env(&self) -> Result<&Arc<CallEnv>, wit_storage::StorageError> {
+        match (&self.env, self.access) {
+            (Some(env), Access::ReadWrite | Access::ReadOnly) => Ok(env),
+            _ => Err(wit_storage::StorageError::Denied(
+                "describe may not use storage, the broker or sagas".into(),
+            )),
+        }
+    }
+
+    fn writable(&self) -> Result<&Arc<CallEnv>, wit_storage::StorageError> {
+        let env = self.env()?;
+        if self.access == Access::ReadOnly {
+            return Err(wit_storage::StorageError::Denied(
+                "this handler is a query (rest-query or broker-query) and may not write; declare it as a command to write".into(),
+            ));
+        }
+        if self.writes.len() >= env.limits.max_writes {
+            return Err(wit_storage::StorageError::Denied(format!(
+                "a call may write at most {} aggregates",
+                env.limits.max_writes
+            )));
+        }
+        Ok(env)
+    }
+
+    fn check_aggregate_type(&self, name: &str) -> Result<(), wit_storage::StorageError> {
+        if self.service.manifest.aggregates.contains_key(name) {
+            Ok(())
+        } else {
+            let known: Vec<&str> = self
+                .service
+                .manifest
+                .aggregates
+                .keys()
+                .map(String::as_str)
+                .collect();
+            Err(wit_storage::StorageError::Invalid(format!(
+                "service {} declares no aggregate type {name:?} (it declares: {}); add it to the manifest's aggregates",
+                self.service.manifest.name,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )))
+        }
+    }
+
+    /// The state this call sees of one aggregate: its own writes, then its saga's staged
+    /// writes, then the committed snapshot. `Some((record, deleted))` when it ever existed.
+    async fn read(
+        &mut self,
+        aggregate: &str,
+        uuid: &str,
+    ) -> Result<Option<(AggregateRecord, bool)>, wit_storage::StorageError> {
+        if let Some(write) = self
+            .writes
+            .iter()
+            .rev()
+            .find(|w| w.uuid == uuid && w.aggregate == aggregate)
+        {
+            return Ok(Some((record_of(write)?, write.action == Action::Delete)));
+        }
+        let env = self.env()?.clone();
+        let service = self.service.manifest.name.clone();
+        let started = Instant::now();
+        let result = async {
+            if let Some(saga) = self.saga_id()
+                && let Some(staged) = env
+                    .storage
+                    .get_staged(saga, &service, aggregate, uuid)
+                    .await?
+            {
+                return Ok(Some((staged.record, staged.deleted)));
+            }
+            env.storage
+                .get(&service, aggregate, uuid)
+                .await
+                .map(|found| found.map(|s| (s.record, s.deleted)))
+        }
+        .await;
+        self.host_time += started.elapsed();
+        result.map_err(unavailable)
+    }
+
+    fn push_write(&mut self, write: Write) -> Result<(), wit_storage::StorageError> {
+        let env = self.writable()?.clone();
+        let event_topic = format!(
+            "{}{}",
+            write.aggregate,
+            match write.action {
+                Action::Create => "Created",
+                Action::Update => "Updated",
+                Action::Delete => "Deleted",
+            }
+        );
+        let payload = serde_json::json!({
+            "uuid": write.uuid,
+            "aggregate": write.aggregate,
+            "version": write.version,
+            "action": write.action.as_str(),
+            "diff": raw_json(&write.diff),
+            "data": raw_json(&write.data),
+            "at": write.updated_at,
+        });
+        let message = Message::event(&event_topic, payload.to_string(), self.headers());
+        self.messages
+            .extend(env.broker.address_event(&message, self.staged_under()));
+        self.writes.push(write);
+        Ok(())
+    }
+
+    /// Headers the call's outgoing messages carry.
+    fn headers(&self) -> Vec<(String, String)> {
+        let mut headers = Vec::new();
+        if let Some(user) = &self.user {
+            headers.push(("user".to_string(), user.clone()));
+        }
+        if let Some(saga) = self.saga_id() {
+            headers.push(("saga".to_string(), saga.to_string()));
+        }
+        headers
+    }
+
+    fn check_size(&self, what: &str, value: &str) -> Result<(), wit_storage::StorageError> {
+        let limit = self.env()?.limits.max_value_bytes;
+        if value.len() > limit {
+            return Err(wit_storage::StorageError::Denied(format!(
+                "{what} is {} bytes; the limit is {limit}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Why a storage import did not succeed: an error the component receives, or a trap that stops
+/// the call (a race, after which the host runs the call again).
+enum Failure {
+    Guest(wit_storage::StorageError),
+    Trap(wasmtime::Error),
+}
+
+impl From<wit_storage::StorageError> for Failure {
+    fn from(error: wit_storage::StorageError) -> Self {
+        Failure::Guest(error)
+    }
+}
+
+fn settle<T>(result: Result<T, Failure>) -> wasmtime::Result<Result<T, wit_storage::StorageError>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(Failure::Guest(error)) => Ok(Err(error)),
+        Err(Failure::Trap(trap)) => Err(trap),
+    }
+}
+
+fn raw_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn record_of(write: &Write) -> Result<AggregateRecord, wit_storage::StorageError> {
+    Ok(AggregateRecord {
+        uuid: write.uuid.clone(),
+        version: write.version,
+        created_at: write.created_at,
+        updated_at: write.updated_at,
+        data: serde_json::from_str(&write.data)
+            .map_err(|e| wit_storage::StorageError::Unavailable(e.to_string()))?,
+    })
+}
+
+fn unavailable(error: storage::StorageError) -> wit_storage::StorageError {
+    tracing::error!(%error, "storage read failed");
+    wit_storage::StorageError::Unavailable(format!("storage failed: {error}"))
+}
+
+fn to_wit(record: &AggregateRecord) -> wit_storage::Aggregate {
+    wit_storage::Aggregate {
+        uuid: record.uuid.clone(),
+        version: record.version,
+        created_at: record.created_at.max(0) as u64,
+        updated_at: record.updated_at.max(0) as u64,
+        data: record.data.to_string(),
+    }
+}
+
+fn parse_object(what: &str, text: &str) -> Result<Map<String, Value>, wit_storage::StorageError> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(wit_storage::StorageError::Invalid(format!(
+            "{what} must be a JSON object, not {}",
+            json_kind(&other)
+        ))),
+        Err(e) => Err(wit_storage::StorageError::Invalid(format!(
+            "{what} is not valid JSON: {e}"
+        ))),
+    }
+}
+
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_uuid(text: &str) -> Result<String, wit_storage::StorageError> {
+    Uuid::parse_str(text)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|e| wit_storage::StorageError::Invalid(format!("{text:?} is not a UUID: {e}")))
+}
+
+/// The host state of a wasmtime store: the call's context plus WASI (granting nothing).
+pub struct CallState {
+    pub ctx: CallContext,
+    pub(super) limits: super::Limiter,
+    pub started: Instant,
+    pub stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl CallState {
+    pub(super) fn new(ctx: CallContext, limits: super::Limiter) -> Self {
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(16 * 1024);
+        let wasi = wasmtime_wasi::WasiCtx::builder()
+            .stderr(stderr.clone())
+            .build();
+        CallState {
+            ctx,
+            limits,
+            started: Instant::now(),
+            stderr,
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+        }
+    }
+
+    /// Wall-clock time spent running the component's own code so far.
+    pub fn cpu_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.ctx.host_time)
+    }
+}
+
+impl wasmtime_wasi::WasiView for CallState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for CallState {}
+
+impl wit_storage::Host for CallState {
+    async fn create(
+        &mut self,
+        aggregate_type: String,
+        uuid: Option<String>,
+        data: String,
+    ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        settle(async {
+            let ctx = &mut self.ctx;
+            ctx.writable()?;
+            ctx.check_aggregate_type(&aggregate_type)?;
+            ctx.check_size("the aggregate's data", &data)?;
+            let object = parse_object("the aggregate's data", &data)?;
+            let uuid = match uuid {
+                Some(text) => {
+                    let uuid = parse_uuid(&text)?;
+                    if let Some((existing, deleted)) = ctx.read(&aggregate_type, &uuid).await? {
+                        if !deleted && existing.created_at >= ctx.started_ms && !ctx.observed.contains_key(&uuid) {
+                            // Created by someone else while this call ran: run the call again.
+                            return Err(Failure::Trap(
+                                Raced {
+                                    reason: format!("{aggregate_type} {uuid} was created while the call ran"),
+                                    holder: None,
+                                }
+                                .into(),
+                            ));
+                        }
+                        return Err(wit_storage::StorageError::Conflict(format!(
+                            "{aggregate_type} {uuid} already exists (or existed); a uuid is never reused"
+                        ))
+                        .into());
+                    }
+                    uuid
+                }
+                None => Uuid::new_v4().hyphenated().to_string(),
+            };
+            let now = storage::now_ms();
+            let data = Value::Object(object).to_string();
+            let write = Write {
+                service: ctx.service.manifest.name.clone(),
+                aggregate: aggregate_type,
+                uuid,
+                action: Action::Create,
+                version: 1,
+                diff: data.clone(),
+                data,
+                created_at: now,
+                updated_at: now,
+                staged_under: ctx.staged_under(),
+            };
+            let record = record_of(&write)?;
+            ctx.push_write(write)?;
+            Ok(to_wit(&record))
+        }
+        .await)
+    }
+
+    async fn get(
+        &mut self,
+        aggregate_type: String,
+        uuid: String,
+    ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        settle(
+            async {
+                let ctx = &mut self.ctx;
+                ctx.check_aggregate_type(&aggregate_type)?;
+                let uuid = parse_uuid(&uuid)?;
+                match ctx.read(&aggregate_type, &uuid).await? {
+                    Some((record, false)) => {
+                        ctx.observe(&record);
+                        Ok(to_wit(&record))
+                    }
+                    _ => Err(wit_storage::StorageError::NotFound(format!(
+                        "{aggregate_type} {uuid} does not exist"
+                    ))
+                    .into()),
+                }
+            }
+            .await,
+        )
+    }
+
+    async fn update(
+        &mut self,
+        aggregate_type: String,
+        uuid: String,
+        expected_version: Option<u64>,
+        fields: String,
+    ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        settle(
+            async {
+                let ctx = &mut self.ctx;
+                ctx.writable()?;
+                ctx.check_aggregate_type(&aggregate_type)?;
+                ctx.check_size("the updated fields", &fields)?;
+                let fields = parse_object("the updated fields", &fields)?;
+                let uuid = parse_uuid(&uuid)?;
+                let Some((current, false)) = ctx.read(&aggregate_type, &uuid).await? else {
+                    return Err(wit_storage::StorageError::NotFound(format!(
+                        "{aggregate_type} {uuid} does not exist"
+                    ))
+                    .into());
+                };
+                if let Some(expected) = expected_version
+                    && expected != current.version
+                {
+                    return Err(ctx.version_conflict(&aggregate_type, &current, expected));
+                }
+                let mut data = match current.data.clone() {
+                    Value::Object(map) => map,
+                    _ => Map::new(),
+                };
+                let mut diff = Map::new();
+                for (field, value) in fields {
+                    if data.get(&field) != Some(&value) {
+                        diff.insert(field.clone(), value.clone());
+                        data.insert(field, value);
+                    }
+                }
+                if diff.is_empty() {
+                    return Ok(to_wit(&current));
+                }
+                let data = Value::Object(data).to_string();
+                ctx.check_size("the aggregate's data", &data)?;
+                let write = Write {
+                    service: ctx.service.manifest.name.clone(),
+                    aggregate: aggregate_type,
+                    uuid,
+                    action: Action::Update,
+                    version: current.version + 1,
+                    diff: Value::Object(diff).to_string(),
+                    data,
+                    created_at: current.created_at,
+                    updated_at: storage::now_ms().max(current.updated_at),
+                    staged_under: ctx.staged_under(),
+                };
+                let record = record_of(&write)?;
+                ctx.push_write(write)?;
+                Ok(to_wit(&record))
+            }
+            .await,
+        )
+    }
+
+    async fn delete(
+        &mut self,
+        aggregate_type: String,
+        uuid: String,
+        expected_version: Option<u64>,
+    ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        settle(
+            async {
+                let ctx = &mut self.ctx;
+                ctx.writable()?;
+                ctx.check_aggregate_type(&aggregate_type)?;
+                let uuid = parse_uuid(&uuid)?;
+                let Some((current, false)) = ctx.read(&aggregate_type, &uuid).await? else {
+                    return Err(wit_storage::StorageError::NotFound(format!(
+                        "{aggregate_type} {uuid} does not exist"
+                    ))
+                    .into());
+                };
+                if let Some(expected) = expected_version
+                    && expected != current.version
+                {
+                    return Err(ctx.version_conflict(&aggregate_type, &current, expected));
+                }
+                let write = Write {
+                    service: ctx.service.manifest.name.clone(),
+                    aggregate: aggregate_type,
+                    uuid,
+                    action: Action::Delete,
+                    version: current.version + 1,
+                    diff: "{}".into(),
+                    data: current.data.to_string(),
+                    created_at: current.created_at,
+                    updated_at: storage::now_ms().max(current.updated_at),
+                    staged_under: ctx.staged_under(),
+                };
+                Ok(ctx.push_write(write)?)
+            }
+            .await,
+        )
+    }
+
+    async fn find(
+        &mut self,
+        aggregate_type: String,
+        condition: Vec<wit_storage::ConditionNode>,
+        ordering: Vec<wit_storage::OrderBy>,
+        limit: Option<u32>,
+    ) -> wasmtime::Result<Result<Vec<wit_storage::Aggregate>, wit_storage::StorageError>> {
+        settle(async {
+            let ctx = &mut self.ctx;
+            let env = ctx.env()?.clone();
+            ctx.check_aggregate_type(&aggregate_type)?;
+            let nodes: Vec<Node> = condition.into_iter().map(node_from_wit).collect();
+            let condition = Condition::parse(&nodes).map_err(|e| wit_storage::StorageError::Invalid(e.to_string()))?;
+            let ordering = ordering
+                .into_iter()
+                .map(|o| {
+                    Ok(OrderBy {
+                        field: condition::FieldPath::parse(&o.field)?,
+                        descending: o.descending,
+                    })
+                })
+                .collect::<Result<Vec<_>, condition::ConditionError>>()
+                .map_err(|e| wit_storage::StorageError::Invalid(e.to_string()))?;
+            let service = ctx.service.manifest.name.clone();
+            let prefilter = condition.prefilter();
+            let started = Instant::now();
+            let staged = match ctx.saga_id() {
+                Some(saga) => env.storage.staged_of_type(saga, &service, &aggregate_type).await,
+                None => Ok(Vec::new()),
+            };
+            let own_writes = ctx.writes.iter().any(|w| w.aggregate == aggregate_type);
+            let overlay_empty = staged.as_ref().is_ok_and(Vec::is_empty) && !own_writes;
+            // With nothing to overlay and a condition SQL answers exactly, SQL can also apply
+            // the limit; otherwise fetch the candidates, overlay, filter, sort, then limit.
+            let sql_limit = if overlay_empty && prefilter.exact && ordering.is_empty() {
+                limit.map(|l| l.min(env.limits.max_find_results as u32))
+            } else {
+                Some(env.limits.max_find_results as u32 + 1)
+            };
+            let committed = env.storage.find(&service, &aggregate_type, &prefilter, sql_limit).await;
+            ctx.host_time += started.elapsed();
+            let (staged, committed) = (staged.map_err(unavailable)?, committed.map_err(unavailable)?);
+            if committed.len() > env.limits.max_find_results {
+                return Err(wit_storage::StorageError::Denied(format!(
+                    "the condition matches more than {} {aggregate_type} aggregates before filtering; add an equality on an indexed field or a limit",
+                    env.limits.max_find_results
+                ))
+                .into());
+            }
+            let mut records: Vec<AggregateRecord> = committed;
+            let mut overlay: Vec<(AggregateRecord, bool)> =
+                staged.into_iter().map(|s| (s.record, s.deleted)).collect();
+            for write in ctx.writes.iter().filter(|w| w.aggregate == aggregate_type) {
+                overlay.retain(|(r, _)| r.uuid != write.uuid);
+                overlay.push((record_of(write)?, write.action == Action::Delete));
+            }
+            for (record, deleted) in overlay {
+                records.retain(|r| r.uuid != record.uuid);
+                if !deleted {
+                    records.push(record);
+                }
+            }
+            records.retain(|r| condition.matches(r));
+            condition::sort_records(&mut records, &ordering);
+            if let Some(limit) = limit {
+                records.truncate(limit as usize);
+            }
+            for record in &records {
+                ctx.observe(record);
+            }
+            Ok(records.iter().map(to_wit).collect())
+        }
+        .await)
+    }
+}
+
+fn node_from_wit(node: wit_storage::ConditionNode) -> Node {
+    use wit_storage::ConditionNode as W;
+    match node {
+        W::AlwaysTrue => Node::True,
+        W::AlwaysFalse => Node::False,
+        W::And(children) => Node::And(children),
+        W::Or(children) => Node::Or(children),
+        W::Not(child) => Node::Not(child),
+        W::Compare(c) => Node::Compare {
+            field: c.field,
+            op: match c.op {
+                wit_storage::ComparisonOp::Equal => condition::CompareOp::Equal,
+                wit_storage::ComparisonOp::NotEqual => condition::CompareOp::NotEqual,
+                wit_storage::ComparisonOp::LowerThan => condition::CompareOp::Lower,
+                wit_storage::ComparisonOp::LowerEqual => condition::CompareOp::LowerEqual,
+                wit_storage::ComparisonOp::GreaterThan => condition::CompareOp::Greater,
+                wit_storage::ComparisonOp::GreaterEqual => condition::CompareOp::GreaterEqual,
+            },
+            value: c.value,
+        },
+        W::In(m) => Node::In {
+            field: m.field,
+            values: m.values,
+        },
+        W::Like(p) => Node::Like {
+            field: p.field,
+            pattern: p.pattern,
+        },
+    }
+}
+
+impl broker::Host for CallState {
+    async fn publish(
+        &mut self,
+        topic: String,
+        payload: String,
+    ) -> wasmtime::Result<Result<(), String>> {
+        Ok((|| {
+            let ctx = &mut self.ctx;
+            let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
+            check_message(ctx, &env, &topic, &payload)?;
+            let message = Message::event(&topic, payload, ctx.headers());
+            let addressed = env.broker.address_event(&message, ctx.staged_under());
+            ctx.messages.extend(addressed);
+            Ok(())
+        })())
+    }
+
+    async fn send(
+        &mut self,
+        topic: String,
+        payload: String,
+        reply_topic: Option<String>,
+    ) -> wasmtime::Result<Result<String, String>> {
+        Ok((|| {
+            let ctx = &mut self.ctx;
+            let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
+            check_message(ctx, &env, &topic, &payload)?;
+            if let Some(reply_topic) = &reply_topic
+                && !ctx.service.handles_command(reply_topic)
+            {
+                return Err(format!(
+                    "the reply topic {reply_topic:?} is not a broker-command of service {}; replies must come back to a topic it handles",
+                    ctx.service.manifest.name
+                ));
+            }
+            let reply = reply_topic.map(|topic| crate::broker::ReplyTo::Topic {
+                service: ctx.service.manifest.name.clone(),
+                topic,
+            });
+            let message = Message::command(&topic, payload, ctx.headers(), reply);
+            let id = message.id.clone();
+            let addressed = env
+                .broker
+                .address_command(&message, ctx.staged_under())
+                .map_err(|e| e.to_string())?;
+            ctx.messages.push(addressed);
+            Ok(id)
+        })())
+    }
+}
+
+fn check_message(
+    ctx: &CallContext,
+    env: &CallEnv,
+    topic: &str,
+    payload: &str,
+) -> Result<(), String> {
+    if !super::manifest::valid_topic(topic) {
+        return Err(format!(
+            "topic {topic:?} is invalid: use 1 to 128 letters, digits, '_', '-' or '.'"
+        ));
+    }
+    if ctx.messages.len() >= env.limits.max_messages {
+        return Err(format!(
+            "a call may send at most {} messages",
+            env.limits.max_messages
+        ));
+    }
+    if payload.len() > env.limits.max_value_bytes {
+        return Err(format!(
+            "the payload is {} bytes; the limit is {}",
+            payload.len(),
+            env.limits.max_value_bytes
+        ));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map(|_| ())
+        .map_err(|e| format!("the payload is not valid JSON: {e}"))
+}
+
+impl sagas::Host for CallState {
+    async fn run(
+        &mut self,
+        name: String,
+        context: String,
+        options: sagas::RunOptions,
+    ) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {
+        let ctx = &mut self.ctx;
+        let env = match ctx.writable() {
+            Ok(env) => env.clone(),
+            Err(e) => {
+                return Ok(Err(wit::Error {
+                    status: 500,
+                    message: format!("{e:?}"),
+                }));
+            }
+        };
+        let context = match parse_object("the saga context", &context) {
+            Ok(context) => context,
+            Err(wit_storage::StorageError::Invalid(message)) => {
+                return Ok(Err(wit::Error {
+                    status: 400,
+                    message,
+                }));
+            }
+            Err(other) => {
+                return Ok(Err(wit::Error {
+                    status: 400,
+                    message: format!("{other:?}"),
+                }));
+            }
+        };
+        let caller = Caller {
+            service: ctx.service.clone(),
+            user: ctx.user.clone(),
+        };
+        let started = Instant::now();
+        let result = env.sagas.run(caller, name, context, options.wait).await;
+        self.ctx.host_time += started.elapsed();
+        Ok(result)
+    }
+
+    async fn get(&mut self, id: String) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {
+        let ctx = &mut self.ctx;
+        let env = match ctx.env() {
+            Ok(env) => env.clone(),
+            Err(e) => {
+                return Ok(Err(wit::Error {
+                    status: 500,
+                    message: format!("{e:?}"),
+                }));
+            }
+        };
+        let started = Instant::now();
+        let result = env.sagas.get(ctx.service.manifest.name.clone(), id).await;
+        self.ctx.host_time += started.elapsed();
+        Ok(result)
+    }
+}
+
+impl logging::Host for CallState {
+    async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        let ctx = &self.ctx;
+        let service = ctx.service.manifest.name.as_str();
+        let saga = ctx.saga_id().unwrap_or("");
+        let message_id = ctx.message_id.as_deref().unwrap_or("");
+        // Bounded, so that a component cannot flood the host's log with one call.
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            logging::Level::Trace => {
+                tracing::trace!(target: "component", service, saga, message_id, "{message}")
+            }
+            logging::Level::Debug => {
+                tracing::debug!(target: "component", service, saga, message_id, "{message}")
+            }
+            logging::Level::Info => {
+                tracing::info!(target: "component", service, saga, message_id, "{message}")
+            }
+            logging::Level::Warn => {
+                tracing::warn!(target: "component", service, saga, message_id, "{message}")
+            }
+            logging::Level::Error => {
+                tracing::error!(target: "component", service, saga, message_id, "{message}")
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,707 @@
+//! The WebAssembly runtime: one wasmtime engine (component model, async, pooling allocator,
+//! epoch interruption), components compiled once and kept as `InstancePre`, and a fresh
+//! instance per call with limits on memory, CPU time and wall-clock time.
+
+pub mod bindings;
+mod context;
+pub mod manifest;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::Digest;
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+
+use bindings::{saga_callbacks, service, types as wit};
+pub use context::{
+    Access, CallContext, CallEnv, CallLimits, CallState, Caller, Raced, SagaRunner, Scope,
+    json_kind,
+};
+use manifest::Manifest;
+
+/// Limits every call runs under.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Linear memory one instance may grow to.
+    pub max_memory_bytes: usize,
+    /// Time the component's own code may run in one call (time spent waiting on the host, for
+    /// instance inside `sagas.run`, does not count).
+    pub cpu_time: Duration,
+    /// Time one call may take in all, waiting included.
+    pub wall_time: Duration,
+    /// Instances alive at once; the pooling allocator reserves room for this many.
+    pub max_instances: u32,
+    /// Where compiled components are cached; none: compile at every load.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_memory_bytes: 256 << 20,
+            cpu_time: Duration::from_secs(5),
+            wall_time: Duration::from_secs(60),
+            max_instances: 1000,
+            cache_dir: None,
+        }
+    }
+}
+
+/// How often the engine's epoch advances: the granularity of CPU-time checks and of yielding
+/// a long-running call back to the async scheduler.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: RuntimeConfig,
+    instances: Arc<Semaphore>,
+    pooling: bool,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A loaded component: one version of one service.
+pub struct ServiceVersion {
+    pub manifest: Manifest,
+    /// SHA-256 of the component's bytes, hex.
+    pub digest: String,
+    /// Where it came from (a file path, or the admin API).
+    pub source: String,
+    /// Milliseconds since the epoch.
+    pub loaded_at: i64,
+    pre: InstancePre<CallState>,
+    exports: Exports,
+}
+
+#[derive(Clone)]
+struct Exports {
+    service: service::GuestIndices,
+    callbacks: Option<saga_callbacks::GuestIndices>,
+}
+
+impl ServiceVersion {
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn orchestrates(&self) -> bool {
+        self.exports.callbacks.is_some()
+    }
+
+    pub fn handles_command(&self, topic: &str) -> bool {
+        self.manifest.handlers.iter().any(|h| {
+            h.triggers
+                .iter()
+                .any(|t| matches!(t, wit::Trigger::BrokerCommand(x) if x == topic))
+        })
+    }
+
+    /// The first 12 hex digits of the digest, for logs and listings.
+    pub fn short_digest(&self) -> &str {
+        &self.digest[..12.min(self.digest.len())]
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {problem}")]
+pub struct LoadError {
+    pub origin: String,
+    pub problem: String,
+}
+
+/// Why a call did not return normally.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("component {service} trapped: {reason}")]
+    Trap { service: String, reason: String },
+    #[error("component {service} exceeded a limit: {reason}")]
+    Limit { service: String, reason: String },
+    #[error("component {service} did not return within {}s (the wall-clock limit of a call)", .limit.as_secs_f64())]
+    Timeout { service: String, limit: Duration },
+    #[error("component {service} does not export {what}")]
+    Missing { service: String, what: &'static str },
+    /// The call acted on data another writer changed meanwhile; run it again (once `holder`,
+    /// if any, has ended).
+    #[error("component {service}'s call raced with another writer: {reason}")]
+    Raced {
+        service: String,
+        reason: String,
+        holder: Option<String>,
+    },
+}
+
+/// A limit broken inside a call; raised as the call's error so that it can be told apart from
+/// a trap of the component's own making.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct LimitExceeded(String);
+
+/// What a call asks of the component.
+enum Call {
+    Describe,
+    Handle(wit::Request),
+    Prepare {
+        saga: String,
+        callback: String,
+        context: String,
+    },
+    OnReply {
+        saga: String,
+        callback: String,
+        context: String,
+        reply: wit::Reply,
+    },
+    Execute {
+        saga: String,
+        callback: String,
+        context: String,
+    },
+    Condition {
+        saga: String,
+        callback: String,
+        context: String,
+    },
+}
+
+enum Returned {
+    Manifest(wit::Manifest),
+    Response(Result<wit::Response, wit::Error>),
+    Request(Result<wit::SagaRequest, wit::Error>),
+    Context(Result<String, wit::Error>),
+    Decision(Result<bool, wit::Error>),
+}
+
+/// The result of a call and the call's context (its accumulated writes and messages).
+pub type Called<T> = (Result<T, CallError>, CallContext);
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, wasmtime::Error> {
+        let (engine, pooling) = match Engine::new(&engine_config(&config, true)) {
+            Ok(engine) => (engine, true),
+            Err(error) => {
+                // The pool reserves address space up front; where that is refused (a ulimit),
+                // allocate instances on demand instead.
+                tracing::warn!(%error, "pooling allocator unavailable; allocating instances on demand");
+                (Engine::new(&engine_config(&config, false))?, false)
+            }
+        };
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::Orchestrator::add_to_linker::<CallState, HasSelf<CallState>>(
+            &mut linker,
+            |state| state,
+        )?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = ticker_stop.clone();
+            std::thread::Builder::new()
+                .name("epoch-ticker".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(wasmtime::Error::new)?;
+        }
+        Ok(Runtime {
+            instances: Arc::new(Semaphore::new(config.max_instances as usize)),
+            engine,
+            linker,
+            config,
+            pooling,
+            ticker_stop,
+        })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    pub fn uses_pooling(&self) -> bool {
+        self.pooling
+    }
+
+    /// Compiles, links and describes a component, checking everything a later call relies on.
+    pub async fn load(
+        &self,
+        bytes: Vec<u8>,
+        source: String,
+    ) -> Result<Arc<ServiceVersion>, LoadError> {
+        let fail = |problem: String| LoadError {
+            origin: source.clone(),
+            problem,
+        };
+        let digest: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let component = self.compile(bytes, &digest).await.map_err(fail)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            fail(format!(
+                "it cannot be linked against the host: {}; a service may only import the saga:host@0.1.0 interfaces and WASI",
+                root_cause(&e)
+            ))
+        })?;
+        let service = service::GuestIndices::new(&pre).map_err(|_| {
+            fail(
+                "it does not export saga:host/service@0.1.0; build it for the `participant` or `orchestrator` world of wit/saga-host.wit"
+                    .into(),
+            )
+        })?;
+        let callbacks = saga_callbacks::GuestIndices::new(&pre).ok();
+        let provisional = Arc::new(ServiceVersion {
+            manifest: Manifest {
+                name: "(loading)".into(),
+                handlers: Vec::new(),
+                aggregates: Default::default(),
+                sagas: Default::default(),
+            },
+            digest: digest.clone(),
+            source: source.clone(),
+            loaded_at: crate::storage::now_ms(),
+            pre: pre.clone(),
+            exports: Exports {
+                service: service.clone(),
+                callbacks: callbacks.clone(),
+            },
+        });
+        let context = CallContext::new(provisional.clone(), None, Scope::Direct, Access::Nothing);
+        let (described, _) = self.invoke(&provisional, context, Call::Describe).await;
+        let described = match described {
+            Ok(Returned::Manifest(manifest)) => manifest,
+            Ok(_) => unreachable!("describe returns a manifest"),
+            Err(error) => return Err(fail(format!("describe failed: {error}"))),
+        };
+        let manifest = Manifest::from_wit(described, callbacks.is_some())
+            .map_err(|e| fail(format!("its manifest is invalid: {e}")))?;
+        Ok(Arc::new(ServiceVersion {
+            manifest,
+            digest,
+            source,
+            loaded_at: provisional.loaded_at,
+            pre,
+            exports: Exports { service, callbacks },
+        }))
+    }
+
+    async fn compile(&self, bytes: Vec<u8>, digest: &str) -> Result<Component, String> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err("it is not a WebAssembly binary (it does not start with \\0asm)".into());
+        }
+        let engine = self.engine.clone();
+        let cache = self.config.cache_dir.as_ref().map(|dir| {
+            let compatibility = {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                engine.precompile_compatibility_hash().hash(&mut hasher);
+                hasher.finish()
+            };
+            dir.join(format!("{digest}-{compatibility:016x}.cwasm"))
+        });
+        tokio::task::spawn_blocking(move || {
+            if let Some(path) = &cache
+                && path.exists()
+            {
+                // Safety: the cache directory is the host's own; an artifact there was written
+                // by this engine configuration for exactly these bytes (both are in its name).
+                match unsafe { Component::deserialize_file(&engine, path) } {
+                    Ok(component) => return Ok(component),
+                    Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring an unreadable cached artifact"),
+                }
+            }
+            let component = Component::new(&engine, &bytes).map_err(|e| {
+                format!("it is not a valid WebAssembly component: {}", root_cause(&e))
+            })?;
+            if let Some(path) = &cache
+                && let Err(error) = write_cache(&component, path)
+            {
+                tracing::warn!(path = %path.display(), %error, "could not cache a compiled component");
+            }
+            Ok(component)
+        })
+        .await
+        .map_err(|e| format!("compilation panicked: {e}"))?
+    }
+
+    pub async fn handle(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        request: wit::Request,
+    ) -> Called<Result<wit::Response, wit::Error>> {
+        let (result, context) = self.invoke(version, context, Call::Handle(request)).await;
+        (
+            result.map(|r| match r {
+                Returned::Response(r) => r,
+                _ => unreachable!("handle returns a response"),
+            }),
+            context,
+        )
+    }
+
+    pub async fn prepare(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        saga: &str,
+        callback: &str,
+        saga_context: String,
+    ) -> Called<Result<wit::SagaRequest, wit::Error>> {
+        let call = Call::Prepare {
+            saga: saga.into(),
+            callback: callback.into(),
+            context: saga_context,
+        };
+        let (result, context) = self.invoke(version, context, call).await;
+        (
+            result.map(|r| match r {
+                Returned::Request(r) => r,
+                _ => unreachable!("prepare returns a request"),
+            }),
+            context,
+        )
+    }
+
+    pub async fn on_reply(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        saga: &str,
+        callback: &str,
+        saga_context: String,
+        reply: wit::Reply,
+    ) -> Called<Result<String, wit::Error>> {
+        let call = Call::OnReply {
+            saga: saga.into(),
+            callback: callback.into(),
+            context: saga_context,
+            reply,
+        };
+        self.invoke_for_context(version, context, call).await
+    }
+
+    pub async fn execute(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        saga: &str,
+        callback: &str,
+        saga_context: String,
+    ) -> Called<Result<String, wit::Error>> {
+        let call = Call::Execute {
+            saga: saga.into(),
+            callback: callback.into(),
+            context: saga_context,
+        };
+        self.invoke_for_context(version, context, call).await
+    }
+
+    pub async fn condition(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        saga: &str,
+        callback: &str,
+        saga_context: String,
+    ) -> Called<Result<bool, wit::Error>> {
+        let call = Call::Condition {
+            saga: saga.into(),
+            callback: callback.into(),
+            context: saga_context,
+        };
+        let (result, context) = self.invoke(version, context, call).await;
+        (
+            result.map(|r| match r {
+                Returned::Decision(r) => r,
+                _ => unreachable!("condition returns a decision"),
+            }),
+            context,
+        )
+    }
+
+    async fn invoke_for_context(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        call: Call,
+    ) -> Called<Result<String, wit::Error>> {
+        let (result, context) = self.invoke(version, context, call).await;
+        (
+            result.map(|r| match r {
+                Returned::Context(r) => r,
+                _ => unreachable!("callbacks return a context"),
+            }),
+            context,
+        )
+    }
+
+    /// Instantiates the component in a fresh store and makes one call, within the limits.
+    async fn invoke(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        call: Call,
+    ) -> Called<Returned> {
+        let service = version.manifest.name.clone();
+        let _permit = self
+            .instances
+            .acquire()
+            .await
+            .expect("the instance semaphore is never closed");
+        let mut store = Store::new(&self.engine, CallState::new(context, self.limiter()));
+        store.limiter(|state| &mut state.limits);
+        let cpu_time = self.config.cpu_time;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |store| {
+            let used = store.data().cpu_time();
+            if used > cpu_time {
+                return Err(LimitExceeded(format!(
+                    "it ran for more than {} ms of CPU time in one call",
+                    cpu_time.as_millis()
+                ))
+                .into());
+            }
+            // Let other calls run while this one computes.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let run = run_call(&mut store, version, call);
+        let result = match tokio::time::timeout(self.config.wall_time, run).await {
+            Ok(Ok(returned)) => Ok(returned),
+            Ok(Err(error)) => Err(classify(&service, &error, store.data())),
+            Err(_) => Err(CallError::Timeout {
+                service: service.clone(),
+                limit: self.config.wall_time,
+            }),
+        };
+        match &result {
+            Err(error @ CallError::Raced { .. }) => {
+                tracing::debug!(service, %error, "call raced; it is run again")
+            }
+            Err(error) => tracing::warn!(service, %error, "component call failed"),
+            Ok(_) => {}
+        }
+        (result, store.into_data().ctx)
+    }
+
+    fn limiter(&self) -> Limiter {
+        Limiter {
+            max_memory: self.config.max_memory_bytes,
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn run_call(
+    store: &mut Store<CallState>,
+    version: &ServiceVersion,
+    call: Call,
+) -> wasmtime::Result<Returned> {
+    let instance: Instance = version.pre.instantiate_async(&mut *store).await?;
+    let callbacks =
+        || {
+            version.exports.callbacks.as_ref().ok_or_else(|| {
+                wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.1.0"))
+            })
+        };
+    Ok(match call {
+        Call::Describe => {
+            let guest = version.exports.service.load(&mut *store, &instance)?;
+            Returned::Manifest(guest.call_describe(&mut *store).await?)
+        }
+        Call::Handle(request) => {
+            let guest = version.exports.service.load(&mut *store, &instance)?;
+            Returned::Response(guest.call_handle(&mut *store, &request).await?)
+        }
+        Call::Prepare {
+            saga,
+            callback,
+            context,
+        } => {
+            let guest = callbacks()?.load(&mut *store, &instance)?;
+            Returned::Request(
+                guest
+                    .call_prepare(&mut *store, &saga, &callback, &context)
+                    .await?,
+            )
+        }
+        Call::OnReply {
+            saga,
+            callback,
+            context,
+            reply,
+        } => {
+            let guest = callbacks()?.load(&mut *store, &instance)?;
+            Returned::Context(
+                guest
+                    .call_on_reply(&mut *store, &saga, &callback, &context, &reply)
+                    .await?,
+            )
+        }
+        Call::Execute {
+            saga,
+            callback,
+            context,
+        } => {
+            let guest = callbacks()?.load(&mut *store, &instance)?;
+            Returned::Context(
+                guest
+                    .call_execute(&mut *store, &saga, &callback, &context)
+                    .await?,
+            )
+        }
+        Call::Condition {
+            saga,
+            callback,
+            context,
+        } => {
+            let guest = callbacks()?.load(&mut *store, &instance)?;
+            Returned::Decision(
+                guest
+                    .call_condition(&mut *store, &saga, &callback, &context)
+                    .await?,
+            )
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct MissingExport(&'static str);
+
+/// Turns a failed call into an error a person can act on: our limits by name, a trap with the
+/// component's own panic message when it printed one.
+fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallError {
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return CallError::Limit {
+            service: service.to_string(),
+            reason: limit.0.clone(),
+        };
+    }
+    if let Some(raced) = error.downcast_ref::<Raced>() {
+        return CallError::Raced {
+            service: service.to_string(),
+            reason: raced.reason.clone(),
+            holder: raced.holder.clone(),
+        };
+    }
+    if let Some(missing) = error.downcast_ref::<MissingExport>() {
+        return CallError::Missing {
+            service: service.to_string(),
+            what: missing.0,
+        };
+    }
+    let mut reason = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => root_cause(error),
+    };
+    let stderr = state.stderr.contents();
+    let printed = String::from_utf8_lossy(&stderr);
+    let printed = printed.trim();
+    if !printed.is_empty() {
+        let tail: String = printed
+            .chars()
+            .rev()
+            .take(2000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        reason = format!("{reason}; it printed: {tail}");
+    }
+    CallError::Trap {
+        service: service.to_string(),
+        reason,
+    }
+}
+
+fn root_cause(error: &wasmtime::Error) -> String {
+    format!("{error:#}")
+}
+
+fn write_cache(component: &Component, path: &std::path::Path) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Write then rename, so that a crash never leaves a truncated artifact under the final name.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(partial, path)
+}
+
+fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true);
+    wasm.epoch_interruption(true);
+    if pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.max_instances;
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .total_stacks(instances)
+            .max_core_instances_per_component(64)
+            .max_memories_per_component(8)
+            .max_tables_per_component(32)
+            .max_memory_size(config.max_memory_bytes)
+            .table_elements(100_000);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    wasm
+}
+
+/// Memory growth beyond the limit stops the call with an error that says so.
+struct Limiter {
+    max_memory: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            return Err(LimitExceeded(format!(
+                "it tried to grow its memory to {} MiB; the limit is {} MiB",
+                desired >> 20,
+                self.max_memory >> 20
+            ))
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+        if desired > MAX_TABLE_ELEMENTS {
+            return Err(LimitExceeded(format!(
+                "it tried to grow a table to {desired} elements; the limit is {MAX_TABLE_ELEMENTS}"
+            ))
+            .into());
+        }
+        Ok(true)
+    }
+}

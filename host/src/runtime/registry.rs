@@ -1,0 +1,210 @@
+//! The loaded services and what reaches them: REST routes and broker topics. A new set is built
+//! and checked whole (no two services may claim the same route or command topic) before it
+//! replaces the old one atomically, so a request always sees one consistent set.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::ServiceVersion;
+use super::bindings::types as wit;
+use super::manifest::{describe_trigger, method_name};
+use crate::broker::Topics;
+
+/// Where a REST request goes.
+#[derive(Debug, Clone)]
+pub struct RouteTarget {
+    pub service: String,
+    pub handler: String,
+    pub trigger: wit::Trigger,
+    /// A rest-query: the handler may not write.
+    pub read_only: bool,
+}
+
+/// One consistent set of loaded services.
+#[derive(Default)]
+pub struct Services {
+    pub by_name: BTreeMap<String, Arc<ServiceVersion>>,
+    routes: HashMap<&'static str, matchit::Router<RouteTarget>>,
+    pub topics: Topics,
+}
+
+/// A matched REST route.
+pub struct Matched<'a> {
+    pub target: &'a RouteTarget,
+    pub params: Vec<(String, String)>,
+}
+
+impl Services {
+    /// Builds the routing of a set of services, refusing any route or command topic that two of
+    /// them declare.
+    fn build(by_name: BTreeMap<String, Arc<ServiceVersion>>) -> Result<Services, String> {
+        let mut routes: HashMap<&'static str, matchit::Router<RouteTarget>> = HashMap::new();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut topics = Topics::default();
+        for (name, version) in &by_name {
+            for handler in &version.manifest.handlers {
+                for trigger in &handler.triggers {
+                    match trigger {
+                        wit::Trigger::BrokerCommand(topic) | wit::Trigger::BrokerQuery(topic) => {
+                            if let Some(owner) = topics.commands.insert(topic.clone(), name.clone())
+                            {
+                                return Err(format!(
+                                    "{} is declared by both service {owner} and service {name}",
+                                    describe_trigger(trigger)
+                                ));
+                            }
+                        }
+                        wit::Trigger::BrokerEvent(topic) => {
+                            topics
+                                .events
+                                .entry(topic.clone())
+                                .or_default()
+                                .push(name.clone());
+                        }
+                        wit::Trigger::RestCommand(route) | wit::Trigger::RestQuery(route) => {
+                            let method = method_name(route.method);
+                            let target = RouteTarget {
+                                service: name.clone(),
+                                handler: handler.name.clone(),
+                                trigger: trigger.clone(),
+                                read_only: matches!(trigger, wit::Trigger::RestQuery(_)),
+                            };
+                            let key = format!("{method} {}", route.path);
+                            if let Err(error) = routes
+                                .entry(method)
+                                .or_default()
+                                .insert(route.path.clone(), target)
+                            {
+                                let other = match &error {
+                                    matchit::InsertError::Conflict { with } => owners
+                                        .get(&format!("{method} {with}"))
+                                        .map(|owner| {
+                                            format!("route {method} {with} of service {owner}")
+                                        })
+                                        .unwrap_or_else(|| format!("route {method} {with}")),
+                                    _ => error.to_string(),
+                                };
+                                return Err(format!(
+                                    "route {method} {} of service {name} conflicts with {other}",
+                                    route.path
+                                ));
+                            }
+                            owners.insert(key, name.clone());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Services {
+            by_name,
+            routes,
+            topics,
+        })
+    }
+
+    pub fn route(&self, method: &str, path: &str) -> Option<Matched<'_>> {
+        let matched = self.routes.get(method)?.at(path).ok()?;
+        Some(Matched {
+            target: matched.value,
+            params: matched
+                .params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+    }
+
+    /// Methods that have a route at `path`, for a 405 answer.
+    pub fn methods_at(&self, path: &str) -> Vec<&'static str> {
+        let mut methods: Vec<&'static str> = self
+            .routes
+            .iter()
+            .filter(|(_, router)| router.at(path).is_ok())
+            .map(|(method, _)| *method)
+            .collect();
+        methods.sort_unstable();
+        methods
+    }
+}
+
+/// The current set of services, swapped atomically.
+pub struct Registry {
+    current: ArcSwap<Services>,
+    broker: crate::broker::Broker,
+    /// Serialises changes, so that two concurrent installs cannot lose one another.
+    change: tokio::sync::Mutex<()>,
+}
+
+impl Registry {
+    pub fn new(broker: crate::broker::Broker) -> Self {
+        Registry {
+            current: ArcSwap::from_pointee(Services::default()),
+            broker,
+            change: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Services> {
+        self.current.load_full()
+    }
+
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceVersion>> {
+        self.current.load().by_name.get(name).cloned()
+    }
+
+    /// Installs a version, replacing the service's current one; refused (nothing changes) when
+    /// its routes or topics clash with another service's. Returns the version it replaced.
+    pub async fn install(
+        &self,
+        version: Arc<ServiceVersion>,
+    ) -> Result<Option<Arc<ServiceVersion>>, String> {
+        let _change = self.change.lock().await;
+        let mut by_name = self.current.load().by_name.clone();
+        let replaced = by_name.insert(version.manifest.name.clone(), version);
+        let services = Services::build(by_name)?;
+        self.broker.set_topics(services.topics.clone());
+        self.current.store(Arc::new(services));
+        Ok(replaced)
+    }
+
+    /// Removes a service; returns the removed version.
+    pub async fn remove(&self, name: &str) -> Option<Arc<ServiceVersion>> {
+        let _change = self.change.lock().await;
+        let mut by_name = self.current.load().by_name.clone();
+        let removed = by_name.remove(name)?;
+        let services =
+            Services::build(by_name).expect("removing a service cannot create a conflict");
+        self.broker.set_topics(services.topics.clone());
+        self.current.store(Arc::new(services));
+        Some(removed)
+    }
+}
+
+impl ServiceVersion {
+    /// The handler a broker message for `topic` of this kind reaches, with the trigger.
+    pub fn handler_for(
+        &self,
+        kind: crate::broker::Kind,
+        topic: &str,
+    ) -> Option<(&str, &wit::Trigger)> {
+        use crate::broker::Kind;
+        self.manifest.handlers.iter().find_map(|handler| {
+            handler
+                .triggers
+                .iter()
+                .find(|trigger| match (kind, trigger) {
+                    (Kind::Command, wit::Trigger::BrokerCommand(t)) => t == topic,
+                    (Kind::Query, wit::Trigger::BrokerQuery(t)) => t == topic,
+                    // A command may be sent to a query topic and vice versa: the sender does not
+                    // know which the receiver declared.
+                    (Kind::Command, wit::Trigger::BrokerQuery(t)) => t == topic,
+                    (Kind::Query, wit::Trigger::BrokerCommand(t)) => t == topic,
+                    (Kind::Event, wit::Trigger::BrokerEvent(t)) => t == topic,
+                    _ => false,
+                })
+                .map(|trigger| (handler.name.as_str(), trigger))
+        })
+    }
+}

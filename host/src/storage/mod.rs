@@ -1,0 +1,212 @@
+//! Durable state of the host, in one SQL database: the services' event-sourced aggregates (events
+//! and snapshots), writes staged under a saga until it ends, saga executions, and the in-process
+//! broker's queue (so that a handler's writes, the messages it sends and the acknowledgement of
+//! the message it handled commit in one transaction: a transactional outbox).
+//!
+//! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
+//! the few columns it queries by.
+
+pub mod condition;
+mod sql;
+
+use serde_json::Value;
+
+pub use sql::Storage;
+
+/// One aggregate as a reader sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRecord {
+    pub uuid: String,
+    pub version: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// A JSON object.
+    pub data: Value,
+}
+
+/// The stored state of one aggregate, including a deletion (a deleted aggregate's uuid is never
+/// reused).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub record: AggregateRecord,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// One event to append: an aggregate moving from `version - 1` to `version`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Write {
+    pub service: String,
+    pub aggregate: String,
+    pub uuid: String,
+    pub action: Action,
+    /// The version after this write; the write expects the aggregate at `version - 1` (0: absent).
+    pub version: u64,
+    /// The fields this write changed, as a JSON object (all fields for a create, `{}` for a
+    /// delete).
+    pub diff: String,
+    /// The whole aggregate after the write (its last state for a delete).
+    pub data: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Staged under this saga instead of committed.
+    pub staged_under: Option<String>,
+}
+
+/// A message to put in the queue once the transaction commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub id: String,
+    /// Who handles it (a service, or a service's saga orchestrator).
+    pub consumer: String,
+    /// The message itself, as the broker serialises it.
+    pub body: String,
+    /// Held until this saga finishes (and dropped if it fails), instead of queued now.
+    pub staged_under: Option<String>,
+}
+
+/// A message in the queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub seq: i64,
+    pub id: String,
+    pub consumer: String,
+    pub body: String,
+    /// How many times handling it has failed.
+    pub attempts: u32,
+    /// Not before this time (ms since the epoch): a failed message waits for its retry.
+    pub available_at: i64,
+}
+
+/// A saga execution row. `state` is the orchestrator's own JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaRow {
+    pub id: String,
+    pub service: String,
+    pub name: String,
+    pub status: String,
+    pub state: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// 0 for a new execution; otherwise the revision it was read at, which must still be the
+    /// stored one (two writers of one saga cannot both win).
+    pub revision: i64,
+}
+
+/// How a saga's staged writes and messages end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolve {
+    /// The saga finished: its writes become visible and its messages are sent.
+    Promote(String),
+    /// The saga failed: its writes and messages vanish.
+    Discard(String),
+}
+
+/// Everything one handler call or saga transition changes, applied atomically.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Transaction {
+    pub writes: Vec<Write>,
+    pub messages: Vec<NewMessage>,
+    /// The queue entry whose handling this is: removed in the same transaction, so that its
+    /// effects happen once. If it is already gone the transaction is a duplicate and is refused.
+    pub ack: Option<i64>,
+    pub saga: Option<SagaRow>,
+    pub resolve: Option<Resolve>,
+}
+
+impl Transaction {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.messages.is_empty()
+            && self.ack.is_none()
+            && self.saga.is_none()
+            && self.resolve.is_none()
+    }
+
+    /// Appends another transaction's changes; the result commits both or neither.
+    pub fn merge(&mut self, other: Transaction) {
+        self.writes.extend(other.writes);
+        self.messages.extend(other.messages);
+        if other.ack.is_some() {
+            debug_assert!(self.ack.is_none(), "a transaction acknowledges one message");
+            self.ack = other.ack;
+        }
+        if other.saga.is_some() {
+            self.saga = other.saga;
+        }
+        if other.resolve.is_some() {
+            self.resolve = other.resolve;
+        }
+    }
+}
+
+/// What a commit made deliverable: the messages now in the queue, in order.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub queued: Vec<QueuedMessage>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// Another writer changed or holds the aggregate; retry after it is done.
+    #[error("{aggregate} {uuid} of service {service} {reason}")]
+    Conflict {
+        service: String,
+        aggregate: String,
+        uuid: String,
+        reason: String,
+        /// The saga whose staged writes hold the aggregate, if that is the cause.
+        holder: Option<String>,
+    },
+    /// A finished saga's staged writes were based on a version another writer has since
+    /// replaced: the saga must fail rather than overwrite.
+    #[error(
+        "{aggregate} {uuid} of service {service} was changed by another writer while a saga held it"
+    )]
+    Overwritten {
+        service: String,
+        aggregate: String,
+        uuid: String,
+    },
+    /// The saga execution was changed by someone else since it was read.
+    #[error("saga {0} was changed concurrently")]
+    SagaChanged(String),
+    /// The message this transaction acknowledges was already handled.
+    #[error("message {0} was already handled")]
+    Duplicate(i64),
+    #[error("cannot open the database at {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("a stored row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the storage writer has stopped")]
+    WriterGone,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,822 @@
+//! The SQL backend: SQLite (a file, WAL, durable commits) or PostgreSQL, through sqlx's `Any`
+//! driver so that both run the same statements. Reads use a connection pool; writes go through
+//! one writer task that commits many transactions per database commit (group commit), each in
+//! its own savepoint so that one transaction's conflict does not undo the others.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use super::condition::{FieldPath, Prefilter};
+use super::{
+    Action, AggregateRecord, Committed, NewMessage, QueuedMessage, Resolve, SagaRow, Snapshot,
+    StorageError, Transaction, Write,
+};
+
+/// How many transactions one database commit takes at most.
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    reads: AnyPool,
+    writer: mpsc::Sender<Job>,
+    dialect: Dialect,
+}
+
+struct Job {
+    transaction: Transaction,
+    done: oneshot::Sender<Result<Committed, StorageError>>,
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl Storage {
+    /// Opens (creating if needed) the database at `url` — `sqlite://PATH` or `postgres://…` —
+    /// and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Storage> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StorageError::Open {
+                url: url.to_string(),
+                source: sqlx::Error::Configuration(
+                    "the database URL must start with sqlite:// or postgres://".into(),
+                ),
+            });
+        };
+        let open_error = |source| StorageError::Open {
+            url: url.to_string(),
+            source,
+        };
+        if dialect == Dialect::Sqlite {
+            create_sqlite_parent(url).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        }
+        let options: AnyConnectOptions = url.parse().map_err(open_error)?;
+        let reads = AnyPoolOptions::new()
+            .max_connections(8)
+            .after_connect(move |conn, _| Box::pin(async move { configure(conn, dialect).await }))
+            .connect_with(options.clone())
+            .await
+            .map_err(open_error)?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&reads).await?,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&reads).await?,
+        }
+        let mut writer_conn = AnyConnection::connect_with(&options)
+            .await
+            .map_err(open_error)?;
+        configure(&mut writer_conn, dialect)
+            .await
+            .map_err(open_error)?;
+        let (writer, jobs) = mpsc::channel(4096);
+        tokio::spawn(write_loop(writer_conn, jobs, dialect));
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                reads,
+                writer,
+                dialect,
+            }),
+        })
+    }
+
+    /// Commits a transaction durably. Many callers' transactions share one database commit.
+    pub async fn commit(&self, transaction: Transaction) -> Result<Committed> {
+        if transaction.is_empty() {
+            return Ok(Committed::default());
+        }
+        let (done, result) = oneshot::channel();
+        self.inner
+            .writer
+            .send(Job { transaction, done })
+            .await
+            .map_err(|_| StorageError::WriterGone)?;
+        result.await.map_err(|_| StorageError::WriterGone)?
+    }
+
+    /// A committed aggregate, deleted or not.
+    pub async fn get(
+        &self,
+        service: &str,
+        aggregate: &str,
+        uuid: &str,
+    ) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(
+            "SELECT uuid, version, created_at, updated_at, data, deleted FROM snapshots \
+             WHERE service = $1 AND uuid = $2 AND aggregate = $3",
+        )
+        .bind(service)
+        .bind(uuid)
+        .bind(aggregate)
+        .fetch_optional(&self.inner.reads)
+        .await?;
+        row.map(|row| snapshot_from_row(&row)).transpose()
+    }
+
+    /// Committed aggregates of a type that satisfy the prefilter, in creation order. With
+    /// `limit`, the prefilter must be exact (the caller checks nothing further).
+    pub async fn find(
+        &self,
+        service: &str,
+        aggregate: &str,
+        prefilter: &Prefilter,
+        limit: Option<u32>,
+    ) -> Result<Vec<AggregateRecord>> {
+        let mut sql = String::from(
+            "SELECT uuid, version, created_at, updated_at, data FROM snapshots \
+             WHERE service = $1 AND aggregate = $2 AND deleted = 0",
+        );
+        for (i, (field, _)) in prefilter.equalities.iter().enumerate() {
+            let param = i + 3;
+            match field.metadata() {
+                Some("uuid") => sql.push_str(&format!(" AND uuid = ${param}")),
+                _ => sql.push_str(&format!(
+                    " AND {} = ${param} AND {}",
+                    self.json_field(field),
+                    json_is_string(self.inner.dialect, field)
+                )),
+            }
+        }
+        sql.push_str(" ORDER BY created_at, uuid");
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(service)
+            .bind(aggregate);
+        for (_, value) in &prefilter.equalities {
+            query = query.bind(value.as_str());
+        }
+        let rows = query.fetch_all(&self.inner.reads).await?;
+        rows.iter().map(|row| record_from_row(row, 0)).collect()
+    }
+
+    /// Makes equality conditions on `field` of `aggregate` use an index.
+    pub async fn ensure_index(
+        &self,
+        service: &str,
+        aggregate: &str,
+        field: &FieldPath,
+    ) -> Result<()> {
+        use sha2::Digest;
+        let key = format!(
+            "{service}\u{0}{aggregate}\u{0}{}",
+            field.segments().join(".")
+        );
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        // The WHERE clause keeps the index to the one aggregate type, and literal names are safe:
+        // service, aggregate and field names are validated to [A-Za-z0-9_-].
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS ix_snapshot_{name} ON snapshots (service, aggregate, {}) \
+             WHERE service = '{service}' AND aggregate = '{aggregate}'",
+            self.json_field(field)
+        );
+        self.inner.reads.execute(AssertSqlSafe(sql)).await?;
+        Ok(())
+    }
+
+    /// The saga's staged state of one aggregate, if it wrote it.
+    pub async fn get_staged(
+        &self,
+        saga: &str,
+        service: &str,
+        aggregate: &str,
+        uuid: &str,
+    ) -> Result<Option<Snapshot>> {
+        let row = sqlx::query(
+            "SELECT uuid, version, created_at, updated_at, data, deleted FROM staged_snapshots \
+             WHERE service = $1 AND uuid = $2 AND saga = $3 AND aggregate = $4",
+        )
+        .bind(service)
+        .bind(uuid)
+        .bind(saga)
+        .bind(aggregate)
+        .fetch_optional(&self.inner.reads)
+        .await?;
+        row.map(|row| snapshot_from_row(&row)).transpose()
+    }
+
+    /// Every aggregate of a type the saga has staged writes for.
+    pub async fn staged_of_type(
+        &self,
+        saga: &str,
+        service: &str,
+        aggregate: &str,
+    ) -> Result<Vec<Snapshot>> {
+        let rows = sqlx::query(
+            "SELECT uuid, version, created_at, updated_at, data, deleted FROM staged_snapshots \
+             WHERE saga = $1 AND service = $2 AND aggregate = $3",
+        )
+        .bind(saga)
+        .bind(service)
+        .bind(aggregate)
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+
+    pub async fn load_saga(&self, id: &str) -> Result<Option<SagaRow>> {
+        let row = sqlx::query(
+            "SELECT id, service, name, status, state, created_at, updated_at, revision FROM sagas WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.inner.reads)
+        .await?;
+        row.map(|row| saga_from_row(&row)).transpose()
+    }
+
+    /// Sagas, newest first, optionally of one status.
+    pub async fn list_sagas(&self, status: Option<&str>, limit: u32) -> Result<Vec<SagaRow>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, service, name, status, state, created_at, updated_at, revision FROM sagas \
+             WHERE ($1 = '' OR status = $1) ORDER BY created_at DESC, id LIMIT {limit}"
+        )))
+        .bind(status.unwrap_or(""))
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter().map(saga_from_row).collect()
+    }
+
+    /// Every message still in the queue, oldest first: what a restarted host must deliver.
+    pub async fn queued_messages(&self) -> Result<Vec<QueuedMessage>> {
+        let rows = sqlx::query(
+            "SELECT seq, id, consumer, body, attempts, available_at FROM queue ORDER BY seq",
+        )
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// Records a failed attempt at a queued message and when to try again.
+    pub async fn defer_message(&self, seq: i64, attempts: u32, available_at: i64) -> Result<()> {
+        sqlx::query("UPDATE queue SET attempts = $1, available_at = $2 WHERE seq = $3")
+            .bind(attempts as i64)
+            .bind(available_at)
+            .bind(seq)
+            .execute(&self.inner.reads)
+            .await?;
+        Ok(())
+    }
+
+    /// Counts rows of the aggregate tables; for tests and diagnostics.
+    pub async fn count_aggregates(&self, service: &str, aggregate: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM snapshots WHERE service = $1 AND aggregate = $2 AND deleted = 0",
+        )
+        .bind(service)
+        .bind(aggregate)
+        .fetch_one(&self.inner.reads)
+        .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    fn json_field(&self, field: &FieldPath) -> String {
+        json_field(self.inner.dialect, field)
+    }
+}
+
+fn json_field(dialect: Dialect, field: &FieldPath) -> String {
+    match dialect {
+        Dialect::Sqlite => {
+            let path: String = field
+                .segments()
+                .iter()
+                .map(|s| format!(".\"{s}\""))
+                .collect();
+            format!("json_extract(data, '${path}')")
+        }
+        Dialect::Postgres => format!("(data::jsonb #>> '{{{}}}')", field.segments().join(",")),
+    }
+}
+
+/// True when the field holds a JSON string: SQL text equality alone would also match numbers
+/// (PostgreSQL) or objects (SQLite) whose text happens to be equal.
+fn json_is_string(dialect: Dialect, field: &FieldPath) -> String {
+    match dialect {
+        Dialect::Sqlite => {
+            let path: String = field
+                .segments()
+                .iter()
+                .map(|s| format!(".\"{s}\""))
+                .collect();
+            format!("json_type(data, '${path}') = 'text'")
+        }
+        Dialect::Postgres => format!(
+            "jsonb_typeof(data::jsonb #> '{{{}}}') = 'string'",
+            field.segments().join(",")
+        ),
+    }
+}
+
+fn create_sqlite_parent(url: &str) -> std::io::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(())
+}
+
+async fn configure(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
+    if dialect == Dialect::Sqlite {
+        // WAL lets readers run beside the writer; synchronous=FULL makes every commit durable
+        // (fsync of the WAL) before the host reports success.
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_loop(mut conn: AnyConnection, mut jobs: mpsc::Receiver<Job>, dialect: Dialect) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let results = commit_batch(&mut conn, &batch, dialect).await;
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Commits a batch in one database transaction; each job in its own savepoint when there are
+/// several, so that a conflicting job fails alone.
+async fn commit_batch(
+    conn: &mut AnyConnection,
+    batch: &[Job],
+    dialect: Dialect,
+) -> Vec<Result<Committed>> {
+    let fail_all = |error: &sqlx::Error| -> Vec<Result<Committed>> {
+        tracing::error!(%error, "storage commit failed");
+        batch
+            .iter()
+            .map(|_| {
+                Err(StorageError::Database(sqlx::Error::Protocol(
+                    error.to_string(),
+                )))
+            })
+            .collect()
+    };
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(error) => return fail_all(&error),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    if batch.len() == 1 {
+        let result = apply(&mut tx, &batch[0].transaction, dialect).await;
+        if result.is_err() {
+            let _ = tx.rollback().await;
+            return vec![result];
+        }
+        results.push(result);
+    } else {
+        for job in batch {
+            let mut savepoint = match tx.begin().await {
+                Ok(savepoint) => savepoint,
+                Err(error) => return fail_all(&error),
+            };
+            let result = apply(&mut savepoint, &job.transaction, dialect).await;
+            let ended = if result.is_ok() {
+                savepoint.commit().await
+            } else {
+                savepoint.rollback().await
+            };
+            if let Err(error) = ended {
+                return fail_all(&error);
+            }
+            results.push(result);
+        }
+    }
+    match tx.commit().await {
+        Ok(()) => results,
+        Err(error) => fail_all(&error),
+    }
+}
+
+async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> Result<Committed> {
+    let mut committed = Committed::default();
+    if let Some(seq) = tx.ack {
+        let done = sqlx::query("DELETE FROM queue WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StorageError::Duplicate(seq));
+        }
+    }
+    // A failed saga's staged writes go first: its compensations may write the same aggregates.
+    if let Some(Resolve::Discard(saga)) = &tx.resolve {
+        discard(conn, saga).await?;
+    }
+    for write in &tx.writes {
+        match &write.staged_under {
+            None => apply_write(conn, write).await?,
+            Some(saga) => stage_write(conn, write, saga).await?,
+        }
+    }
+    for message in &tx.messages {
+        match &message.staged_under {
+            None => committed.queued.push(enqueue(conn, message).await?),
+            Some(saga) => stage_message(conn, message, saga).await?,
+        }
+    }
+    if let Some(saga) = &tx.saga {
+        save_saga(conn, saga).await?;
+    }
+    if let Some(Resolve::Promote(saga)) = &tx.resolve {
+        promote(conn, saga, dialect, &mut committed).await?;
+    }
+    Ok(committed)
+}
+
+async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
+    let saved = if saga.revision == 0 {
+        sqlx::query(
+            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&saga.id)
+        .bind(&saga.service)
+        .bind(&saga.name)
+        .bind(&saga.status)
+        .bind(&saga.state)
+        .bind(saga.created_at)
+        .bind(saga.updated_at)
+        .execute(&mut *conn)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1 \
+             WHERE id = $4 AND revision = $5",
+        )
+        .bind(&saga.status)
+        .bind(&saga.state)
+        .bind(saga.updated_at)
+        .bind(&saga.id)
+        .bind(saga.revision)
+        .execute(&mut *conn)
+        .await?
+    };
+    if saved.rows_affected() == 0 {
+        return Err(StorageError::SagaChanged(saga.id.clone()));
+    }
+    Ok(())
+}
+
+fn conflict(write: &Write, reason: impl Into<String>, holder: Option<String>) -> StorageError {
+    StorageError::Conflict {
+        service: write.service.clone(),
+        aggregate: write.aggregate.clone(),
+        uuid: write.uuid.clone(),
+        reason: reason.into(),
+        holder,
+    }
+}
+
+async fn lock_holder(conn: &mut AnyConnection, write: &Write) -> Result<Option<(String, i64)>> {
+    let row =
+        sqlx::query("SELECT saga, version FROM staged_snapshots WHERE service = $1 AND uuid = $2")
+            .bind(&write.service)
+            .bind(&write.uuid)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(match row {
+        Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+        None => None,
+    })
+}
+
+/// A committed write: the aggregate must be at the expected version and not held by a saga.
+async fn apply_write(conn: &mut AnyConnection, write: &Write) -> Result<()> {
+    if let Some((holder, _)) = lock_holder(conn, write).await? {
+        return Err(conflict(write, "is held by a running saga", Some(holder)));
+    }
+    let deleted = i64::from(write.action == Action::Delete);
+    let changed = if write.action == Action::Create {
+        sqlx::query(
+            "INSERT INTO snapshots (service, uuid, aggregate, version, data, deleted, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $7) ON CONFLICT (service, uuid) DO NOTHING",
+        )
+        .bind(&write.service)
+        .bind(&write.uuid)
+        .bind(&write.aggregate)
+        .bind(write.version as i64)
+        .bind(&write.data)
+        .bind(write.created_at)
+        .bind(write.updated_at)
+        .execute(&mut *conn)
+        .await?
+    } else {
+        sqlx::query(
+            "UPDATE snapshots SET version = $1, data = $2, deleted = $3, updated_at = $4 \
+             WHERE service = $5 AND uuid = $6 AND version = $7 AND deleted = 0",
+        )
+        .bind(write.version as i64)
+        .bind(&write.data)
+        .bind(deleted)
+        .bind(write.updated_at)
+        .bind(&write.service)
+        .bind(&write.uuid)
+        .bind(write.version as i64 - 1)
+        .execute(&mut *conn)
+        .await?
+    };
+    if changed.rows_affected() == 0 {
+        return Err(conflict(
+            write,
+            match write.action {
+                Action::Create => "already exists (the uuid is taken)",
+                _ => "changed since it was read (version conflict)",
+            },
+            None,
+        ));
+    }
+    insert_event(conn, "events", write, None).await
+}
+
+/// A write staged under a saga: takes the aggregate's lock for the saga, or extends it.
+async fn stage_write(conn: &mut AnyConnection, write: &Write, saga: &str) -> Result<()> {
+    let base = write.version as i64 - 1;
+    let deleted = i64::from(write.action == Action::Delete);
+    match lock_holder(conn, write).await? {
+        Some((holder, _)) if holder != saga => {
+            return Err(conflict(
+                write,
+                "is held by another running saga",
+                Some(holder),
+            ));
+        }
+        Some((_, staged_version)) => {
+            if staged_version != base {
+                return Err(conflict(
+                    write,
+                    "changed since it was read (version conflict)",
+                    None,
+                ));
+            }
+            sqlx::query(
+                "UPDATE staged_snapshots SET version = $1, data = $2, deleted = $3, updated_at = $4 \
+                 WHERE service = $5 AND uuid = $6 AND saga = $7",
+            )
+            .bind(write.version as i64)
+            .bind(&write.data)
+            .bind(deleted)
+            .bind(write.updated_at)
+            .bind(&write.service)
+            .bind(&write.uuid)
+            .bind(saga)
+            .execute(&mut *conn)
+            .await?;
+        }
+        None => {
+            let committed: Option<(i64, i64)> = sqlx::query(
+                "SELECT version, deleted FROM snapshots WHERE service = $1 AND uuid = $2",
+            )
+            .bind(&write.service)
+            .bind(&write.uuid)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?;
+            let ok = match (write.action, committed) {
+                (Action::Create, None) => true,
+                (Action::Create, Some(_)) => false,
+                (_, Some((version, 0))) => version == base,
+                _ => false,
+            };
+            if !ok {
+                return Err(conflict(
+                    write,
+                    match write.action {
+                        Action::Create => "already exists (the uuid is taken)",
+                        _ => "changed since it was read (version conflict)",
+                    },
+                    None,
+                ));
+            }
+            let inserted = sqlx::query(
+                "INSERT INTO staged_snapshots (service, uuid, saga, aggregate, base_version, version, data, \
+                 deleted, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (service, uuid) DO NOTHING",
+            )
+            .bind(&write.service)
+            .bind(&write.uuid)
+            .bind(saga)
+            .bind(&write.aggregate)
+            .bind(base)
+            .bind(write.version as i64)
+            .bind(&write.data)
+            .bind(deleted)
+            .bind(write.created_at)
+            .bind(write.updated_at)
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Err(conflict(write, "is held by another running saga", None));
+            }
+        }
+    }
+    insert_event(conn, "staged_events", write, Some(saga)).await
+}
+
+async fn insert_event(
+    conn: &mut AnyConnection,
+    table: &str,
+    write: &Write,
+    saga: Option<&str>,
+) -> Result<()> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {table} (saga, service, uuid, version, aggregate, action, diff, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    )))
+    .bind(saga)
+    .bind(&write.service)
+    .bind(&write.uuid)
+    .bind(write.version as i64)
+    .bind(&write.aggregate)
+    .bind(write.action.as_str())
+    .bind(&write.diff)
+    .bind(write.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn enqueue(conn: &mut AnyConnection, message: &NewMessage) -> Result<QueuedMessage> {
+    let now = super::now_ms();
+    let row = sqlx::query(
+        "INSERT INTO queue (id, consumer, body, attempts, available_at) VALUES ($1, $2, $3, 0, $4) \
+         RETURNING seq",
+    )
+    .bind(&message.id)
+    .bind(&message.consumer)
+    .bind(&message.body)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(QueuedMessage {
+        seq: row.try_get(0)?,
+        id: message.id.clone(),
+        consumer: message.consumer.clone(),
+        body: message.body.clone(),
+        attempts: 0,
+        available_at: now,
+    })
+}
+
+async fn stage_message(conn: &mut AnyConnection, message: &NewMessage, saga: &str) -> Result<()> {
+    sqlx::query("INSERT INTO staged_messages (saga, id, consumer, body) VALUES ($1, $2, $3, $4)")
+        .bind(saga)
+        .bind(&message.id)
+        .bind(&message.consumer)
+        .bind(&message.body)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Makes a finished saga's staged writes visible and queues its held messages. The committed
+/// version of each aggregate must still be the one the saga based its writes on; otherwise the
+/// saga conflicts and must fail rather than overwrite.
+async fn promote(
+    conn: &mut AnyConnection,
+    saga: &str,
+    dialect: Dialect,
+    committed: &mut Committed,
+) -> Result<()> {
+    let lock = if dialect == Dialect::Postgres {
+        " FOR UPDATE OF s"
+    } else {
+        ""
+    };
+    let stale = sqlx::query(AssertSqlSafe(format!(
+        "SELECT s.service, s.aggregate, s.uuid FROM staged_snapshots s \
+         LEFT JOIN snapshots c ON c.service = s.service AND c.uuid = s.uuid \
+         WHERE s.saga = $1 AND COALESCE(c.version, 0) <> s.base_version LIMIT 1{lock}"
+    )))
+    .bind(saga)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = stale {
+        return Err(StorageError::Overwritten {
+            service: row.try_get(0)?,
+            aggregate: row.try_get(1)?,
+            uuid: row.try_get(2)?,
+        });
+    }
+    sqlx::query(
+        "INSERT INTO snapshots (service, uuid, aggregate, version, data, deleted, created_at, updated_at) \
+         SELECT service, uuid, aggregate, version, data, deleted, created_at, updated_at \
+         FROM staged_snapshots WHERE saga = $1 \
+         ON CONFLICT (service, uuid) DO UPDATE SET version = excluded.version, data = excluded.data, \
+         deleted = excluded.deleted, updated_at = excluded.updated_at",
+    )
+    .bind(saga)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO events (saga, service, uuid, version, aggregate, action, diff, created_at) \
+         SELECT saga, service, uuid, version, aggregate, action, diff, created_at \
+         FROM staged_events WHERE saga = $1 ORDER BY seq",
+    )
+    .bind(saga)
+    .execute(&mut *conn)
+    .await?;
+    let held =
+        sqlx::query("SELECT id, consumer, body FROM staged_messages WHERE saga = $1 ORDER BY seq")
+            .bind(saga)
+            .fetch_all(&mut *conn)
+            .await?;
+    for row in held {
+        let message = NewMessage {
+            id: row.try_get(0)?,
+            consumer: row.try_get(1)?,
+            body: row.try_get(2)?,
+            staged_under: None,
+        };
+        committed.queued.push(enqueue(conn, &message).await?);
+    }
+    discard(conn, saga).await
+}
+
+async fn discard(conn: &mut AnyConnection, saga: &str) -> Result<()> {
+    for table in ["staged_snapshots", "staged_events", "staged_messages"] {
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE saga = $1"
+        )))
+        .bind(saga)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+fn record_from_row(row: &AnyRow, first: usize) -> Result<AggregateRecord> {
+    let data: String = row.try_get(first + 4)?;
+    Ok(AggregateRecord {
+        uuid: row.try_get(first)?,
+        version: row.try_get::<i64, _>(first + 1)? as u64,
+        created_at: row.try_get(first + 2)?,
+        updated_at: row.try_get(first + 3)?,
+        data: serde_json::from_str(&data)
+            .map_err(|e| StorageError::Corrupt(format!("aggregate data is not JSON: {e}")))?,
+    })
+}
+
+fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot> {
+    Ok(Snapshot {
+        record: record_from_row(row, 0)?,
+        deleted: row.try_get::<i64, _>(5)? != 0,
+    })
+}
+
+fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
+    Ok(SagaRow {
+        id: row.try_get(0)?,
+        service: row.try_get(1)?,
+        name: row.try_get(2)?,
+        status: row.try_get(3)?,
+        state: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        updated_at: row.try_get(6)?,
+        revision: row.try_get(7)?,
+    })
+}
+
+fn queued_from_row(row: &AnyRow) -> Result<QueuedMessage> {
+    Ok(QueuedMessage {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        consumer: row.try_get(2)?,
+        body: row.try_get(3)?,
+        attempts: row.try_get::<i64, _>(4)? as u32,
+        available_at: row.try_get(5)?,
+    })
+}

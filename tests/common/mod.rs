@@ -1,0 +1,337 @@
+//! The end-to-end test harness: starts the real `saga-host` binary with real components built
+//! from this repo and a real SQLite file in a temporary directory, talks to it over HTTP on
+//! loopback, and reads its database to check what was (not) stored.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// How long a host may take to start (it compiles components unless the cache has them).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// A component built by `make components`, by crate name with underscores ("guest_exam").
+pub fn component(name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the components first with `make components` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "saga-host-test-{}-{}-{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create a temporary directory");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `saga-host serve`.
+pub struct Host {
+    child: Child,
+    pub addr: String,
+    pub data: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    http: Http,
+}
+
+/// Why a host did not start.
+#[derive(Debug)]
+pub struct StartFailure {
+    pub status: Option<ExitStatus>,
+    pub stderr: String,
+}
+
+/// A directory with the given components in it.
+pub fn components_dir(dir: &TempDir, names: &[&str]) -> PathBuf {
+    let components = dir.path().join("components");
+    std::fs::create_dir_all(&components).expect("create the components directory");
+    for name in names {
+        std::fs::copy(component(name), components.join(format!("{name}.wasm")))
+            .expect("copy a component");
+    }
+    components
+}
+
+impl Host {
+    /// Starts a host on a fresh data directory with these components.
+    pub fn start(dir: &TempDir, components: &[&str]) -> Host {
+        Host::start_with(dir, components, &[])
+    }
+
+    pub fn start_with(dir: &TempDir, components: &[&str], args: &[&str]) -> Host {
+        let components = components_dir(dir, components);
+        Host::launch(dir, &components, args).unwrap_or_else(|failure| {
+            panic!(
+                "the host did not start ({:?}):\n{}",
+                failure.status, failure.stderr
+            )
+        })
+    }
+
+    /// Starts a host on `dir` (its data directory is `dir/data`), reading components from
+    /// `components`.
+    pub fn launch(dir: &TempDir, components: &Path, args: &[&str]) -> Result<Host, StartFailure> {
+        let data = dir.path().join("data");
+        let cache = target_dir().join("test-cache");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_saga-host"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--components")
+            .arg(components)
+            .arg("--cache")
+            .arg(&cache)
+            .args(args)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the saga-host binary");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = log.clone();
+            let stderr = child.stderr.take().expect("stderr is piped");
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().expect("log lock").push(line);
+                }
+            });
+        }
+        let (ready, listening) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("saga-host listening on http://") {
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = ready.send(addr);
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(addr) = listening.recv_timeout(Duration::from_millis(50)) {
+                let http = Http::new(&addr);
+                return Ok(Host {
+                    child,
+                    addr,
+                    data,
+                    log,
+                    http,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Let the stderr reader catch up with the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(StartFailure {
+                    status: Some(status),
+                    stderr: log.lock().expect("log lock").join("\n"),
+                });
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(StartFailure {
+                    status: None,
+                    stderr: log.lock().expect("log lock").join("\n"),
+                });
+            }
+        }
+    }
+
+    pub fn http(&self) -> &Http {
+        &self.http
+    }
+
+    /// What the host logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// Stops the host the way an operator would (SIGTERM) and waits for it.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the host at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Rows in each of the host's tables: a bad request must leave them all as they were.
+    pub async fn table_counts(&self) -> BTreeMap<&'static str, i64> {
+        use sqlx::Connection;
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            self.data.join("saga-host.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("open the host's SQLite file");
+        let mut counts = BTreeMap::new();
+        for table in [
+            "snapshots",
+            "events",
+            "staged_snapshots",
+            "staged_events",
+            "staged_messages",
+            "queue",
+            "sagas",
+        ] {
+            let count: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count rows");
+            counts.insert(table, count);
+        }
+        counts
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client for one host.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub allow: Option<String>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {}", self.body))
+    }
+
+    /// The `error` field of a JSON error body.
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field in {}", self.body))
+            .to_string()
+    }
+}
+
+impl Http {
+    pub fn new(addr: &str) -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Answer {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(request))
+            .await
+            .expect("the host answers within 60 s")
+            .expect("the host answers");
+        let status = response.status().as_u16();
+        let allow = response
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read the body")
+            .to_bytes();
+        Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            allow,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send("GET", path, None, Vec::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.send(
+            "POST",
+            path,
+            Some("application/json"),
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+}

@@ -1,0 +1,171 @@
+//! The tutorial's flow through a real host: POST /exams runs GET_USER_ATTEMPTS against the
+//! Attempt service; three submissions succeed, the fourth is refused, and the limit holds under
+//! concurrency and across a restart.
+
+mod common;
+
+use common::{Host, TempDir};
+use serde_json::json;
+use uuid::Uuid;
+
+const BUNDLED: [&str; 2] = ["guest_exam", "guest_attempt"];
+const MAX_ATTEMPTS_MESSAGE: &str =
+    "An error occurred during exam submit: The maximum number of attempts has been exceeded.";
+
+fn submission(user: Uuid, exam: Uuid) -> serde_json::Value {
+    json!({"user_uuid": user, "exam_uuid": exam})
+}
+
+#[tokio::test]
+async fn the_tutorial_flow() {
+    let dir = TempDir::new("tutorial");
+    let host = Host::start(&dir, &BUNDLED);
+    let http = host.http();
+    let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+
+    for attempt in 1..=3 {
+        let answer = http.post_json("/exams", &submission(user, exam)).await;
+        assert_eq!(answer.status, 200, "submission {attempt}: {}", answer.body);
+        let created = answer.json();
+        assert_eq!(created["user_uuid"], user.to_string());
+        assert_eq!(created["exam_uuid"], exam.to_string());
+        assert_eq!(created["attempt"], attempt);
+        assert_eq!(created["version"], 1);
+        let uuid = created["uuid"].as_str().expect("the exam has a uuid");
+        let fetched = http.get(&format!("/exams/{uuid}")).await;
+        assert_eq!(fetched.status, 200, "{}", fetched.body);
+        assert_eq!(
+            fetched.json(),
+            created,
+            "GET /exams/{{uuid}} returns the exam POST created"
+        );
+    }
+
+    let before = host.table_counts().await;
+    let refused = http.post_json("/exams", &submission(user, exam)).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.error(), MAX_ATTEMPTS_MESSAGE);
+    let after = host.table_counts().await;
+    for table in [
+        "snapshots",
+        "events",
+        "staged_snapshots",
+        "staged_events",
+        "queue",
+    ] {
+        assert_eq!(
+            before[table], after[table],
+            "the refused submission changed table {table}"
+        );
+    }
+    assert_eq!(
+        after["sagas"],
+        before["sagas"] + 1,
+        "the refused saga is recorded as errored"
+    );
+
+    let listed = http
+        .get(&format!("/exams?user_uuid={user}&exam_uuid={exam}"))
+        .await
+        .json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    let attempts = http.get(&format!("/attempts/{user}/{exam}")).await.json();
+    assert_eq!(attempts["quantity"], 3);
+    assert_eq!(attempts["remaining"], 0);
+
+    let other_exam = Uuid::new_v4();
+    let answer = http
+        .post_json("/exams", &submission(user, other_exam))
+        .await;
+    assert_eq!(
+        answer.status, 200,
+        "another exam for the same user: {}",
+        answer.body
+    );
+    assert_eq!(answer.json()["attempt"], 1);
+}
+
+#[tokio::test]
+async fn ten_concurrent_submissions_create_exactly_three_exams() {
+    let dir = TempDir::new("concurrent");
+    let host = Host::start(&dir, &BUNDLED);
+    for _round in 0..2 {
+        let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+        let submissions: Vec<_> = (0..10)
+            .map(|_| {
+                let http = host.http().clone();
+                tokio::spawn(async move { http.post_json("/exams", &submission(user, exam)).await })
+            })
+            .collect();
+        let mut accepted = Vec::new();
+        let mut refused = 0;
+        for submission in submissions {
+            let answer = submission.await.expect("the request task");
+            match answer.status {
+                200 => accepted.push(answer.json()["attempt"].as_u64().expect("attempt number")),
+                400 => {
+                    assert_eq!(answer.error(), MAX_ATTEMPTS_MESSAGE);
+                    refused += 1;
+                }
+                other => panic!("unexpected status {other}: {}", answer.body),
+            }
+        }
+        accepted.sort_unstable();
+        assert_eq!(
+            accepted,
+            vec![1, 2, 3],
+            "each accepted submission is a distinct attempt"
+        );
+        assert_eq!(refused, 7);
+        let listed = host
+            .http()
+            .get(&format!("/exams?user_uuid={user}"))
+            .await
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+        let attempts = host
+            .http()
+            .get(&format!("/attempts/{user}/{exam}"))
+            .await
+            .json();
+        assert_eq!(attempts["quantity"], 3);
+    }
+}
+
+#[tokio::test]
+async fn a_restart_keeps_exams_and_attempt_counts() {
+    let dir = TempDir::new("restart");
+    let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+    let host = Host::start(&dir, &BUNDLED);
+    let mut exams = Vec::new();
+    for _ in 0..2 {
+        let answer = host
+            .http()
+            .post_json("/exams", &submission(user, exam))
+            .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        exams.push(answer.json());
+    }
+    host.stop();
+
+    let host =
+        Host::launch(&dir, &dir.path().join("components"), &[]).expect("the host starts again");
+    let http = host.http();
+    for exam in &exams {
+        let fetched = http
+            .get(&format!("/exams/{}", exam["uuid"].as_str().unwrap()))
+            .await;
+        assert_eq!(fetched.status, 200, "{}", fetched.body);
+        assert_eq!(&fetched.json(), exam);
+    }
+    assert_eq!(
+        http.get(&format!("/attempts/{user}/{exam}")).await.json()["quantity"],
+        2
+    );
+    let third = http.post_json("/exams", &submission(user, exam)).await;
+    assert_eq!(third.status, 200, "{}", third.body);
+    assert_eq!(third.json()["attempt"], 3);
+    let fourth = http.post_json("/exams", &submission(user, exam)).await;
+    assert_eq!(fourth.status, 400, "{}", fourth.body);
+    assert_eq!(fourth.error(), MAX_ATTEMPTS_MESSAGE);
+}
