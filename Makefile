@@ -21,7 +21,7 @@ run: components
 
 ## Sets up, builds everything and runs every test (lints first).
 test: components lint
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release
 
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -39,7 +39,8 @@ lint: setup
 
 ## Runs the benchmarks (see the README's Benchmarks section).
 bench: components
-	$(CARGO) run --release -p saga-bench -- all
+	$(CARGO) build --release -p saga-host -p saga-bench
+	./target/release/saga-bench all
 
 clean-data:
 	rm -rf data

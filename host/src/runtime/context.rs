@@ -14,7 +14,7 @@ use super::ServiceVersion;
 use super::bindings::{broker, logging, sagas, storage as wit_storage, types as wit};
 use crate::broker::{Broker, Message};
 use crate::storage::condition::{self, Condition, Node, OrderBy};
-use crate::storage::{self, Action, AggregateRecord, NewMessage, Storage, Write};
+use crate::storage::{self, Action, AggregateRecord, Found, NewMessage, Storage, Write};
 
 /// Starts sagas on behalf of a component (implemented by the orchestrator).
 pub trait SagaRunner: Send + Sync + 'static {
@@ -247,23 +247,12 @@ impl CallContext {
             return Ok(Some((record_of(write)?, write.action == Action::Delete)));
         }
         let env = self.env()?.clone();
-        let service = self.service.manifest.name.clone();
         let started = Instant::now();
-        let result = async {
-            if let Some(saga) = self.saga_id()
-                && let Some(staged) = env
-                    .storage
-                    .get_staged(saga, &service, aggregate, uuid)
-                    .await?
-            {
-                return Ok(Some((staged.record, staged.deleted)));
-            }
-            env.storage
-                .get(&service, aggregate, uuid)
-                .await
-                .map(|found| found.map(|s| (s.record, s.deleted)))
-        }
-        .await;
+        let result = env
+            .storage
+            .get(&self.service.manifest.name, aggregate, uuid, self.saga_id())
+            .await
+            .map(|found| found.map(|s| (s.record, s.deleted)));
         self.host_time += started.elapsed();
         result.map_err(unavailable)
     }
@@ -653,23 +642,22 @@ impl wit_storage::Host for CallState {
                 .map_err(|e| wit_storage::StorageError::Invalid(e.to_string()))?;
             let service = ctx.service.manifest.name.clone();
             let prefilter = condition.prefilter();
-            let started = Instant::now();
-            let staged = match ctx.saga_id() {
-                Some(saga) => env.storage.staged_of_type(saga, &service, &aggregate_type).await,
-                None => Ok(Vec::new()),
-            };
             let own_writes = ctx.writes.iter().any(|w| w.aggregate == aggregate_type);
-            let overlay_empty = staged.as_ref().is_ok_and(Vec::is_empty) && !own_writes;
-            // With nothing to overlay and a condition SQL answers exactly, SQL can also apply
-            // the limit; otherwise fetch the candidates, overlay, filter, sort, then limit.
-            let sql_limit = if overlay_empty && prefilter.exact && ordering.is_empty() {
+            // Outside a saga, with no writes of its own to overlay and a condition SQL answers
+            // exactly, SQL also applies the limit; otherwise fetch the candidates, overlay the
+            // saga's and the call's writes, filter, sort, then limit.
+            let sql_limit = if ctx.saga_id().is_none() && !own_writes && prefilter.exact && ordering.is_empty() {
                 limit.map(|l| l.min(env.limits.max_find_results as u32))
             } else {
                 Some(env.limits.max_find_results as u32 + 1)
             };
-            let committed = env.storage.find(&service, &aggregate_type, &prefilter, sql_limit).await;
+            let started = Instant::now();
+            let found = env
+                .storage
+                .find(&service, &aggregate_type, &prefilter, sql_limit, ctx.saga_id())
+                .await;
             ctx.host_time += started.elapsed();
-            let (staged, committed) = (staged.map_err(unavailable)?, committed.map_err(unavailable)?);
+            let Found { committed, staged } = found.map_err(unavailable)?;
             if committed.len() > env.limits.max_find_results {
                 return Err(wit_storage::StorageError::Denied(format!(
                     "the condition matches more than {} {aggregate_type} aggregates before filtering; add an equality on an indexed field or a limit",

@@ -660,7 +660,16 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .max_memories_per_component(8)
             .max_tables_per_component(32)
             .max_memory_size(config.max_memory_bytes)
-            .table_elements(100_000);
+            .table_elements(100_000)
+            // A fresh instance per call reuses pool slots all the time: keep the pages a small
+            // service touches resident (reset in place) instead of returning them to the kernel
+            // and faulting them in again, and return the rest in batches, so that one TLB
+            // shootdown serves many instances.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(128 << 10)
+            .decommit_batch_size(64)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     wasm

@@ -59,9 +59,15 @@ pub struct Orchestrator {
     env: OnceLock<Weak<CallEnv>>,
     ends: SagaEnds,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<wit::Execution>>>>,
+    /// Paused executions as last stored by this process, so that a reply needs no read. The
+    /// stored revision still decides: a stale copy fails its commit and is read again.
+    paused: Mutex<HashMap<String, Execution>>,
     /// How long a transition may wait for aggregates another saga holds.
     lock_wait: Duration,
 }
+
+/// Paused executions kept in memory at most; beyond, replies read them from storage.
+const MAX_CACHED_PAUSED: usize = 100_000;
 
 /// What moves an execution.
 enum Input {
@@ -99,6 +105,7 @@ impl Orchestrator {
             env: OnceLock::new(),
             ends,
             waiters: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
             lock_wait,
         }
     }
@@ -217,16 +224,13 @@ impl Orchestrator {
         let given_up = Instant::now() + self.lock_wait;
         let mut input = Input::Reply(delivery.message.clone());
         loop {
-            let mut exec = match self.storage.load_saga(&saga_id).await {
-                Ok(Some(row)) => match Execution::from_row(&row) {
-                    Ok(exec) => exec,
-                    Err(problem) => return Outcome::Retry(problem),
-                },
+            let mut exec = match self.load(&saga_id).await {
+                Ok(Some(exec)) => exec,
                 Ok(None) => {
                     tracing::warn!(saga = %saga_id, "a reply for an unknown saga is dropped");
                     return self.acknowledge(delivery.seq).await;
                 }
-                Err(error) => return Outcome::Retry(error.to_string()),
+                Err(problem) => return Outcome::Retry(problem),
             };
             let Some(version) = self.registry.service(&exec.service) else {
                 return Outcome::Retry(format!(
@@ -263,6 +267,18 @@ impl Orchestrator {
         }
     }
 
+    /// An execution as stored: from memory when this process stored it paused, else read.
+    async fn load(&self, id: &str) -> Result<Option<Execution>, String> {
+        if let Some(exec) = self.paused.lock().expect("paused lock").remove(id) {
+            return Ok(Some(exec));
+        }
+        match self.storage.load_saga(id).await {
+            Ok(Some(row)) => Execution::from_row(&row).map(Some),
+            Ok(None) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
     async fn acknowledge(&self, seq: i64) -> Outcome {
         let tx = Transaction {
             ack: Some(seq),
@@ -291,6 +307,11 @@ impl Orchestrator {
                 tracing::debug!(saga = %exec.id, status = exec.status.as_str(), "saga transition stored");
                 if exec.status.is_final() {
                     self.ended(exec);
+                } else if exec.status == Status::Paused {
+                    let mut paused = self.paused.lock().expect("paused lock");
+                    if paused.len() < MAX_CACHED_PAUSED {
+                        paused.insert(exec.id.clone(), exec.clone());
+                    }
                 }
                 Ok(())
             }

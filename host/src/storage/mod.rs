@@ -33,6 +33,13 @@ pub struct Snapshot {
     pub deleted: bool,
 }
 
+/// What `find` read: committed candidates, and the saga's staged aggregates of the type.
+#[derive(Debug, Default)]
+pub struct Found {
+    pub committed: Vec<AggregateRecord>,
+    pub staged: Vec<Snapshot>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Create,

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::condition::{FieldPath, Prefilter};
 use super::{
-    Action, AggregateRecord, Committed, NewMessage, QueuedMessage, Resolve, SagaRow, Snapshot,
-    StorageError, Transaction, Write,
+    Action, AggregateRecord, Committed, Found, NewMessage, QueuedMessage, Resolve, SagaRow,
+    Snapshot, StorageError, Transaction, Write,
 };
 
 /// How many transactions one database commit takes at most.
@@ -70,7 +70,7 @@ impl Storage {
         }
         let options: AnyConnectOptions = url.parse().map_err(open_error)?;
         let reads = AnyPoolOptions::new()
-            .max_connections(8)
+            .max_connections(4)
             .after_connect(move |conn, _| Box::pin(async move { configure(conn, dialect).await }))
             .connect_with(options.clone())
             .await
@@ -110,40 +110,52 @@ impl Storage {
         result.await.map_err(|_| StorageError::WriterGone)?
     }
 
-    /// A committed aggregate, deleted or not.
+    /// The state of one aggregate a reader sees: the saga's staged state when `saga` wrote it,
+    /// else the committed one; deleted or not. One round trip.
     pub async fn get(
         &self,
         service: &str,
         aggregate: &str,
         uuid: &str,
+        saga: Option<&str>,
     ) -> Result<Option<Snapshot>> {
-        let row = sqlx::query(
-            "SELECT uuid, version, created_at, updated_at, data, deleted FROM snapshots \
+        let rows = sqlx::query(
+            "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
+             WHERE service = $1 AND uuid = $2 AND aggregate = $3 AND saga = $4 \
+             UNION ALL \
+             SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
              WHERE service = $1 AND uuid = $2 AND aggregate = $3",
         )
         .bind(service)
         .bind(uuid)
         .bind(aggregate)
-        .fetch_optional(&self.inner.reads)
+        .bind(saga.unwrap_or(""))
+        .fetch_all(&self.inner.reads)
         .await?;
-        row.map(|row| snapshot_from_row(&row)).transpose()
+        let preferred = rows
+            .iter()
+            .max_by_key(|row| row.try_get::<i64, _>(6).unwrap_or(0));
+        preferred.map(snapshot_from_row).transpose()
     }
 
-    /// Committed aggregates of a type that satisfy the prefilter, in creation order. With
-    /// `limit`, the prefilter must be exact (the caller checks nothing further).
+    /// Aggregates of a type that satisfy the prefilter, in creation order (committed), and,
+    /// for a saga, every aggregate of the type it has staged (to overlay). One round trip. With
+    /// `limit`, the prefilter must be exact and there must be no saga.
     pub async fn find(
         &self,
         service: &str,
         aggregate: &str,
         prefilter: &Prefilter,
         limit: Option<u32>,
-    ) -> Result<Vec<AggregateRecord>> {
+        saga: Option<&str>,
+    ) -> Result<Found> {
         let mut sql = String::from(
-            "SELECT uuid, version, created_at, updated_at, data FROM snapshots \
+            "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
              WHERE service = $1 AND aggregate = $2 AND deleted = 0",
         );
+        let first_equality = if saga.is_some() { 4 } else { 3 };
         for (i, (field, _)) in prefilter.equalities.iter().enumerate() {
-            let param = i + 3;
+            let param = i + first_equality;
             match field.metadata() {
                 Some("uuid") => sql.push_str(&format!(" AND uuid = ${param}")),
                 _ => sql.push_str(&format!(
@@ -157,17 +169,36 @@ impl Storage {
         if let Some(limit) = limit {
             sql.push_str(&format!(" LIMIT {limit}"));
         }
+        if saga.is_some() {
+            sql = format!(
+                "SELECT * FROM ({sql}) AS committed UNION ALL \
+                 SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
+                 WHERE saga = $3 AND service = $1 AND aggregate = $2"
+            );
+        }
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(service)
             .bind(aggregate);
+        if let Some(saga) = saga {
+            query = query.bind(saga);
+        }
         for (_, value) in &prefilter.equalities {
             query = query.bind(value.as_str());
         }
         let rows = query.fetch_all(&self.inner.reads).await?;
-        rows.iter().map(|row| record_from_row(row, 0)).collect()
+        let mut found = Found::default();
+        for row in &rows {
+            if row.try_get::<i64, _>(6)? == 1 {
+                found.staged.push(snapshot_from_row(row)?);
+            } else {
+                found.committed.push(record_from_row(row, 0)?);
+            }
+        }
+        Ok(found)
     }
 
-    /// Makes equality conditions on `field` of `aggregate` use an index.
+    /// Makes equality conditions on `field` of `aggregate` use an index. The index also holds
+    /// the creation order, so that `find` reads matches already sorted.
     pub async fn ensure_index(
         &self,
         service: &str,
@@ -181,55 +212,13 @@ impl Storage {
         );
         let digest = sha2::Sha256::digest(key.as_bytes());
         let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        // The WHERE clause keeps the index to the one aggregate type, and literal names are safe:
-        // service, aggregate and field names are validated to [A-Za-z0-9_-].
+        // The field path is validated to [A-Za-z0-9_-] segments, so it is safe in SQL text.
         let sql = format!(
-            "CREATE INDEX IF NOT EXISTS ix_snapshot_{name} ON snapshots (service, aggregate, {}) \
-             WHERE service = '{service}' AND aggregate = '{aggregate}'",
+            "CREATE INDEX IF NOT EXISTS ix_field_{name} ON snapshots (service, aggregate, {}, created_at, uuid)",
             self.json_field(field)
         );
         self.inner.reads.execute(AssertSqlSafe(sql)).await?;
         Ok(())
-    }
-
-    /// The saga's staged state of one aggregate, if it wrote it.
-    pub async fn get_staged(
-        &self,
-        saga: &str,
-        service: &str,
-        aggregate: &str,
-        uuid: &str,
-    ) -> Result<Option<Snapshot>> {
-        let row = sqlx::query(
-            "SELECT uuid, version, created_at, updated_at, data, deleted FROM staged_snapshots \
-             WHERE service = $1 AND uuid = $2 AND saga = $3 AND aggregate = $4",
-        )
-        .bind(service)
-        .bind(uuid)
-        .bind(saga)
-        .bind(aggregate)
-        .fetch_optional(&self.inner.reads)
-        .await?;
-        row.map(|row| snapshot_from_row(&row)).transpose()
-    }
-
-    /// Every aggregate of a type the saga has staged writes for.
-    pub async fn staged_of_type(
-        &self,
-        saga: &str,
-        service: &str,
-        aggregate: &str,
-    ) -> Result<Vec<Snapshot>> {
-        let rows = sqlx::query(
-            "SELECT uuid, version, created_at, updated_at, data, deleted FROM staged_snapshots \
-             WHERE saga = $1 AND service = $2 AND aggregate = $3",
-        )
-        .bind(saga)
-        .bind(service)
-        .bind(aggregate)
-        .fetch_all(&self.inner.reads)
-        .await?;
-        rows.iter().map(snapshot_from_row).collect()
     }
 
     pub async fn load_saga(&self, id: &str) -> Result<Option<SagaRow>> {
@@ -366,57 +355,86 @@ async fn write_loop(mut conn: AnyConnection, mut jobs: mpsc::Receiver<Job>, dial
     }
 }
 
-/// Commits a batch in one database transaction; each job in its own savepoint when there are
-/// several, so that a conflicting job fails alone.
+/// Commits a batch in one database transaction. Conflicts are rare, so the batch is first
+/// applied whole; if any job fails it is rolled back and applied again with each job in its own
+/// savepoint, so that the failing job fails alone.
 async fn commit_batch(
     conn: &mut AnyConnection,
     batch: &[Job],
     dialect: Dialect,
 ) -> Vec<Result<Committed>> {
-    let fail_all = |error: &sqlx::Error| -> Vec<Result<Committed>> {
-        tracing::error!(%error, "storage commit failed");
-        batch
-            .iter()
-            .map(|_| {
-                Err(StorageError::Database(sqlx::Error::Protocol(
-                    error.to_string(),
-                )))
-            })
-            .collect()
-    };
-    let mut tx = match conn.begin().await {
-        Ok(tx) => tx,
-        Err(error) => return fail_all(&error),
-    };
+    match commit_whole(conn, batch, dialect).await {
+        Ok(results) => results,
+        Err(results) if batch.len() == 1 => results,
+        Err(_) => commit_isolated(conn, batch, dialect).await,
+    }
+}
+
+fn fail_all(batch: &[Job], error: &sqlx::Error) -> Vec<Result<Committed>> {
+    tracing::error!(%error, "storage commit failed");
+    batch
+        .iter()
+        .map(|_| {
+            Err(StorageError::Database(sqlx::Error::Protocol(
+                error.to_string(),
+            )))
+        })
+        .collect()
+}
+
+/// All jobs in one transaction; `Err` (nothing committed) as soon as one fails.
+async fn commit_whole(
+    conn: &mut AnyConnection,
+    batch: &[Job],
+    dialect: Dialect,
+) -> Result<Vec<Result<Committed>>, Vec<Result<Committed>>> {
+    let mut tx = conn.begin().await.map_err(|e| fail_all(batch, &e))?;
     let mut results = Vec::with_capacity(batch.len());
-    if batch.len() == 1 {
-        let result = apply(&mut tx, &batch[0].transaction, dialect).await;
-        if result.is_err() {
-            let _ = tx.rollback().await;
-            return vec![result];
-        }
-        results.push(result);
-    } else {
-        for job in batch {
-            let mut savepoint = match tx.begin().await {
-                Ok(savepoint) => savepoint,
-                Err(error) => return fail_all(&error),
-            };
-            let result = apply(&mut savepoint, &job.transaction, dialect).await;
-            let ended = if result.is_ok() {
-                savepoint.commit().await
-            } else {
-                savepoint.rollback().await
-            };
-            if let Err(error) = ended {
-                return fail_all(&error);
+    for job in batch {
+        match apply(&mut tx, &job.transaction, dialect).await {
+            Ok(committed) => results.push(Ok(committed)),
+            Err(error) => {
+                let _ = tx.rollback().await;
+                return Err(vec![Err(error)]);
             }
-            results.push(result);
         }
     }
     match tx.commit().await {
+        Ok(()) => Ok(results),
+        Err(error) => Err(fail_all(batch, &error)),
+    }
+}
+
+/// Each job in its own savepoint of one transaction.
+async fn commit_isolated(
+    conn: &mut AnyConnection,
+    batch: &[Job],
+    dialect: Dialect,
+) -> Vec<Result<Committed>> {
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(error) => return fail_all(batch, &error),
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut savepoint = match tx.begin().await {
+            Ok(savepoint) => savepoint,
+            Err(error) => return fail_all(batch, &error),
+        };
+        let result = apply(&mut savepoint, &job.transaction, dialect).await;
+        let ended = if result.is_ok() {
+            savepoint.commit().await
+        } else {
+            savepoint.rollback().await
+        };
+        if let Err(error) = ended {
+            return fail_all(batch, &error);
+        }
+        results.push(result);
+    }
+    match tx.commit().await {
         Ok(()) => results,
-        Err(error) => fail_all(&error),
+        Err(error) => fail_all(batch, &error),
     }
 }
 
@@ -433,7 +451,7 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
     }
     // A failed saga's staged writes go first: its compensations may write the same aggregates.
     if let Some(Resolve::Discard(saga)) = &tx.resolve {
-        discard(conn, saga).await?;
+        discard(conn, saga, true).await?;
     }
     for write in &tx.writes {
         match &write.staged_under {
@@ -500,22 +518,35 @@ fn conflict(write: &Write, reason: impl Into<String>, holder: Option<String>) ->
     }
 }
 
-async fn lock_holder(conn: &mut AnyConnection, write: &Write) -> Result<Option<(String, i64)>> {
-    let row =
-        sqlx::query("SELECT saga, version FROM staged_snapshots WHERE service = $1 AND uuid = $2")
-            .bind(&write.service)
-            .bind(&write.uuid)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(match row {
-        Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
-        None => None,
-    })
+/// Who holds an aggregate (the saga and its staged version) and its committed state (version,
+/// deleted), read in one round trip.
+async fn current_state(
+    conn: &mut AnyConnection,
+    write: &Write,
+) -> Result<(Option<(String, i64)>, Option<(i64, i64)>)> {
+    let rows = sqlx::query(
+        "SELECT 1 AS staged, saga, version, 0 AS deleted FROM staged_snapshots WHERE service = $1 AND uuid = $2 \
+         UNION ALL \
+         SELECT 0 AS staged, '' AS saga, version, deleted FROM snapshots WHERE service = $1 AND uuid = $2",
+    )
+    .bind(&write.service)
+    .bind(&write.uuid)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut holder, mut committed) = (None, None);
+    for row in rows {
+        if row.try_get::<i64, _>(0)? == 1 {
+            holder = Some((row.try_get(1)?, row.try_get(2)?));
+        } else {
+            committed = Some((row.try_get(2)?, row.try_get(3)?));
+        }
+    }
+    Ok((holder, committed))
 }
 
 /// A committed write: the aggregate must be at the expected version and not held by a saga.
 async fn apply_write(conn: &mut AnyConnection, write: &Write) -> Result<()> {
-    if let Some((holder, _)) = lock_holder(conn, write).await? {
+    if let (Some((holder, _)), _) = current_state(conn, write).await? {
         return Err(conflict(write, "is held by a running saga", Some(holder)));
     }
     let deleted = i64::from(write.action == Action::Delete);
@@ -565,7 +596,8 @@ async fn apply_write(conn: &mut AnyConnection, write: &Write) -> Result<()> {
 async fn stage_write(conn: &mut AnyConnection, write: &Write, saga: &str) -> Result<()> {
     let base = write.version as i64 - 1;
     let deleted = i64::from(write.action == Action::Delete);
-    match lock_holder(conn, write).await? {
+    let (holder, committed) = current_state(conn, write).await?;
+    match holder {
         Some((holder, _)) if holder != saga => {
             return Err(conflict(
                 write,
@@ -596,15 +628,6 @@ async fn stage_write(conn: &mut AnyConnection, write: &Write, saga: &str) -> Res
             .await?;
         }
         None => {
-            let committed: Option<(i64, i64)> = sqlx::query(
-                "SELECT version, deleted FROM snapshots WHERE service = $1 AND uuid = $2",
-            )
-            .bind(&write.service)
-            .bind(&write.uuid)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?;
             let ok = match (write.action, committed) {
                 (Action::Create, None) => true,
                 (Action::Create, Some(_)) => false,
@@ -749,25 +772,33 @@ async fn promote(
     .bind(saga)
     .execute(&mut *conn)
     .await?;
-    let held =
-        sqlx::query("SELECT id, consumer, body FROM staged_messages WHERE saga = $1 ORDER BY seq")
-            .bind(saga)
-            .fetch_all(&mut *conn)
-            .await?;
+    let mut held = sqlx::query(
+        "DELETE FROM staged_messages WHERE saga = $1 RETURNING seq, id, consumer, body",
+    )
+    .bind(saga)
+    .fetch_all(&mut *conn)
+    .await?;
+    held.sort_by_key(|row| row.try_get::<i64, _>(0).unwrap_or(0));
     for row in held {
         let message = NewMessage {
-            id: row.try_get(0)?,
-            consumer: row.try_get(1)?,
-            body: row.try_get(2)?,
+            id: row.try_get(1)?,
+            consumer: row.try_get(2)?,
+            body: row.try_get(3)?,
             staged_under: None,
         };
         committed.queued.push(enqueue(conn, &message).await?);
     }
-    discard(conn, saga).await
+    discard(conn, saga, false).await
 }
 
-async fn discard(conn: &mut AnyConnection, saga: &str) -> Result<()> {
-    for table in ["staged_snapshots", "staged_events", "staged_messages"] {
+/// Drops a saga's staged writes and, unless promotion already took them, its held messages.
+async fn discard(conn: &mut AnyConnection, saga: &str, messages: bool) -> Result<()> {
+    let tables: &[&str] = if messages {
+        &["staged_snapshots", "staged_events", "staged_messages"]
+    } else {
+        &["staged_snapshots", "staged_events"]
+    };
+    for table in tables {
         sqlx::query(AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE saga = $1"
         )))

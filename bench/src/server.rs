@@ -1,0 +1,87 @@
+//! Starts the release `saga-host` binary for a run, on a fresh data directory, and stops it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    data: PathBuf,
+}
+
+/// The directory of the running executable: target/release, where `saga-host` is too.
+fn release_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .context("the executable has a directory")?
+        .to_path_buf())
+}
+
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl Server {
+    pub fn start(extra_args: &[&str]) -> anyhow::Result<Server> {
+        let binary = release_dir()?.join("saga-host");
+        if !binary.exists() {
+            bail!(
+                "{} is missing: run `cargo build --release -p saga-host` (make bench does)",
+                binary.display()
+            );
+        }
+        let components = workspace_dir().join("components");
+        if !components.join("guest_exam.wasm").exists() {
+            bail!(
+                "{} has no components: run `make components`",
+                components.display()
+            );
+        }
+        let data = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut child = Command::new(&binary)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--components")
+            .arg(&components)
+            .args(extra_args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let stdout = child.stdout.take().context("stdout is piped")?;
+        let (ready, listening) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("saga-host listening on http://") {
+                    let _ = ready.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        let addr = listening
+            .recv_timeout(Duration::from_secs(120))
+            .context("the host did not start within 120 s")?;
+        Ok(Server { child, addr, data })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
