@@ -87,8 +87,18 @@ async fn the_tutorial_flow() {
 
 #[tokio::test]
 async fn ten_concurrent_submissions_create_exactly_three_exams() {
+    ten_concurrent_submissions(&[]).await;
+}
+
+/// The same through the queue: every step's command and reply is a stored message.
+#[tokio::test]
+async fn ten_concurrent_submissions_through_the_queue_create_exactly_three_exams() {
+    ten_concurrent_submissions(&["--inline-steps", "false"]).await;
+}
+
+async fn ten_concurrent_submissions(args: &[&str]) {
     let dir = TempDir::new("concurrent");
-    let host = Host::start(&dir, &BUNDLED);
+    let host = Host::start_with(&dir, &BUNDLED, args);
     for _round in 0..2 {
         let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
         let submissions: Vec<_> = (0..10)

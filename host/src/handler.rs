@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::broker::{Broker, Message};
+use crate::broker::{Broker, Kind, Message};
 use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
 use crate::saga::SagaEnds;
-use crate::storage::{StorageError, Transaction};
+use crate::storage::{Consumed, StorageError, Transaction};
 
 pub struct Handlers {
     runtime: Arc<Runtime>,
@@ -28,7 +28,7 @@ pub struct Invocation {
     pub scope: Scope,
     pub access: Access,
     pub user: Option<String>,
-    /// The queued message being handled: acknowledged, and answered if it asks for a reply.
+    /// The queued message being handled: consumed (once), and answered if it asks for a reply.
     pub message: Option<(i64, Message)>,
 }
 
@@ -50,6 +50,52 @@ pub enum HandleError {
     Blocked(u64),
     #[error("storage failed: {0}")]
     Storage(StorageError),
+}
+
+/// How a broker message reaches a service: the handler's request, the scope its writes take
+/// (a saga step's command stages them under the saga), and what it may do. None when the
+/// service has no handler for the message.
+pub fn request_for(
+    service: &ServiceVersion,
+    message: &Message,
+) -> Option<(wit::Request, Scope, Access)> {
+    let (handler, trigger) = service.handler_for(message.kind, &message.topic)?;
+    let scope = match (message.header("saga"), message.header("step")) {
+        (Some(saga), Some(_)) if message.kind != Kind::Event => Scope::Saga(saga.to_string()),
+        _ => Scope::Direct,
+    };
+    let access = if matches!(trigger, wit::Trigger::BrokerQuery(_)) {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    let request = wit::Request {
+        handler: handler.to_string(),
+        trigger: trigger.clone(),
+        payload: message.payload.clone(),
+        params: Vec::new(),
+        query: Vec::new(),
+        headers: message
+            .headers
+            .iter()
+            .map(|(name, value)| wit::Header {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        user: message.header("user").map(str::to_string),
+    };
+    Some((request, scope, access))
+}
+
+/// The reply a handler's outcome makes: its status and payload (an error's payload is the
+/// JSON string of its message).
+pub fn reply_of(result: &Result<Result<wit::Response, wit::Error>, CallError>) -> (u16, String) {
+    match result {
+        Ok(Ok(response)) => (response.status, response.payload.clone()),
+        Ok(Err(error)) => (error.status, json_string(&error.message)),
+        Err(error) => (500, json_string(&error.to_string())),
+    }
 }
 
 impl Handlers {
@@ -88,10 +134,6 @@ impl Handlers {
                 self.wait_to_retry(holder.clone(), given_up).await?;
                 continue;
             }
-            let mut tx = Transaction {
-                ack: invocation.message.as_ref().map(|(seq, _)| *seq),
-                ..Transaction::default()
-            };
             // A failure nobody is told about (no reply requested) must not consume the message:
             // leave it queued, so that it is delivered again.
             let answered =
@@ -106,19 +148,20 @@ impl Handlers {
                     Err(error) => Handled::Failed(error),
                 });
             }
-            let reply = match &result {
-                Ok(Ok(response)) => {
-                    tx.writes = context.writes;
-                    tx.messages = context.messages;
-                    (response.status, response.payload.clone())
-                }
-                Ok(Err(error)) => (error.status, json_string(&error.message)),
-                Err(error) => (500, json_string(&error.to_string())),
-            };
-            if let Some((_, message)) = &invocation.message
-                && let Some(reply) = self.broker.address_reply(message, reply.0, reply.1)
-            {
-                tx.messages.push(reply);
+            let mut tx = Transaction::default();
+            if matches!(&result, Ok(Ok(_))) {
+                tx.writes = context.writes;
+                tx.messages = context.messages;
+            }
+            if let Some((seq, message)) = &invocation.message {
+                tx.ack = Some(*seq);
+                tx.consumed.push(Consumed {
+                    consumer: invocation.service.name().to_string(),
+                    message_id: message.id.clone(),
+                });
+                let (status, payload) = reply_of(&result);
+                tx.messages
+                    .extend(self.broker.address_reply(message, status, payload));
             }
             match self.broker.commit(tx).await {
                 Ok(()) => {

@@ -9,13 +9,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome};
-use crate::handler::{Handled, Handlers, Invocation};
-use crate::runtime::bindings::types as wit;
+use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome, RetryPolicy};
+use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::runtime::registry::Registry;
-use crate::runtime::{Access, CallEnv, CallLimits, Runtime, RuntimeConfig, Scope, ServiceVersion};
-use crate::saga::{Orchestrator, Runner, SagaEnds};
-use crate::storage::{Storage, Transaction};
+use crate::runtime::{CallEnv, CallLimits, Runtime, RuntimeConfig, ServiceVersion};
+use crate::saga::{Orchestrator, Runner, SagaConfig, SagaEnds};
+use crate::storage::{Consumed, Storage, Transaction};
 
 /// Everything the host is configured with.
 #[derive(Debug, Clone)]
@@ -27,9 +26,12 @@ pub struct Config {
     pub database_url: Option<String>,
     pub runtime: RuntimeConfig,
     pub call_limits: CallLimits,
-    /// How long a write waits for aggregates held by a running saga.
-    pub lock_wait: Duration,
+    pub sagas: SagaConfig,
+    /// How often, and how far apart, a failing delivery is tried before it is dead-lettered.
+    pub delivery: RetryPolicy,
     pub max_body_bytes: usize,
+    /// The bearer token of the operator API (`/admin`, `/sagas`); none: `/admin` is off.
+    pub admin_token: Option<String>,
 }
 
 impl Config {
@@ -105,20 +107,20 @@ impl Host {
     /// start with the file and the cause), delivers what is queued, and starts serving.
     pub async fn start(config: Config) -> Result<Running, StartError> {
         let storage = Storage::open(&config.database_url()).await?;
-        let broker = Broker::new(storage.clone());
+        let broker = Broker::new(storage.clone(), config.delivery.clone());
         let runtime = Arc::new(
             Runtime::new(config.runtime.clone()).map_err(|e| StartError::Engine(e.to_string()))?,
         );
         let registry = Arc::new(Registry::new(broker.clone()));
         let ends = SagaEnds::default();
-        let orchestrator = Arc::new(Orchestrator::new(
+        let orchestrator = Orchestrator::new(
             runtime.clone(),
             registry.clone(),
             broker.clone(),
             storage.clone(),
             ends.clone(),
-            config.lock_wait,
-        ));
+            config.sagas.clone(),
+        );
         let env = Arc::new(CallEnv {
             storage: storage.clone(),
             broker: broker.clone(),
@@ -131,7 +133,7 @@ impl Host {
             broker.clone(),
             env.clone(),
             ends,
-            config.lock_wait,
+            config.sagas.lock_wait,
         );
         let host = Arc::new(Host {
             config: config.clone(),
@@ -158,9 +160,15 @@ impl Host {
             );
         }
         let queued = host.broker.recover().await?;
-        if queued > 0 {
-            tracing::info!(queued, "delivering messages left from the last run");
+        let timers = host.orchestrator.recover_timers().await?;
+        if queued + timers > 0 {
+            tracing::info!(
+                queued,
+                timers,
+                "resuming what the last run left: queued messages and saga timers"
+            );
         }
+        tokio::spawn(prune_consumed(Arc::downgrade(&host)));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -223,7 +231,7 @@ impl Host {
             return Outcome::Retry(format!("service {} is not loaded", delivery.consumer));
         };
         let message = delivery.message;
-        let Some((handler, trigger)) = service.handler_for(message.kind, &message.topic) else {
+        let Some((request, scope, access)) = handler::request_for(&service, &message) else {
             // The loaded version no longer handles this topic: say so to whoever waits for a
             // reply rather than retrying for ever.
             let problem = format!(
@@ -232,53 +240,34 @@ impl Host {
                 message.topic
             );
             tracing::warn!(message_id = %message.id, "{problem}; the message is dropped");
-            let mut tx = Transaction {
+            let tx = Transaction {
                 ack: Some(delivery.seq),
+                consumed: vec![Consumed {
+                    consumer: delivery.consumer.clone(),
+                    message_id: message.id.clone(),
+                }],
+                messages: self
+                    .broker
+                    .address_reply(
+                        &message,
+                        500,
+                        serde_json::Value::String(problem).to_string(),
+                    )
+                    .into_iter()
+                    .collect(),
                 ..Transaction::default()
             };
-            tx.messages.extend(self.broker.address_reply(
-                &message,
-                500,
-                serde_json::Value::String(problem).to_string(),
-            ));
             return match self.broker.commit(tx).await {
                 Ok(()) | Err(crate::storage::StorageError::Duplicate(_)) => Outcome::Done,
                 Err(error) => Outcome::Retry(error.to_string()),
             };
         };
-        // A saga step's command is part of the saga: its writes are staged under it.
-        let scope = match (message.header("saga"), message.header("step")) {
-            (Some(saga), Some(_)) if message.kind != Kind::Event => Scope::Saga(saga.to_string()),
-            _ => Scope::Direct,
-        };
-        let access = if matches!(trigger, wit::Trigger::BrokerQuery(_)) {
-            Access::ReadOnly
-        } else {
-            Access::ReadWrite
-        };
-        let user = message.header("user").map(str::to_string);
-        let request = wit::Request {
-            handler: handler.to_string(),
-            trigger: trigger.clone(),
-            payload: message.payload.clone(),
-            params: Vec::new(),
-            query: Vec::new(),
-            headers: message
-                .headers
-                .iter()
-                .map(|(name, value)| wit::Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
-            user: user.clone(),
-        };
         let invocation = Invocation {
             service,
+            user: request.user.clone(),
             request,
             scope,
             access,
-            user,
             message: Some((delivery.seq, message)),
         };
         match self.handlers.run(invocation).await {
@@ -287,6 +276,24 @@ impl Host {
             Ok(Handled::Answered(Err(error))) => Outcome::Retry(error.message),
             Ok(Handled::Failed(error)) => Outcome::Retry(error.to_string()),
             Err(error) => Outcome::Retry(error.to_string()),
+        }
+    }
+}
+
+/// How long consumed-message records are kept: longer than any redelivery takes.
+const CONSUMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Forgets old consumed-message records, hourly, while the host runs.
+async fn prune_consumed(host: Weak<Host>) {
+    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        every_hour.tick().await;
+        let Some(host) = host.upgrade() else { return };
+        let before = crate::storage::now_ms() - CONSUMED_RETENTION.as_millis() as i64;
+        match host.storage.prune_consumed(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "forgot old consumed-message records"),
+            Err(error) => tracing::warn!(%error, "could not prune consumed-message records"),
         }
     }
 }

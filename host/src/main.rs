@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use saga_host::broker::RetryPolicy;
 use saga_host::runtime::{CallLimits, RuntimeConfig};
+use saga_host::saga::SagaConfig;
 use saga_host::{Config, Host};
 
 #[derive(Parser)]
@@ -58,6 +60,30 @@ struct Serve {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "SAGA_HOST_MAX_BODY", default_value_t = 1 << 20)]
     max_body: usize,
+    /// Bearer token of the operator API (/admin, /sagas). Without it /admin is off.
+    #[arg(long, env = "SAGA_HOST_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Run saga steps whose participant is loaded in this host within the saga's own
+    /// transaction (one commit instead of two per step); false: always through the queue.
+    #[arg(long, env = "SAGA_HOST_INLINE_STEPS", default_value_t = true, action = clap::ArgAction::Set)]
+    inline_steps: bool,
+    /// How long a saga step waits for its reply before it is sent again, in seconds (a saga
+    /// definition may say otherwise).
+    #[arg(long, env = "SAGA_HOST_STEP_TIMEOUT_S", default_value_t = 30)]
+    step_timeout_s: u64,
+    /// How long a whole saga may take, in seconds (0: no limit; a definition may say otherwise).
+    #[arg(long, env = "SAGA_HOST_SAGA_TIMEOUT_S", default_value_t = 600)]
+    saga_timeout_s: u64,
+    /// Attempts of a saga step or compensation that fails with a system error or gets no reply.
+    #[arg(long, env = "SAGA_HOST_STEP_ATTEMPTS", default_value_t = 3)]
+    step_attempts: u32,
+    /// Delay before the second attempt of a step or a delivery, in milliseconds; it doubles
+    /// with each attempt.
+    #[arg(long, env = "SAGA_HOST_RETRY_DELAY_MS", default_value_t = 100)]
+    retry_delay_ms: u64,
+    /// Attempts at delivering a message whose handler fails before it goes to the dead letters.
+    #[arg(long, env = "SAGA_HOST_DELIVERY_ATTEMPTS", default_value_t = 5)]
+    delivery_attempts: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,8 +118,23 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         components_dir: serve.components,
         database_url: serve.database,
         call_limits: CallLimits::default(),
-        lock_wait: Duration::from_secs(serve.lock_wait_s),
+        sagas: SagaConfig {
+            inline_steps: serve.inline_steps,
+            step_timeout: Duration::from_secs(serve.step_timeout_s),
+            saga_timeout: (serve.saga_timeout_s > 0)
+                .then(|| Duration::from_secs(serve.saga_timeout_s)),
+            max_attempts: serve.step_attempts.max(1),
+            first_retry_delay: Duration::from_millis(serve.retry_delay_ms),
+            lock_wait: Duration::from_secs(serve.lock_wait_s),
+            ..SagaConfig::default()
+        },
+        delivery: RetryPolicy {
+            max_attempts: serve.delivery_attempts.max(1),
+            first_delay: Duration::from_millis(serve.retry_delay_ms),
+            ..RetryPolicy::default()
+        },
         max_body_bytes: serve.max_body,
+        admin_token: serve.admin_token.filter(|token| !token.is_empty()),
     };
     let running = Host::start(config)
         .await

@@ -78,7 +78,31 @@ CREATE TABLE queue (
     available_at INTEGER NOT NULL
 );
 
--- Saga executions; `state` is the orchestrator's JSON (context, cursor, steps).
+-- Messages consumed, by consumer and message id, recorded in the transaction of their handling:
+-- a second delivery of the same message (a redelivery, a resend after a timeout) changes
+-- nothing. Rows older than the longest redelivery horizon are pruned.
+CREATE TABLE consumed (
+    consumer   TEXT    NOT NULL,
+    message_id TEXT    NOT NULL,
+    at         INTEGER NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+);
+CREATE INDEX consumed_by_age ON consumed (at);
+
+-- Messages whose handling kept failing, kept for an operator to look at and redrive.
+CREATE TABLE dead_letters (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT    NOT NULL,
+    consumer   TEXT    NOT NULL,
+    body       TEXT    NOT NULL,
+    attempts   INTEGER NOT NULL,
+    error      TEXT    NOT NULL,
+    failed_at  INTEGER NOT NULL
+);
+
+-- Saga executions; `state` is the orchestrator's JSON (context, cursor, steps). `timer_at` is
+-- when the execution next needs attention (a reply deadline, a retry, its own deadline), so
+-- that a restarted host finds every timer.
 CREATE TABLE sagas (
     id         TEXT    PRIMARY KEY,
     service    TEXT    NOT NULL,
@@ -87,6 +111,8 @@ CREATE TABLE sagas (
     state      TEXT    NOT NULL,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
-    revision   INTEGER NOT NULL
+    revision   INTEGER NOT NULL,
+    timer_at   INTEGER
 );
 CREATE INDEX sagas_by_status ON sagas (status, created_at);
+CREATE INDEX sagas_by_timer ON sagas (timer_at);

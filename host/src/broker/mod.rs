@@ -151,19 +151,49 @@ struct Inner {
     topics: ArcSwap<Topics>,
     consumer: OnceLock<Arc<dyn Deliver>>,
     in_flight: Semaphore,
+    retry: RetryPolicy,
 }
 
 /// Deliveries handled at once; more wait in memory (they are durable in the queue anyway).
 const MAX_IN_FLIGHT: usize = 512;
 
+/// How a message whose handling fails is tried again.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts before the message goes to the dead letters.
+    pub max_attempts: u32,
+    /// The first delay; each next one doubles, up to `max_delay`.
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempts + 1`.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let factor = 1u32 << attempts.saturating_sub(1).min(20);
+        self.first_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
 impl Broker {
-    pub fn new(storage: Storage) -> Self {
+    pub fn new(storage: Storage, retry: RetryPolicy) -> Self {
         Broker {
             inner: Arc::new(Inner {
                 storage,
                 topics: ArcSwap::from_pointee(Topics::default()),
                 consumer: OnceLock::new(),
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                retry,
             }),
         }
     }
@@ -292,7 +322,25 @@ impl Broker {
                 Outcome::Done => return,
                 Outcome::Retry(reason) => {
                     delivery.attempts += 1;
-                    delay = retry_delay(delivery.attempts);
+                    let policy = &self.inner.retry;
+                    if delivery.attempts >= policy.max_attempts {
+                        tracing::error!(
+                            message_id = %delivery.message.id,
+                            topic = %delivery.message.topic,
+                            consumer = %delivery.consumer,
+                            attempts = delivery.attempts,
+                            "delivery failed for the last time; the message goes to the dead letters: {reason}"
+                        );
+                        let tx = Transaction {
+                            dead_letter: Some((delivery.seq, reason)),
+                            ..Transaction::default()
+                        };
+                        if let Err(error) = self.inner.storage.commit(tx).await {
+                            tracing::error!(%error, "could not move a message to the dead letters");
+                        }
+                        return;
+                    }
+                    delay = policy.delay(delivery.attempts);
                     tracing::warn!(
                         message_id = %delivery.message.id,
                         topic = %delivery.message.topic,
@@ -314,6 +362,18 @@ impl Broker {
         }
     }
 
+    /// Queues a dead letter again; false when there is no such dead letter.
+    pub async fn redrive(&self, seq: i64) -> Result<bool, StorageError> {
+        let tx = Transaction {
+            redrive: Some(seq),
+            ..Transaction::default()
+        };
+        let Committed { queued } = self.inner.storage.commit(tx).await?;
+        let found = !queued.is_empty();
+        self.dispatch(queued);
+        Ok(found)
+    }
+
     /// Delivers every message left in the queue (after a restart).
     pub async fn recover(&self) -> Result<usize, StorageError> {
         let queued = self.inner.storage.queued_messages().await?;
@@ -332,8 +392,20 @@ fn addressed(message: &Message, consumer: &str, staged_under: Option<String>) ->
     }
 }
 
-/// Exponential backoff from 50 ms, at most 30 s.
-pub fn retry_delay(attempts: u32) -> Duration {
-    let millis = 50u64.saturating_mul(1u64 << attempts.min(20));
-    Duration::from_millis(millis.min(30_000))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (1..=6)
+            .map(|a| policy.delay(a).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    }
 }

@@ -2,7 +2,7 @@
 //! and messages it accumulates until it ends, and the implementation of every host import
 //! (storage, broker, sagas, logging) against that state.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,10 +108,13 @@ pub struct CallContext {
     pub messages: Vec<NewMessage>,
     /// Time spent waiting on the host inside imports: not counted against the CPU budget.
     pub host_time: Duration,
-    /// When the call started (ms since the epoch) and the version of every aggregate it read:
-    /// what tells a race (another writer committed while this call ran) from a real conflict.
-    started_ms: i64,
+    /// What the call has seen: the version of every aggregate it read, the uuids it found
+    /// absent, and the conditions it searched with. A conflict on something the call saw
+    /// otherwise is a race (another writer committed while the call ran): the call is run again.
+    /// A conflict on something it never looked at is the component's to handle.
     observed: HashMap<String, u64>,
+    absent: HashSet<String>,
+    searched: Vec<(String, Condition)>,
 }
 
 /// A call acted on data another writer changed while it ran; it is stopped and run again.
@@ -140,9 +143,20 @@ impl CallContext {
             writes: Vec::new(),
             messages: Vec::new(),
             host_time: Duration::ZERO,
-            started_ms: storage::now_ms(),
             observed: HashMap::new(),
+            absent: HashSet::new(),
+            searched: Vec::new(),
         }
+    }
+
+    /// Whether the call believed `existing` did not exist: it found the uuid absent, or a
+    /// search it made would have returned it.
+    fn missed(&self, aggregate: &str, existing: &AggregateRecord) -> bool {
+        self.absent.contains(&existing.uuid)
+            || self
+                .searched
+                .iter()
+                .any(|(searched, condition)| searched == aggregate && condition.matches(existing))
     }
 
     fn observe(&mut self, record: &AggregateRecord) {
@@ -449,8 +463,8 @@ impl wit_storage::Host for CallState {
                 Some(text) => {
                     let uuid = parse_uuid(&text)?;
                     if let Some((existing, deleted)) = ctx.read(&aggregate_type, &uuid).await? {
-                        if !deleted && existing.created_at >= ctx.started_ms && !ctx.observed.contains_key(&uuid) {
-                            // Created by someone else while this call ran: run the call again.
+                        if !deleted && ctx.missed(&aggregate_type, &existing) {
+                            // Created by someone else since the call looked: run it again.
                             return Err(Failure::Trap(
                                 Raced {
                                     reason: format!("{aggregate_type} {uuid} was created while the call ran"),
@@ -680,11 +694,16 @@ impl wit_storage::Host for CallState {
             }
             records.retain(|r| condition.matches(r));
             condition::sort_records(&mut records, &ordering);
+            let complete = limit.is_none_or(|limit| records.len() <= limit as usize);
             if let Some(limit) = limit {
                 records.truncate(limit as usize);
             }
             for record in &records {
                 ctx.observe(record);
+            }
+            if complete {
+                // Every match was returned: an aggregate created later that matches was missed.
+                ctx.searched.push((aggregate_type, condition));
             }
             Ok(records.iter().map(to_wit).collect())
         }

@@ -1,6 +1,7 @@
 //! The persisted state of one saga execution: where it is (a stack of frames, one per running
-//! saga definition, for conditional steps' inner sagas), its context, and the record of every
-//! step it executed (what compensation walks back through, and what an operator inspects).
+//! saga definition, for conditional steps' inner sagas), its context, the record of every step
+//! it executed (what compensation walks back through, and what an operator inspects), and when
+//! it next needs attention (a reply deadline, a retry, its own deadline).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -14,17 +15,29 @@ pub enum Status {
     Created,
     Running,
     Paused,
+    Compensating,
     Finished,
     Errored,
     CompensationFailed,
 }
 
 impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Created,
+        Status::Running,
+        Status::Paused,
+        Status::Compensating,
+        Status::Finished,
+        Status::Errored,
+        Status::CompensationFailed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Created => "created",
             Status::Running => "running",
             Status::Paused => "paused",
+            Status::Compensating => "compensating",
             Status::Finished => "finished",
             Status::Errored => "errored",
             Status::CompensationFailed => "compensation-failed",
@@ -32,16 +45,7 @@ impl Status {
     }
 
     pub fn parse(text: &str) -> Option<Status> {
-        [
-            Status::Created,
-            Status::Running,
-            Status::Paused,
-            Status::Finished,
-            Status::Errored,
-            Status::CompensationFailed,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// The saga will not move again.
@@ -57,6 +61,7 @@ impl Status {
             Status::Created => wit::SagaStatus::Created,
             Status::Running => wit::SagaStatus::Running,
             Status::Paused => wit::SagaStatus::Paused,
+            Status::Compensating => wit::SagaStatus::Compensating,
             Status::Finished => wit::SagaStatus::Finished,
             Status::Errored => wit::SagaStatus::Errored,
             Status::CompensationFailed => wit::SagaStatus::CompensationFailed,
@@ -76,19 +81,56 @@ pub enum StepKind {
 #[serde(rename_all = "kebab-case")]
 pub enum StepStatus {
     Running,
+    /// Its command is out; the reply is due by `reply_due`.
     AwaitingReply,
+    /// Its command failed with a system error; it is sent again at `retry_at`.
+    AwaitingRetry,
     Succeeded,
     Failed,
-    /// Its compensation was sent (remote) or ran (local).
-    Compensated,
-    /// Its compensation could not be sent or failed.
-    CompensationFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
     pub status: u16,
     pub message: String,
+}
+
+/// A command out to a participant, kept so that it can be sent again as it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The message as the broker serialises it.
+    pub message: String,
+    pub attempts: u32,
+    pub sent_at: i64,
+    /// The reply is due by then; later, the command is sent again (same message id, so a
+    /// participant that did get it does nothing twice) or the attempt counts as failed.
+    pub reply_due: i64,
+    /// After a system-error reply: when to send it again (with a new message id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CompensationStatus {
+    /// Sent; its confirmation is awaited.
+    Sent,
+    /// Failed with a system error; it is sent again at `retry_at`.
+    AwaitingRetry,
+    /// The participant confirmed it (or a local compensation ran).
+    Done,
+    /// It could not be done: an operator must look.
+    Failed,
+}
+
+/// The compensation of one executed step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Compensation {
+    pub status: CompensationStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<Sent>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
 }
 
 /// One executed step.
@@ -104,13 +146,21 @@ pub struct StepRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
+    pub sent: Option<Sent>,
     pub started_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<i64>,
-    pub attempts: u32,
+    /// Why it failed, or the ERROR reply it went on after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<Compensation>,
+}
+
+impl StepRecord {
+    pub fn attempts(&self) -> u32 {
+        self.sent.as_ref().map_or(1, |s| s.attempts)
+    }
 }
 
 /// Where execution stands in one saga definition: the next step to run.
@@ -136,6 +186,9 @@ pub struct Execution {
     pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// The whole saga must have finished by then (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     /// Optimistic concurrency: the row's revision this state was read at.
@@ -154,6 +207,8 @@ struct State {
     steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_at: Option<i64>,
 }
 
 impl Execution {
@@ -179,10 +234,41 @@ impl Execution {
             }],
             steps: Vec::new(),
             error: None,
+            deadline_at: None,
             created_at: now,
             updated_at: now,
             revision: 0,
         }
+    }
+
+    /// When the execution next needs attention: the reply or retry its awaiting step waits
+    /// for, its pending compensations', or its own deadline.
+    pub fn timer_at(&self) -> Option<i64> {
+        if self.status.is_final() {
+            return None;
+        }
+        let mut due: Vec<i64> = Vec::new();
+        if self.status == Status::Compensating {
+            for compensation in self.steps.iter().filter_map(|s| s.compensation.as_ref()) {
+                match (compensation.status, &compensation.sent) {
+                    (CompensationStatus::Sent, Some(sent)) => due.push(sent.reply_due),
+                    (CompensationStatus::AwaitingRetry, Some(sent)) => due.extend(sent.retry_at),
+                    _ => {}
+                }
+            }
+        } else {
+            due.extend(self.deadline_at);
+            if let Some(step) = self.steps.last()
+                && let Some(sent) = &step.sent
+            {
+                match step.status {
+                    StepStatus::AwaitingReply => due.push(sent.reply_due),
+                    StepStatus::AwaitingRetry => due.extend(sent.retry_at),
+                    _ => {}
+                }
+            }
+        }
+        due.into_iter().min()
     }
 
     pub fn to_row(&self) -> SagaRow {
@@ -193,6 +279,7 @@ impl Execution {
             frames: self.frames.clone(),
             steps: self.steps.clone(),
             error: self.error.clone(),
+            deadline_at: self.deadline_at,
         };
         SagaRow {
             id: self.id.clone(),
@@ -203,6 +290,7 @@ impl Execution {
             created_at: self.created_at,
             updated_at: self.updated_at,
             revision: self.revision,
+            timer_at: self.timer_at(),
         }
     }
 
@@ -222,6 +310,7 @@ impl Execution {
             frames: state.frames,
             steps: state.steps,
             error: state.error,
+            deadline_at: state.deadline_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
             revision: row.revision,
@@ -241,10 +330,98 @@ impl Execution {
         }
     }
 
-    /// The step waiting for a reply, if the saga is paused on one.
+    /// Everything an operator sees of the execution (`GET /sagas/{id}`).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "service": self.service,
+            "name": self.name,
+            "version": self.digest,
+            "status": self.status.as_str(),
+            "context": self.context,
+            "error": self.error,
+            "steps": self.steps,
+            "deadline_at": self.deadline_at,
+            "next_timer_at": self.timer_at(),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        })
+    }
+
+    /// The step waiting for a reply or a retry, if the saga is paused on one.
     pub fn awaiting(&self) -> Option<usize> {
         let last = self.steps.len().checked_sub(1)?;
-        (self.status == Status::Paused && self.steps[last].status == StepStatus::AwaitingReply)
-            .then_some(last)
+        let waiting = matches!(
+            self.steps[last].status,
+            StepStatus::AwaitingReply | StepStatus::AwaitingRetry
+        );
+        (self.status == Status::Paused && waiting).then_some(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(reply_due: i64, retry_at: Option<i64>) -> Sent {
+        Sent {
+            message: "{}".into(),
+            attempts: 1,
+            sent_at: 0,
+            reply_due,
+            retry_at,
+        }
+    }
+
+    fn step(status: StepStatus, sent: Option<Sent>) -> StepRecord {
+        StepRecord {
+            saga: "S".into(),
+            index: 0,
+            kind: StepKind::Remote,
+            status,
+            topic: None,
+            sent,
+            started_at: 0,
+            finished_at: None,
+            error: None,
+            compensation: None,
+        }
+    }
+
+    #[test]
+    fn the_timer_is_the_earliest_thing_due() {
+        let mut exec = Execution::new("svc", "S", "d", Map::new(), None);
+        exec.status = Status::Paused;
+        exec.steps
+            .push(step(StepStatus::AwaitingReply, Some(sent(500, None))));
+        assert_eq!(exec.timer_at(), Some(500));
+        exec.deadline_at = Some(300);
+        assert_eq!(exec.timer_at(), Some(300));
+        exec.steps[0].status = StepStatus::AwaitingRetry;
+        exec.steps[0].sent = Some(sent(500, Some(200)));
+        assert_eq!(exec.timer_at(), Some(200));
+        exec.status = Status::Compensating;
+        exec.steps[0].compensation = Some(Compensation {
+            status: CompensationStatus::Sent,
+            sent: Some(sent(900, None)),
+            error: None,
+        });
+        assert_eq!(
+            exec.timer_at(),
+            Some(900),
+            "a compensating saga waits for its compensations only"
+        );
+        exec.status = Status::Errored;
+        assert_eq!(exec.timer_at(), None);
+    }
+
+    #[test]
+    fn the_row_round_trips() {
+        let mut exec = Execution::new("svc", "S", "d", Map::new(), Some("u".into()));
+        exec.steps.push(step(StepStatus::Succeeded, None));
+        exec.deadline_at = Some(42);
+        exec.revision = 3;
+        let back = Execution::from_row(&exec.to_row()).unwrap();
+        assert_eq!(back, exec);
     }
 }

@@ -5,4 +5,4 @@ pub mod definition;
 pub mod execution;
 mod orchestrator;
 
-pub use orchestrator::{Orchestrator, Runner, SagaEnds};
+pub use orchestrator::{Orchestrator, Runner, SagaConfig, SagaEnds};

@@ -115,6 +115,8 @@ pub struct SagaRow {
     /// 0 for a new execution; otherwise the revision it was read at, which must still be the
     /// stored one (two writers of one saga cannot both win).
     pub revision: i64,
+    /// When the execution next needs attention, if ever.
+    pub timer_at: Option<i64>,
 }
 
 /// How a saga's staged writes and messages end.
@@ -126,41 +128,45 @@ pub enum Resolve {
     Discard(String),
 }
 
+/// A message a transaction consumes: recorded with it, so that a second delivery of the same
+/// message is refused as a duplicate and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub consumer: String,
+    pub message_id: String,
+}
+
+/// A message whose handling kept failing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub message_id: String,
+    pub consumer: String,
+    pub body: String,
+    pub attempts: u32,
+    pub error: String,
+    pub failed_at: i64,
+}
+
 /// Everything one handler call or saga transition changes, applied atomically.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transaction {
     pub writes: Vec<Write>,
     pub messages: Vec<NewMessage>,
-    /// The queue entry whose handling this is: removed in the same transaction, so that its
-    /// effects happen once. If it is already gone the transaction is a duplicate and is refused.
+    pub consumed: Vec<Consumed>,
+    /// The queue entry whose handling this is: removed in the same transaction.
     pub ack: Option<i64>,
+    /// A queue entry to move to the dead letters, and why.
+    pub dead_letter: Option<(i64, String)>,
+    /// A dead letter to queue again.
+    pub redrive: Option<i64>,
     pub saga: Option<SagaRow>,
     pub resolve: Option<Resolve>,
 }
 
 impl Transaction {
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
-            && self.messages.is_empty()
-            && self.ack.is_none()
-            && self.saga.is_none()
-            && self.resolve.is_none()
-    }
-
-    /// Appends another transaction's changes; the result commits both or neither.
-    pub fn merge(&mut self, other: Transaction) {
-        self.writes.extend(other.writes);
-        self.messages.extend(other.messages);
-        if other.ack.is_some() {
-            debug_assert!(self.ack.is_none(), "a transaction acknowledges one message");
-            self.ack = other.ack;
-        }
-        if other.saga.is_some() {
-            self.saga = other.saga;
-        }
-        if other.resolve.is_some() {
-            self.resolve = other.resolve;
-        }
+        *self == Transaction::default()
     }
 }
 
@@ -195,9 +201,9 @@ pub enum StorageError {
     /// The saga execution was changed by someone else since it was read.
     #[error("saga {0} was changed concurrently")]
     SagaChanged(String),
-    /// The message this transaction acknowledges was already handled.
+    /// A message this transaction consumes was consumed before.
     #[error("message {0} was already handled")]
-    Duplicate(i64),
+    Duplicate(String),
     #[error("cannot open the database at {url}: {source}")]
     Open { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]

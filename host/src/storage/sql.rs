@@ -223,7 +223,7 @@ impl Storage {
 
     pub async fn load_saga(&self, id: &str) -> Result<Option<SagaRow>> {
         let row = sqlx::query(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision FROM sagas WHERE id = $1",
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at FROM sagas WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.inner.reads)
@@ -234,7 +234,7 @@ impl Storage {
     /// Sagas, newest first, optionally of one status.
     pub async fn list_sagas(&self, status: Option<&str>, limit: u32) -> Result<Vec<SagaRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision FROM sagas \
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at FROM sagas \
              WHERE ($1 = '' OR status = $1) ORDER BY created_at DESC, id LIMIT {limit}"
         )))
         .bind(status.unwrap_or(""))
@@ -262,6 +262,51 @@ impl Storage {
             .execute(&self.inner.reads)
             .await?;
         Ok(())
+    }
+
+    /// Every execution that has a timer, and when it is due: what a restarted host schedules.
+    pub async fn saga_timers(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, timer_at FROM sagas WHERE timer_at IS NOT NULL ORDER BY timer_at",
+        )
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Dead letters, oldest first.
+    pub async fn dead_letters(&self, limit: u32) -> Result<Vec<super::DeadLetter>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, message_id, consumer, body, attempts, error, failed_at FROM dead_letters \
+             ORDER BY seq LIMIT {limit}"
+        )))
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(super::DeadLetter {
+                    seq: row.try_get(0)?,
+                    message_id: row.try_get(1)?,
+                    consumer: row.try_get(2)?,
+                    body: row.try_get(3)?,
+                    attempts: row.try_get::<i64, _>(4)? as u32,
+                    error: row.try_get(5)?,
+                    failed_at: row.try_get(6)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets consumed-message records older than `before` (ms since the epoch); returns how
+    /// many.
+    pub async fn prune_consumed(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM consumed WHERE at < $1")
+            .bind(before)
+            .execute(&self.inner.reads)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Counts rows of the aggregate tables; for tests and diagnostics.
@@ -440,13 +485,57 @@ async fn commit_isolated(
 
 async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> Result<Committed> {
     let mut committed = Committed::default();
+    let now = super::now_ms();
+    for consumed in &tx.consumed {
+        let recorded = sqlx::query(
+            "INSERT INTO consumed (consumer, message_id, at) VALUES ($1, $2, $3) \
+             ON CONFLICT (consumer, message_id) DO NOTHING",
+        )
+        .bind(&consumed.consumer)
+        .bind(&consumed.message_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        if recorded.rows_affected() == 0 {
+            return Err(StorageError::Duplicate(consumed.message_id.clone()));
+        }
+    }
     if let Some(seq) = tx.ack {
-        let done = sqlx::query("DELETE FROM queue WHERE seq = $1")
+        sqlx::query("DELETE FROM queue WHERE seq = $1")
             .bind(seq)
             .execute(&mut *conn)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StorageError::Duplicate(seq));
+    }
+    if let Some((seq, error)) = &tx.dead_letter {
+        sqlx::query(
+            "INSERT INTO dead_letters (message_id, consumer, body, attempts, error, failed_at) \
+             SELECT id, consumer, body, attempts, $2, $3 FROM queue WHERE seq = $1",
+        )
+        .bind(seq)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("DELETE FROM queue WHERE seq = $1")
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(seq) = tx.redrive {
+        let row = sqlx::query(
+            "DELETE FROM dead_letters WHERE seq = $1 RETURNING message_id, consumer, body",
+        )
+        .bind(seq)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            let message = NewMessage {
+                id: row.try_get(0)?,
+                consumer: row.try_get(1)?,
+                body: row.try_get(2)?,
+                staged_under: None,
+            };
+            committed.queued.push(enqueue(conn, &message).await?);
         }
     }
     // A failed saga's staged writes go first: its compensations may write the same aggregates.
@@ -477,8 +566,8 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
 async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
     let saved = if saga.revision == 0 {
         sqlx::query(
-            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&saga.id)
         .bind(&saga.service)
@@ -487,18 +576,20 @@ async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
         .bind(&saga.state)
         .bind(saga.created_at)
         .bind(saga.updated_at)
+        .bind(saga.timer_at)
         .execute(&mut *conn)
         .await?
     } else {
         sqlx::query(
-            "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1 \
-             WHERE id = $4 AND revision = $5",
+            "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1, \
+             timer_at = $6 WHERE id = $4 AND revision = $5",
         )
         .bind(&saga.status)
         .bind(&saga.state)
         .bind(saga.updated_at)
         .bind(&saga.id)
         .bind(saga.revision)
+        .bind(saga.timer_at)
         .execute(&mut *conn)
         .await?
     };
@@ -838,6 +929,7 @@ fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
         created_at: row.try_get(5)?,
         updated_at: row.try_get(6)?,
         revision: row.try_get(7)?,
+        timer_at: row.try_get(8)?,
     })
 }
 
