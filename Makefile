@@ -10,7 +10,7 @@ WASM_DIR := target/$(WASM_TARGET)/release
 # The components `make run` serves (the bundled Exam and Attempt services).
 BUNDLED := guest_exam guest_attempt
 # Every guest crate of the workspace: the bundled services and the test components.
-GUESTS := -p guest-exam -p guest-attempt -p test-probe
+GUESTS := -p guest-exam -p guest-attempt -p test-probe -p test-participant -p test-orchestrator
 
 .PHONY: run test setup components lint bench clean-data
 

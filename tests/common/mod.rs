@@ -290,11 +290,25 @@ impl Http {
         content_type: Option<&str>,
         body: Vec<u8>,
     ) -> Answer {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        self.send_with(method, path, &headers, body).await
+    }
+
+    pub async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Answer {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
@@ -319,6 +333,17 @@ impl Http {
             body: String::from_utf8_lossy(&body).into_owned(),
             allow,
         }
+    }
+
+    /// A request to the operator API, with the admin token if given.
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Answer {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        self.send_with(method, path, &headers, Vec::new()).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -332,7 +332,7 @@ impl Broker {
                             "delivery failed for the last time; the message goes to the dead letters: {reason}"
                         );
                         let tx = Transaction {
-                            dead_letter: Some((delivery.seq, reason)),
+                            dead_letter: Some((delivery.seq, delivery.attempts, reason)),
                             ..Transaction::default()
                         };
                         if let Err(error) = self.inner.storage.commit(tx).await {

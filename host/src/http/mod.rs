@@ -1,6 +1,8 @@
 //! The HTTP front: the routes components declare (matched against the current registry on every
-//! request, so hot-loaded routes take effect at once) and the host's own `/health`. Every
-//! refusal is JSON `{"error": "..."}` that says what was wrong.
+//! request, so hot-loaded routes take effect at once), the host's own `/health`, and the
+//! operator API. Every refusal is JSON `{"error": "..."}` that says what was wrong.
+
+mod operator;
 
 use std::sync::Arc;
 
@@ -9,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::handler::{HandleError, Handled, Invocation};
@@ -18,8 +20,18 @@ use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, Scope};
 
 pub fn router(host: Arc<Host>) -> Router {
+    let operator = Router::new()
+        .route("/sagas", get(operator::list_sagas))
+        .route("/sagas/{id}", get(operator::get_saga))
+        .route("/admin/dead-letters", get(operator::list_dead_letters))
+        .route("/admin/dead-letters/{id}/redrive", post(operator::redrive))
+        .route_layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            operator::require_token,
+        ));
     Router::new()
         .route("/health", get(health))
+        .merge(operator)
         .fallback(component_route)
         .with_state(host)
 }

@@ -103,6 +103,9 @@ pub struct CallContext {
     pub user: Option<String>,
     /// The message being handled, for logs.
     pub message_id: Option<String>,
+    /// Writes made earlier in the transaction this call joins (a saga transition runs several
+    /// calls before it commits): the call sees them as if they were stored.
+    pub prior: Vec<Write>,
     /// Writes and messages, committed (or staged) when the call succeeds.
     pub writes: Vec<Write>,
     pub messages: Vec<NewMessage>,
@@ -140,6 +143,7 @@ impl CallContext {
             env,
             user: None,
             message_id: None,
+            prior: Vec::new(),
             writes: Vec::new(),
             messages: Vec::new(),
             host_time: Duration::ZERO,
@@ -245,17 +249,30 @@ impl CallContext {
         }
     }
 
-    /// The state this call sees of one aggregate: its own writes, then its saga's staged
-    /// writes, then the committed snapshot. `Some((record, deleted))` when it ever existed.
+    /// The writes this call sees before storage: its own, then the visible ones made earlier
+    /// in its transaction; latest first.
+    fn pending(&self) -> impl Iterator<Item = &Write> {
+        let service = self.service.manifest.name.as_str();
+        let saga = self.saga_id();
+        self.writes
+            .iter()
+            .rev()
+            .chain(self.prior.iter().rev().filter(move |w| {
+                w.service == service
+                    && (w.staged_under.is_none() || w.staged_under.as_deref() == saga)
+            }))
+    }
+
+    /// The state this call sees of one aggregate: its transaction's pending writes, then its
+    /// saga's staged writes, then the committed snapshot. `Some((record, deleted))` when it ever
+    /// existed.
     async fn read(
         &mut self,
         aggregate: &str,
         uuid: &str,
     ) -> Result<Option<(AggregateRecord, bool)>, wit_storage::StorageError> {
         if let Some(write) = self
-            .writes
-            .iter()
-            .rev()
+            .pending()
             .find(|w| w.uuid == uuid && w.aggregate == aggregate)
         {
             return Ok(Some((record_of(write)?, write.action == Action::Delete)));
@@ -656,7 +673,7 @@ impl wit_storage::Host for CallState {
                 .map_err(|e| wit_storage::StorageError::Invalid(e.to_string()))?;
             let service = ctx.service.manifest.name.clone();
             let prefilter = condition.prefilter();
-            let own_writes = ctx.writes.iter().any(|w| w.aggregate == aggregate_type);
+            let own_writes = ctx.pending().any(|w| w.aggregate == aggregate_type);
             // Outside a saga, with no writes of its own to overlay and a condition SQL answers
             // exactly, SQL also applies the limit; otherwise fetch the candidates, overlay the
             // saga's and the call's writes, filter, sort, then limit.
@@ -682,7 +699,9 @@ impl wit_storage::Host for CallState {
             let mut records: Vec<AggregateRecord> = committed;
             let mut overlay: Vec<(AggregateRecord, bool)> =
                 staged.into_iter().map(|s| (s.record, s.deleted)).collect();
-            for write in ctx.writes.iter().filter(|w| w.aggregate == aggregate_type) {
+            let pending: Vec<&Write> = ctx.pending().filter(|w| w.aggregate == aggregate_type).collect();
+            // Oldest first, so that the latest write of an aggregate wins.
+            for write in pending.into_iter().rev() {
                 overlay.retain(|(r, _)| r.uuid != write.uuid);
                 overlay.push((record_of(write)?, write.action == Action::Delete));
             }

@@ -622,7 +622,7 @@ impl Orchestrator {
                         .runtime
                         .execute(
                             version,
-                            self.call_context(exec, version, true),
+                            self.call_context(exec, version, true, tx),
                             &def.name,
                             callback,
                             context_json(exec),
@@ -676,7 +676,7 @@ impl Orchestrator {
                     let reply_to = Some(ReplyTo::Saga {
                         service: exec.service.clone(),
                     });
-                    let message = match self
+                    let mut message = match self
                         .command(
                             version,
                             exec,
@@ -696,6 +696,7 @@ impl Orchestrator {
                         }
                     };
                     let timeout = def.step_timeout.unwrap_or(self.config.step_timeout);
+                    set_attempt(&mut message, 1);
                     let record = &mut exec.steps[index];
                     record.topic = Some(message.topic.clone());
                     record.sent = Some(sent(&message, 1, timeout));
@@ -722,7 +723,7 @@ impl Orchestrator {
                         .runtime
                         .execute(
                             version,
-                            self.call_context(exec, version, true),
+                            self.call_context(exec, version, true, tx),
                             &def.name,
                             &local.on_execute,
                             context_json(exec),
@@ -751,7 +752,7 @@ impl Orchestrator {
                             .runtime
                             .condition(
                                 version,
-                                self.call_context(exec, version, true),
+                                self.call_context(exec, version, true, tx),
                                 &def.name,
                                 condition,
                                 context_json(exec),
@@ -855,7 +856,7 @@ impl Orchestrator {
                 .runtime
                 .on_reply(
                     version,
-                    self.call_context(exec, version, true),
+                    self.call_context(exec, version, true, tx),
                     &saga_name,
                     &callback,
                     context_json(exec),
@@ -967,6 +968,7 @@ impl Orchestrator {
         if new_id {
             message.id = uuid::Uuid::new_v4().to_string();
         }
+        set_attempt(&mut message, previous.attempts + 1);
         let record = &mut exec.steps[index];
         record.sent = Some(sent(&message, previous.attempts + 1, timeout));
         record.status = StepStatus::AwaitingReply;
@@ -1009,7 +1011,7 @@ impl Orchestrator {
                     .runtime
                     .prepare(
                         version,
-                        self.call_context(exec, version, !compensating),
+                        self.call_context(exec, version, !compensating, tx),
                         saga_name,
                         callback,
                         context_json(exec),
@@ -1060,6 +1062,7 @@ impl Orchestrator {
             let mut context = CallContext::new(participant.clone(), self.env(), scope, access);
             context.user = exec.user.clone();
             context.message_id = Some(message.id.clone());
+            context.prior = tx.writes.clone();
             let (result, called) = self.runtime.handle(&participant, context, request).await;
             if let Err(CallError::Raced { holder, .. }) = &result {
                 return Err(Raced(holder.clone()));
@@ -1134,7 +1137,7 @@ impl Orchestrator {
                             .runtime
                             .execute(
                                 version,
-                                self.call_context(exec, version, false),
+                                self.call_context(exec, version, false, tx),
                                 &saga_name,
                                 callback,
                                 context_json(exec),
@@ -1181,7 +1184,7 @@ impl Orchestrator {
         let reply_to = Some(ReplyTo::Saga {
             service: exec.service.clone(),
         });
-        let message = match self
+        let mut message = match self
             .command(version, exec, saga_name, invocation, headers, reply_to, tx)
             .await?
         {
@@ -1196,6 +1199,7 @@ impl Orchestrator {
             }
         };
         let timeout = self.step_timeout(version, &exec.steps[index]);
+        set_attempt(&mut message, 1);
         exec.steps[index].compensation = Some(Compensation {
             status: CompensationStatus::Sent,
             sent: Some(sent(&message, 1, timeout)),
@@ -1343,6 +1347,7 @@ impl Orchestrator {
         exec: &Execution,
         version: &Arc<ServiceVersion>,
         staged: bool,
+        tx: &Transaction,
     ) -> CallContext {
         let scope = if staged {
             Scope::Saga(exec.id.clone())
@@ -1351,6 +1356,7 @@ impl Orchestrator {
         };
         let mut context = CallContext::new(version.clone(), self.env(), scope, Access::ReadWrite);
         context.user = exec.user.clone();
+        context.prior = tx.writes.clone();
         context
     }
 }
@@ -1409,6 +1415,15 @@ fn settle(exec: &mut Execution) {
     } else {
         Status::Errored
     };
+}
+
+/// Marks which attempt a command is (the "attempt" header, from 1), for the participant's logs
+/// and decisions.
+fn set_attempt(message: &mut Message, attempt: u32) {
+    message.headers.retain(|(name, _)| name != "attempt");
+    message
+        .headers
+        .push(("attempt".into(), attempt.to_string()));
 }
 
 fn sent(message: &Message, attempts: u32, timeout: Duration) -> Sent {

@@ -156,8 +156,8 @@ pub struct Transaction {
     pub consumed: Vec<Consumed>,
     /// The queue entry whose handling this is: removed in the same transaction.
     pub ack: Option<i64>,
-    /// A queue entry to move to the dead letters, and why.
-    pub dead_letter: Option<(i64, String)>,
+    /// A queue entry to move to the dead letters: its seq, how many attempts failed, and why.
+    pub dead_letter: Option<(i64, u32, String)>,
     /// A dead letter to queue again.
     pub redrive: Option<i64>,
     pub saga: Option<SagaRow>,

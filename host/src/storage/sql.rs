@@ -506,12 +506,13 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
             .execute(&mut *conn)
             .await?;
     }
-    if let Some((seq, error)) = &tx.dead_letter {
+    if let Some((seq, attempts, error)) = &tx.dead_letter {
         sqlx::query(
             "INSERT INTO dead_letters (message_id, consumer, body, attempts, error, failed_at) \
-             SELECT id, consumer, body, attempts, $2, $3 FROM queue WHERE seq = $1",
+             SELECT id, consumer, body, $2, $3, $4 FROM queue WHERE seq = $1",
         )
         .bind(seq)
+        .bind(*attempts as i64)
         .bind(error)
         .bind(now)
         .execute(&mut *conn)
@@ -542,15 +543,20 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
     if let Some(Resolve::Discard(saga)) = &tx.resolve {
         discard(conn, saga, true).await?;
     }
+    let ended = ended_sagas(conn, tx).await?;
     for write in &tx.writes {
         match &write.staged_under {
             None => apply_write(conn, write).await?,
+            // A participant answering after its saga ended: what it staged would never be
+            // promoted or discarded, so it is dropped (the saga's outcome is decided).
+            Some(saga) if ended.contains(saga) => {}
             Some(saga) => stage_write(conn, write, saga).await?,
         }
     }
     for message in &tx.messages {
         match &message.staged_under {
             None => committed.queued.push(enqueue(conn, message).await?),
+            Some(saga) if ended.contains(saga) => {}
             Some(saga) => stage_message(conn, message, saga).await?,
         }
     }
@@ -561,6 +567,32 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
         promote(conn, saga, dialect, &mut committed).await?;
     }
     Ok(committed)
+}
+
+/// The sagas this transaction stages writes or messages under that have already ended (or
+/// started failing): nothing may be staged under them any more.
+async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<String>> {
+    let mut sagas: Vec<&str> = tx
+        .writes
+        .iter()
+        .filter_map(|w| w.staged_under.as_deref())
+        .chain(tx.messages.iter().filter_map(|m| m.staged_under.as_deref()))
+        .collect();
+    sagas.sort_unstable();
+    sagas.dedup();
+    let mut ended = Vec::new();
+    for saga in sagas {
+        let status: Option<String> = sqlx::query("SELECT status FROM sagas WHERE id = $1")
+            .bind(saga)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        if status.is_some_and(|s| !matches!(s.as_str(), "created" | "running" | "paused")) {
+            ended.push(saga.to_string());
+        }
+    }
+    Ok(ended)
 }
 
 async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {

@@ -1,0 +1,171 @@
+//! The operator API: saga inspection (`/sagas`) and administration (`/admin`). Both need the
+//! admin token when one is configured; without one, `/admin` is off and `/sagas` is open (the
+//! host listens on loopback by default).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error;
+use crate::broker::Message;
+use crate::host::Host;
+use crate::saga::execution::{Execution, Status};
+
+/// Lets a request through only with the admin token; `/admin` is off without a configured one.
+pub async fn require_token(
+    State(host): State<Arc<Host>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let admin = request.uri().path().starts_with("/admin");
+    let Some(expected) = host.config.admin_token.as_deref() else {
+        if admin {
+            return error(
+                StatusCode::FORBIDDEN,
+                "the admin API is off: start the host with --admin-token TOKEN (or SAGA_HOST_ADMIN_TOKEN)",
+            );
+        }
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match given {
+        None => {
+            unauthorized("this endpoint needs the admin token: send Authorization: Bearer TOKEN")
+        }
+        Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            unauthorized("the admin token is wrong")
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// Compares without an early exit, so that the time taken does not tell how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /sagas?status=…&limit=…`: executions, newest first.
+pub async fn list_sagas(
+    State(host): State<Arc<Host>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let status = query.get("status");
+    let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
+        None => 100,
+        Some(Ok(limit)) => limit.clamp(1, 1000),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "limit must be a number from 1 to 1000",
+            );
+        }
+    };
+    if let Some(status) = status
+        && Status::parse(status).is_none()
+    {
+        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown saga status {status:?}; use one of {}",
+                known.join(", ")
+            ),
+        );
+    }
+    match host
+        .storage
+        .list_sagas(status.map(String::as_str), limit)
+        .await
+    {
+        Ok(rows) => {
+            let sagas: Vec<Value> = rows
+                .iter()
+                .map(|row| match Execution::from_row(row) {
+                    Ok(exec) => json!({
+                        "id": exec.id,
+                        "service": exec.service,
+                        "name": exec.name,
+                        "status": exec.status.as_str(),
+                        "error": exec.error,
+                        "steps": exec.steps.len(),
+                        "created_at": exec.created_at,
+                        "updated_at": exec.updated_at,
+                    }),
+                    Err(problem) => json!({"id": row.id, "status": row.status, "error": problem}),
+                })
+                .collect();
+            Json(sagas).into_response()
+        }
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}
+
+/// `GET /sagas/{id}`: one execution with its steps.
+pub async fn get_saga(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+    match host.orchestrator.inspect(&id).await {
+        Ok(Some(exec)) => Json(exec.to_json()).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
+        Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
+    }
+}
+
+/// `GET /admin/dead-letters`: messages whose handling kept failing, oldest first.
+pub async fn list_dead_letters(State(host): State<Arc<Host>>) -> Response {
+    match host.storage.dead_letters(1000).await {
+        Ok(letters) => {
+            let letters: Vec<Value> = letters
+                .iter()
+                .map(|letter| {
+                    let message: Option<Message> = serde_json::from_str(&letter.body).ok();
+                    json!({
+                        "id": letter.seq,
+                        "message_id": letter.message_id,
+                        "consumer": letter.consumer,
+                        "kind": message.as_ref().map(|m| m.kind),
+                        "topic": message.as_ref().map(|m| m.topic.clone()),
+                        "headers": message.as_ref().map(|m| m.headers.clone()),
+                        "attempts": letter.attempts,
+                        "error": letter.error,
+                        "failed_at": letter.failed_at,
+                    })
+                })
+                .collect();
+            Json(letters).into_response()
+        }
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}
+
+/// `POST /admin/dead-letters/{id}/redrive`: queues a dead letter again.
+pub async fn redrive(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+    let Ok(seq) = id.parse::<i64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("dead letter id {id:?} is not a number"),
+        );
+    };
+    match host.broker.redrive(seq).await {
+        Ok(true) => Json(json!({"redriven": seq})).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {seq}")),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}

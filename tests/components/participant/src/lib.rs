@@ -1,0 +1,274 @@
+//! A saga participant for tests, told by each command how to behave: `Do` and `Undo` take
+//! `{"key", "name", "behavior"}` and either record the effect `name` (or `undo:name`) under
+//! `key` — a ledger that shows every effect happened exactly once — or fail the way the
+//! behavior says. `GET /effects/{key}` reads the ledger.
+//!
+//! Behaviors: "ok" (the default), "noop" (answer, record nothing), "business" (a 400),
+//! "system" (a 500), "trap" (a panic), "flaky:N" (a 500 on attempts 1 to N), "spin:N" (N
+//! million iterations of busy work first, to be late).
+
+use saga_sdk::prelude::*;
+
+#[derive(Serialize, Deserialize)]
+struct Effect {
+    key: String,
+    name: String,
+    count: u32,
+}
+
+impl Aggregate for Effect {
+    const NAME: &'static str = "Effect";
+    const INDEXES: &'static [&'static str] = &["key"];
+}
+
+/// The order in which effects happened, per key.
+#[derive(Serialize, Deserialize)]
+struct Journal {
+    key: String,
+    entries: Vec<String>,
+}
+
+impl Aggregate for Journal {
+    const NAME: &'static str = "Journal";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Counter {
+    key: String,
+    value: u64,
+}
+
+impl Aggregate for Counter {
+    const NAME: &'static str = "Counter";
+}
+
+#[derive(Serialize, Deserialize)]
+struct Switch {
+    fixed: bool,
+}
+
+impl Aggregate for Switch {
+    const NAME: &'static str = "Switch";
+}
+
+#[derive(Deserialize)]
+struct Order {
+    key: String,
+    name: String,
+    #[serde(default)]
+    behavior: String,
+    #[serde(default)]
+    expected_version: Option<u64>,
+}
+
+fn name_uuid(parts: &[&str]) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, parts.join("/").as_bytes())
+}
+
+fn switch_uuid() -> Uuid {
+    name_uuid(&["switch"])
+}
+
+fn attempt(request: &Request) -> u32 {
+    request
+        .header("attempt")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1)
+}
+
+fn behave(order: &Order, attempt: u32) -> Result<()> {
+    let behavior = order.behavior.as_str();
+    match behavior {
+        "" | "ok" | "noop" => Ok(()),
+        "business" => Err(Error::business(format!("{} refused", order.name))),
+        "system" => Err(Error::system(format!("{} broke", order.name))),
+        "trap" => panic!("{} trapped", order.name),
+        _ => {
+            if let Some(n) = behavior.strip_prefix("flaky:") {
+                let failures: u32 = n
+                    .parse()
+                    .map_err(|_| Error::business("flaky:N needs a number"))?;
+                if attempt <= failures {
+                    return Err(Error::system(format!(
+                        "{} flaked on attempt {attempt}",
+                        order.name
+                    )));
+                }
+                Ok(())
+            } else if let Some(n) = behavior.strip_prefix("spin:") {
+                let millions: u64 = n
+                    .parse()
+                    .map_err(|_| Error::business("spin:N needs a number"))?;
+                let mut x: u64 = 0;
+                for i in 0..millions * 1_000_000 {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                std::hint::black_box(x);
+                Ok(())
+            } else {
+                Err(Error::business(format!("unknown behavior {behavior:?}")))
+            }
+        }
+    }
+}
+
+/// Counts one occurrence of `name` under `key`, and journals it.
+fn record(key: &str, name: &str) -> Result<u32> {
+    let count = match Effect::get(name_uuid(&[key, name])) {
+        Ok(mut effect) => {
+            effect.count += 1;
+            effect.save()?;
+            effect.count
+        }
+        Err(error) if error.status == 404 => {
+            Effect {
+                key: key.into(),
+                name: name.into(),
+                count: 1,
+            }
+            .create_with_uuid(name_uuid(&[key, name]))?;
+            1
+        }
+        Err(error) => return Err(error),
+    };
+    match Journal::get(name_uuid(&[key])) {
+        Ok(mut journal) => {
+            journal.entries.push(name.to_string());
+            journal.save()?;
+        }
+        Err(error) if error.status == 404 => {
+            Journal {
+                key: key.into(),
+                entries: vec![name.to_string()],
+            }
+            .create_with_uuid(name_uuid(&[key]))?;
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(count)
+}
+
+fn perform(request: &Request, effect: impl Fn(&str) -> String) -> Result<Response> {
+    let order: Order = request.content()?;
+    behave(&order, attempt(request))?;
+    let name = effect(&order.name);
+    if order.behavior == "noop" {
+        return Ok(Response::new(json!({ "done": name })));
+    }
+    let count = record(&order.key, &name)?;
+    Ok(Response::new(json!({ "done": name, "count": count })))
+}
+
+fn do_it(request: Request) -> Result<Response> {
+    perform(&request, |name| name.to_string())
+}
+
+fn undo(request: Request) -> Result<Response> {
+    perform(&request, |name| format!("undo:{name}"))
+}
+
+/// `Bump {key, expected_version}`: increments a counter that must still be at the version the
+/// saga read.
+fn bump(request: Request) -> Result<Response> {
+    let order: Order = request.content()?;
+    let mut counter = Counter::get(name_uuid(&[&order.key, "counter"]))?;
+    if let Some(expected) = order.expected_version
+        && counter.version != expected
+    {
+        return Err(Error::with_status(
+            409,
+            format!(
+                "counter {} is at version {}, not {expected}",
+                order.key, counter.version
+            ),
+        ));
+    }
+    counter.value += 1;
+    counter.save()?;
+    Ok(Response::new(
+        json!({ "value": counter.value, "version": counter.version }),
+    ))
+}
+
+fn create_counter(request: Request) -> Result<Response> {
+    let key = request.param("key")?.to_string();
+    let counter = Counter {
+        key: key.clone(),
+        value: 0,
+    }
+    .create_with_uuid(name_uuid(&[&key, "counter"]))?;
+    Ok(Response::new(&counter))
+}
+
+fn get_counter(request: Request) -> Result<Response> {
+    let key = request.param("key")?;
+    Ok(Response::new(Counter::get(name_uuid(&[key, "counter"]))?))
+}
+
+fn effects(request: Request) -> Result<Response> {
+    let key = request.param("key")?;
+    let mut counts = serde_json::Map::new();
+    for effect in Effect::find(Condition::equal("key", key), None)? {
+        counts.insert(effect.name.clone(), json!(effect.count));
+    }
+    let journal = Journal::get(name_uuid(&[key]))
+        .map(|j| j.data.entries)
+        .unwrap_or_default();
+    Ok(Response::new(
+        json!({ "counts": counts, "journal": journal }),
+    ))
+}
+
+/// `POST /alarm {key}`: publishes an `Alarm` event, which this service handles.
+fn raise_alarm(request: Request) -> Result<Response> {
+    let payload: Value = request.content()?;
+    saga_sdk::broker::publish("Alarm", &payload)?;
+    Ok(Response::empty())
+}
+
+/// The `Alarm` handler fails with a system error until the switch is fixed (a poison message).
+fn on_alarm(request: Request) -> Result<Response> {
+    let payload: Value = request.content()?;
+    let key = payload["key"].as_str().unwrap_or("alarm");
+    let fixed = Switch::get(switch_uuid()).map(|s| s.fixed).unwrap_or(false);
+    if !fixed {
+        return Err(Error::system(
+            "the alarm handler is broken until POST /switch",
+        ));
+    }
+    record(key, "alarm")?;
+    Ok(Response::empty())
+}
+
+fn fix_switch(_request: Request) -> Result<Response> {
+    match Switch::get(switch_uuid()) {
+        Ok(mut switch) => {
+            switch.fixed = true;
+            switch.save()?;
+        }
+        Err(error) if error.status == 404 => {
+            Switch { fixed: true }.create_with_uuid(switch_uuid())?;
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(Response::empty())
+}
+
+fn service() -> Service {
+    Service::new("participant")
+        .aggregate::<Effect>()
+        .aggregate::<Journal>()
+        .aggregate::<Counter>()
+        .aggregate::<Switch>()
+        .broker_command("Do", do_it)
+        .broker_command("Undo", undo)
+        .broker_command("Bump", bump)
+        .broker_event("Alarm", on_alarm)
+        .rest_query("GET", "/effects/{key}", effects)
+        .rest_command("POST", "/counters/{key}", create_counter)
+        .rest_query("GET", "/counters/{key}", get_counter)
+        .rest_command("POST", "/alarm", raise_alarm)
+        .rest_command("POST", "/switch", fix_switch)
+}
+
+saga_sdk::export_service!(service);
