@@ -170,7 +170,13 @@ impl Handlers {
                         Err(error) => Handled::Failed(error),
                     });
                 }
-                Err(StorageError::Duplicate(_)) => return Ok(Handled::Duplicate),
+                Err(StorageError::Duplicate(_)) => {
+                    // Consumed before: drop this copy from the queue, change nothing else.
+                    if let Some((seq, _)) = &invocation.message {
+                        self.broker.drop_duplicate(*seq).await;
+                    }
+                    return Ok(Handled::Duplicate);
+                }
                 Err(StorageError::Conflict { holder, .. }) => {
                     self.wait_to_retry(holder, given_up).await?
                 }

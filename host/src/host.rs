@@ -258,7 +258,10 @@ impl Host {
                 ..Transaction::default()
             };
             return match self.broker.commit(tx).await {
-                Ok(()) | Err(crate::storage::StorageError::Duplicate(_)) => Outcome::Done,
+                Ok(()) => Outcome::Done,
+                Err(crate::storage::StorageError::Duplicate(_)) => {
+                    self.broker.drop_duplicate(delivery.seq).await
+                }
                 Err(error) => Outcome::Retry(error.to_string()),
             };
         };

@@ -335,6 +335,27 @@ impl Http {
         }
     }
 
+    /// A JSON POST that may fail (the host may be killed meanwhile): None when it got no answer.
+    pub async fn try_post_json(&self, path: &str, body: &Value) -> Option<Answer> {
+        let request = hyper::Request::builder()
+            .method("POST")
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .expect("a valid request");
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            allow: None,
+        })
+    }
+
     /// A request to the operator API, with the admin token if given.
     pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Answer {
         let authorization = token.map(|t| format!("Bearer {t}"));

@@ -362,6 +362,18 @@ impl Broker {
         }
     }
 
+    /// Removes a queued copy of a message that was consumed before (a duplicate).
+    pub async fn drop_duplicate(&self, seq: i64) -> Outcome {
+        let tx = Transaction {
+            ack: Some(seq),
+            ..Transaction::default()
+        };
+        match self.inner.storage.commit(tx).await {
+            Ok(_) => Outcome::Done,
+            Err(error) => Outcome::Retry(error.to_string()),
+        }
+    }
+
     /// Queues a dead letter again; false when there is no such dead letter.
     pub async fn redrive(&self, seq: i64) -> Result<bool, StorageError> {
         let tx = Transaction {

@@ -535,10 +535,15 @@ impl wit_storage::Host for CallState {
                         ctx.observe(&record);
                         Ok(to_wit(&record))
                     }
-                    _ => Err(wit_storage::StorageError::NotFound(format!(
-                        "{aggregate_type} {uuid} does not exist"
-                    ))
-                    .into()),
+                    found => {
+                        if found.is_none() {
+                            ctx.absent.insert(uuid.clone());
+                        }
+                        Err(wit_storage::StorageError::NotFound(format!(
+                            "{aggregate_type} {uuid} does not exist"
+                        ))
+                        .into())
+                    }
                 }
             }
             .await,

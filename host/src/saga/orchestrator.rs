@@ -314,7 +314,8 @@ impl Orchestrator {
             )
             .await
         {
-            Ok(_) | Err(TransitionError::Duplicate) => Outcome::Done,
+            Ok(_) => Outcome::Done,
+            Err(TransitionError::Duplicate) => self.broker.drop_duplicate(delivery.seq).await,
             Err(TransitionError::Gone) => {
                 tracing::warn!(saga = %saga, "a reply for an unknown saga is dropped");
                 self.acknowledge(delivery.seq, consumed).await
@@ -325,13 +326,19 @@ impl Orchestrator {
         }
     }
 
-    /// Fires whatever of an execution's timers is due.
+    /// Fires whatever of an execution's timers is due, and schedules its next one.
     pub async fn on_timer(&self, id: &str) {
         match self
             .transition(Origin::Stored(id), Input::Timer, None)
             .await
         {
-            Ok(_) | Err(TransitionError::Gone | TransitionError::Duplicate) => {}
+            Ok(exec) => {
+                if let Some(at) = exec.timer_at() {
+                    // Never sooner than shortly: a timer that found nothing to do must not spin.
+                    self.schedule(id, at.max(storage::now_ms() + 100));
+                }
+            }
+            Err(TransitionError::Gone | TransitionError::Duplicate) => {}
             Err(TransitionError::Unloaded(problem) | TransitionError::Storage(problem)) => {
                 tracing::warn!(saga = %id, "a timer could not fire: {problem}; trying again in a second");
                 self.schedule(id, storage::now_ms() + 1_000);
@@ -355,7 +362,8 @@ impl Orchestrator {
             ..Transaction::default()
         };
         match self.broker.commit(tx).await {
-            Ok(()) | Err(StorageError::Duplicate(_)) => Outcome::Done,
+            Ok(()) => Outcome::Done,
+            Err(StorageError::Duplicate(_)) => self.broker.drop_duplicate(seq).await,
             Err(error) => Outcome::Retry(error.to_string()),
         }
     }
@@ -419,6 +427,14 @@ impl Orchestrator {
                 },
             };
             if tokio::time::Instant::now() >= given_up {
+                if before.status == Status::Compensating || before.status.is_final() {
+                    // Only a saga moving forward can be failed; this input waits for later.
+                    return Err(TransitionError::Storage(format!(
+                        "saga {} stayed blocked by other sagas for {} s",
+                        before.id,
+                        self.config.lock_wait.as_secs()
+                    )));
+                }
                 input = Input::Fail(ErrorInfo {
                     status: 503,
                     message: format!(
@@ -702,7 +718,7 @@ impl Orchestrator {
                     record.sent = Some(sent(&message, 1, timeout));
                     record.status = StepStatus::AwaitingReply;
                     exec.status = Status::Paused;
-                    match self.deliver(exec, &message, tx).await? {
+                    match self.deliver(exec, &message, true, tx).await? {
                         Ok(Delivered::Queued) => return Ok(()),
                         Ok(Delivered::Replied(reply)) => {
                             match self.take_reply(version, exec, index, &reply, tx).await? {
@@ -973,7 +989,7 @@ impl Orchestrator {
         record.sent = Some(sent(&message, previous.attempts + 1, timeout));
         record.status = StepStatus::AwaitingReply;
         exec.status = Status::Paused;
-        match self.deliver(exec, &message, tx).await? {
+        match self.deliver(exec, &message, new_id, tx).await? {
             Ok(Delivered::Queued) => Ok(Next::Stop),
             Ok(Delivered::Replied(reply)) => {
                 self.take_reply(version, exec, index, &reply, tx).await
@@ -1048,14 +1064,17 @@ impl Orchestrator {
     }
 
     /// Delivers a command: inline when its participant is loaded here (and inline steps are
-    /// on), through the queue otherwise.
+    /// on) and the message is `fresh` — a message id sent before may already be in the queue,
+    /// where the participant's own deduplication must decide — through the queue otherwise.
     async fn deliver(
         &self,
         exec: &Execution,
         message: &Message,
+        fresh: bool,
         tx: &mut Transaction,
     ) -> Result<Result<Delivered, ErrorInfo>, Raced> {
         if self.config.inline_steps
+            && fresh
             && let Some(participant) = self.local_participant(&message.topic)
             && let Some((request, scope, access)) = handler::request_for(&participant, message)
         {
@@ -1205,7 +1224,8 @@ impl Orchestrator {
             sent: Some(sent(&message, 1, timeout)),
             error: None,
         });
-        self.deliver_compensation(exec, index, &message, tx).await
+        self.deliver_compensation(exec, index, &message, true, tx)
+            .await
     }
 
     async fn deliver_compensation(
@@ -1213,9 +1233,10 @@ impl Orchestrator {
         exec: &mut Execution,
         index: usize,
         message: &Message,
+        fresh: bool,
         tx: &mut Transaction,
     ) -> Result<(), Raced> {
-        match self.deliver(exec, message, tx).await? {
+        match self.deliver(exec, message, fresh, tx).await? {
             Ok(Delivered::Queued) => {}
             Ok(Delivered::Replied(reply)) => self.note_compensation_reply(exec, index, &reply),
             Err(problem) => {
@@ -1334,7 +1355,8 @@ impl Orchestrator {
                 .expect("compensation");
             slot.status = CompensationStatus::Sent;
             slot.sent = Some(sent(&message, previous.attempts + 1, timeout));
-            self.deliver_compensation(exec, index, &message, tx).await?;
+            self.deliver_compensation(exec, index, &message, new_id, tx)
+                .await?;
         }
         settle(exec);
         Ok(())
