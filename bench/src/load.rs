@@ -1,4 +1,5 @@
-//! The measurements: HTTP load of `POST /exams`, and one instantiate-and-call.
+//! The measurements: HTTP load (a request factory, run by concurrent clients for a while), and
+//! one instantiate-and-call.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use anyhow::Context;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use saga_host::runtime::bindings::types as wit;
 use saga_host::runtime::{Access, CallContext, Runtime, RuntimeConfig, Scope};
@@ -28,19 +30,38 @@ impl Report {
     }
 }
 
-/// `clients` loops posting exams for fresh users; a quarter of `duration` warms up first.
-pub async fn exams(target: &str, clients: usize, duration: Duration) -> anyhow::Result<Report> {
+/// Makes the body of each request.
+pub type BodyFn = Box<dyn Fn() -> String + Send + Sync>;
+/// Tells whether an answer (status, body) counts as a completed saga.
+pub type CompletedFn = Box<dyn Fn(u16, &[u8]) -> bool + Send + Sync>;
+
+/// One kind of request: where to POST, a fresh body each time, and whether an answer counts as
+/// completed.
+pub struct Workload {
+    pub path: String,
+    pub body: BodyFn,
+    pub completed: CompletedFn,
+}
+
+/// `clients` loops sending the workload; a quarter of `duration` warms up first.
+pub async fn run(
+    target: &str,
+    workload: Arc<Workload>,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Report> {
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(clients)
         .build_http::<Full<Bytes>>();
-    let url: hyper::Uri = format!("http://{target}/exams").parse()?;
-    run_phase(&client, &url, clients, duration / 4).await?;
-    run_phase(&client, &url, clients, duration).await
+    let url: hyper::Uri = format!("http://{target}{}", workload.path).parse()?;
+    phase(&client, &url, &workload, clients, duration / 4).await?;
+    phase(&client, &url, &workload, clients, duration).await
 }
 
-async fn run_phase(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+async fn phase(
+    client: &Client<HttpConnector, Full<Bytes>>,
     url: &hyper::Uri,
+    workload: &Arc<Workload>,
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Report> {
@@ -48,32 +69,34 @@ async fn run_phase(
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+            let (client, url, stop, workload) =
+                (client.clone(), url.clone(), stop.clone(), workload.clone());
             tokio::spawn(async move {
                 let mut latency = Samples::default();
                 let mut errors = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let body = serde_json::json!({
-                        "user_uuid": uuid::Uuid::new_v4(),
-                        "exam_uuid": uuid::Uuid::new_v4(),
-                    })
-                    .to_string();
                     let request = hyper::Request::post(url.clone())
                         .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(body)))
+                        .body(Full::new(Bytes::from((workload.body)())))
                         .expect("a valid request");
                     let sent = Instant::now();
-                    match client.request(request).await {
+                    let completed = match client.request(request).await {
                         Ok(response) => {
-                            let ok = response.status() == 200;
-                            let _ = response.into_body().collect().await;
-                            if ok {
-                                latency.push(sent.elapsed());
-                            } else {
-                                errors += 1;
-                            }
+                            let status = response.status().as_u16();
+                            let body = response
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            (workload.completed)(status, &body)
                         }
-                        Err(_) => errors += 1,
+                        Err(_) => false,
+                    };
+                    if completed {
+                        latency.push(sent.elapsed());
+                    } else {
+                        errors += 1;
                     }
                 }
                 (latency, errors)
@@ -100,11 +123,11 @@ async fn run_phase(
 
 /// Times instantiate-and-call of a no-op handler through the host's runtime, one call at a time.
 pub async fn instantiate(calls: usize, component: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = component.unwrap_or_else(|| {
-        crate::server::workspace_dir().join("target/wasm32-wasip2/release/test_probe.wasm")
-    });
-    let bytes = std::fs::read(&path)
-        .with_context(|| format!("read {} (run `make components`)", path.display()))?;
+    let path = match component {
+        Some(path) => path,
+        None => crate::server::component("test_probe")?,
+    };
+    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
     let runtime = Runtime::new(RuntimeConfig::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let loaded = Instant::now();
     let version = runtime.load(bytes, path.display().to_string()).await?;

@@ -1,11 +1,12 @@
-//! `saga-bench`: measures saga-host the way its users load it.
+//! `saga-bench`: measures saga-host the way its users load it, over HTTP on loopback against
+//! the release `saga-host` binary (started for the run on a fresh SQLite file, durable commits).
 //!
-//! - `saga-bench http`: starts the release `saga-host` binary with the bundled components on a
-//!   fresh SQLite file (durable commits), drives `POST /exams` over loopback with a fresh user
-//!   per request at 1 and at 32 concurrent clients, and reports completed sagas per second and
-//!   p50/p99 latency.
+//! - `saga-bench http`: `POST /exams` (the bundled Exam and Attempt services), a fresh user per
+//!   request, at 1 and 32 concurrent clients: completed sagas per second, p50 and p99.
+//! - `saga-bench sagas`: sagas of 1, 3 and 9 remote steps with no-op participants (the test
+//!   orchestrator and participant), and the compensating path (the last step fails).
 //! - `saga-bench instantiate`: the cost of one instantiate-and-call of a no-op handler.
-//! - `saga-bench all`: both.
+//! - `saga-bench all`: all of them, with their defaults.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy.
 
@@ -14,9 +15,12 @@ mod server;
 mod stats;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use load::Workload;
+use server::{Server, component};
 
 #[derive(Parser)]
 #[command(name = "saga-bench")]
@@ -27,25 +31,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// POST /exams load against a host started for the run.
-    Http(HttpArgs),
+    /// POST /exams load.
+    Http(Load),
+    /// Sagas of 1, 3 and 9 no-op remote steps, and the compensating path.
+    Sagas(SagaLoad),
     /// Instantiate-and-call cost of a no-op handler.
     Instantiate(InstantiateArgs),
-    /// Both, with their defaults.
+    /// Everything, with the defaults.
     All,
 }
 
 #[derive(clap::Args, Clone)]
-struct HttpArgs {
+struct Load {
     /// Concurrent clients, one measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
     clients: Vec<usize>,
-    /// Seconds of measurement per concurrency level (after a warm-up of a quarter of that).
+    /// Seconds of measurement per point (after a warm-up of a quarter of that).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Benchmark a host already running at this address instead of starting one.
-    #[arg(long)]
-    target: Option<String>,
+    /// Extra arguments for `saga-host serve`, e.g. --host-arg=--inline-steps=false.
+    #[arg(long = "host-arg", allow_hyphen_values = true)]
+    host_args: Vec<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct SagaLoad {
+    #[command(flatten)]
+    load: Load,
+    /// Saga lengths to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,9")]
+    steps: Vec<usize>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -65,14 +80,20 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Http(args) => http(args).await,
+            Command::Http(load) => exams(&load).await,
+            Command::Sagas(load) => sagas(&load).await,
             Command::Instantiate(args) => load::instantiate(args.calls, args.component).await,
             Command::All => {
-                load::instantiate(20_000, None).await?;
-                http(HttpArgs {
+                let load = Load {
                     clients: vec![1, 32],
                     seconds: 10,
-                    target: None,
+                    host_args: Vec::new(),
+                };
+                load::instantiate(20_000, None).await?;
+                exams(&load).await?;
+                sagas(&SagaLoad {
+                    load,
+                    steps: vec![1, 3, 9],
                 })
                 .await
             }
@@ -80,26 +101,26 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-async fn http(args: HttpArgs) -> anyhow::Result<()> {
-    let (server, target) = match args.target {
-        Some(target) => (None, target),
-        None => {
-            let server = server::Server::start(&[])?;
-            let addr = server.addr.clone();
-            (Some(server), addr)
-        }
-    };
+fn header() {
     println!(
-        "POST /exams on http://{target} (fresh user per request, SQLite with synchronous=FULL)"
+        "{:<26} {:>8} {:>10} {:>9} {:>9} {:>7}",
+        "workload", "clients", "sagas/s", "p50 ms", "p99 ms", "errors"
     );
-    println!(
-        "{:>8} {:>14} {:>10} {:>10} {:>8}",
-        "clients", "sagas/s", "p50 ms", "p99 ms", "errors"
-    );
-    for clients in args.clients {
-        let report = load::exams(&target, clients, Duration::from_secs(args.seconds)).await?;
+}
+
+async fn measure(target: &str, name: &str, workload: Workload, load: &Load) -> anyhow::Result<()> {
+    let workload = Arc::new(workload);
+    for &clients in &load.clients {
+        let report = load::run(
+            target,
+            workload.clone(),
+            clients,
+            Duration::from_secs(load.seconds),
+        )
+        .await?;
         println!(
-            "{:>8} {:>14.0} {:>10.2} {:>10.2} {:>8}",
+            "{:<26} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            name,
             clients,
             report.per_second(),
             report.latency.percentile(50.0).as_secs_f64() * 1e3,
@@ -107,6 +128,90 @@ async fn http(args: HttpArgs) -> anyhow::Result<()> {
             report.errors
         );
     }
-    drop(server);
     Ok(())
+}
+
+fn host_args(load: &Load) -> Vec<&str> {
+    load.host_args.iter().map(String::as_str).collect()
+}
+
+async fn exams(load: &Load) -> anyhow::Result<()> {
+    let server = Server::start(
+        &[component("guest_exam")?, component("guest_attempt")?],
+        &host_args(load),
+    )?;
+    println!(
+        "POST /exams, fresh user per request, SQLite synchronous=FULL {:?}",
+        load.host_args
+    );
+    header();
+    let workload = Workload {
+        path: "/exams".into(),
+        body: Box::new(|| {
+            serde_json::json!({"user_uuid": uuid::Uuid::new_v4(), "exam_uuid": uuid::Uuid::new_v4()}).to_string()
+        }),
+        completed: Box::new(|status, _| status == 200),
+    };
+    measure(&server.addr, "POST /exams", workload, load).await
+}
+
+async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
+    let components = [
+        component("test_orchestrator")?,
+        component("test_participant")?,
+    ];
+    let server = Server::start(&components, &host_args(&load.load))?;
+    println!(
+        "sagas of no-op remote steps (POST /run/SAGA, waits for the end), SQLite synchronous=FULL {:?}",
+        load.load.host_args
+    );
+    header();
+    let noop: serde_json::Map<String, serde_json::Value> =
+        (1..=9).map(|i| (format!("s{i}"), "noop".into())).collect();
+    for &steps in &load.steps {
+        let saga = match steps {
+            1 => "ONE",
+            3 => "THREE",
+            9 => "NINE",
+            other => anyhow::bail!("there is no saga of {other} steps; use 1, 3 or 9"),
+        };
+        let behaviors = noop.clone();
+        let workload = Workload {
+            path: format!("/run/{saga}"),
+            body: Box::new(move || {
+                serde_json::json!({"key": uuid::Uuid::new_v4(), "behaviors": behaviors, "undo_behaviors": behaviors})
+                    .to_string()
+            }),
+            completed: Box::new(|status, body| status == 200 && finished_as(body, "finished")),
+        };
+        measure(
+            &server.addr,
+            &format!("{steps} steps"),
+            workload,
+            &load.load,
+        )
+        .await?;
+    }
+    // The compensating path: the last of 3 steps is refused, the two before are compensated.
+    let mut behaviors = noop.clone();
+    behaviors.insert("s3".into(), "business".into());
+    let workload = Workload {
+        path: "/run/THREE".into(),
+        body: Box::new(move || {
+            serde_json::json!({
+                "key": uuid::Uuid::new_v4(),
+                "behaviors": behaviors,
+                "undo_behaviors": noop,
+                "on_error": {"s3": "fail"},
+            })
+            .to_string()
+        }),
+        completed: Box::new(|status, body| status == 200 && finished_as(body, "errored")),
+    };
+    measure(&server.addr, "3 steps, last fails", workload, &load.load).await
+}
+
+/// Whether a /run answer reports the saga ended with `status`.
+fn finished_as(body: &[u8], status: &str) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["status"] == status)
 }

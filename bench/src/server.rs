@@ -27,8 +27,18 @@ pub fn workspace_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// A component built by `make components`, by crate name with underscores.
+pub fn component(name: &str) -> anyhow::Result<PathBuf> {
+    let path = workspace_dir().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
+    if !path.exists() {
+        bail!("{} is missing: run `make components`", path.display());
+    }
+    Ok(path)
+}
+
 impl Server {
-    pub fn start(extra_args: &[&str]) -> anyhow::Result<Server> {
+    /// Starts the release host with these components on a fresh data directory.
+    pub fn start(components: &[PathBuf], extra_args: &[&str]) -> anyhow::Result<Server> {
         let binary = release_dir()?.join("saga-host");
         if !binary.exists() {
             bail!(
@@ -36,21 +46,20 @@ impl Server {
                 binary.display()
             );
         }
-        let components = workspace_dir().join("components");
-        if !components.join("guest_exam.wasm").exists() {
-            bail!(
-                "{} has no components: run `make components`",
-                components.display()
-            );
-        }
         let data = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&data);
+        let components_dir = data.join("components");
+        std::fs::create_dir_all(&components_dir)?;
+        for component in components {
+            let name = component.file_name().context("a component file name")?;
+            std::fs::copy(component, components_dir.join(name))?;
+        }
         let mut child = Command::new(&binary)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--data")
             .arg(&data)
             .arg("--components")
-            .arg(&components)
+            .arg(&components_dir)
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -1090,10 +1090,8 @@ impl Orchestrator {
                 tx.writes.extend(called.writes);
                 tx.messages.extend(called.messages);
             }
-            tx.consumed.push(Consumed {
-                consumer: participant.name().to_string(),
-                message_id: message.id.clone(),
-            });
+            // No consumed record: a fresh message handled inline is answered at once, so no
+            // copy of it is ever queued (only a late reply makes the same id go out again).
             let (status, payload) = handler::reply_of(&result);
             return Ok(Ok(Delivered::Replied(message.reply(status, payload))));
         }

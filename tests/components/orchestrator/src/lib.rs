@@ -120,12 +120,13 @@ fn main_saga() -> Saga {
     remote(saga, "c", true, false).commit(commit)
 }
 
-/// A chain of `steps` remote steps, named s1, s2, …
+/// A chain of `steps` remote steps, named s1, s2, …, each compensated, each with an `on_error`
+/// (which fails the step when the context's `on_error` says "fail").
 fn chain(steps: usize) -> Saga {
     const NAMES: [&str; 9] = ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9"];
     NAMES[..steps]
         .iter()
-        .fold(Saga::new(), |saga, name| remote(saga, name, true, false))
+        .fold(Saga::new(), |saga, name| remote(saga, name, true, true))
         .commit_empty()
 }
 
