@@ -9,10 +9,13 @@ WASM_TARGET := wasm32-wasip2
 WASM_DIR := target/$(WASM_TARGET)/release
 # The components `make run` serves (the bundled Exam and Attempt services).
 BUNDLED := guest_exam guest_attempt
-# Every guest crate of the workspace: the bundled services and the test components.
-GUESTS := -p guest-exam -p guest-attempt -p test-probe -p test-participant -p test-orchestrator
+# Components built only for tests and benchmarks.
+TEST_GUESTS := -p test-probe -p test-participant -p test-orchestrator -p test-not-a-service \
+	-p test-broken-saga -p test-hijack
+# Second builds of two components (feature variant-b), for the hot-swap tests.
+VARIANTS := guest_exam test_orchestrator
 
-.PHONY: run test setup components lint bench clean-data
+.PHONY: run test setup components test-components lint bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -20,25 +23,35 @@ run: components
 	$(CARGO) run --release -p saga-host -- serve
 
 ## Sets up, builds everything and runs every test (lints first).
-test: components lint
+test: test-components lint
 	$(CARGO) test --release
 
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
-## Builds the guest components and copies the bundled ones into ./components.
+## Builds the bundled components and copies them into ./components.
 components: setup
-	$(CARGO) build --release --target $(WASM_TARGET) $(GUESTS)
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt
+	@mkdir -p components
+	@for c in $(BUNDLED); do cp $(WASM_DIR)/$$c.wasm components/; done
+
+## Builds the test components too, and the variant builds (as NAME_variant_b.wasm).
+test-components: setup
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p test-orchestrator \
+		--features guest-exam/variant-b,test-orchestrator/variant-b
+	@for c in $(VARIANTS); do cp $(WASM_DIR)/$$c.wasm $(WASM_DIR)/$${c}_variant_b.wasm; done
+	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt $(TEST_GUESTS)
 	@mkdir -p components
 	@for c in $(BUNDLED); do cp $(WASM_DIR)/$$c.wasm components/; done
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --all-targets -- -D warnings
-	$(CARGO) clippy --release --target $(WASM_TARGET) $(GUESTS) -p saga-sdk -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt $(TEST_GUESTS) \
+		-p saga-sdk -- -D warnings
 
 ## Runs the benchmarks (see the README's Benchmarks section).
-bench: components
+bench: test-components
 	$(CARGO) build --release -p saga-host -p saga-bench
 	./target/release/saga-bench all
 

@@ -202,10 +202,16 @@ async fn sagas_survive_kill_9_at_random_moments() {
                     saga.key
                 );
             }
+            // The last step fails with a system error, and is then not compensated; but when a
+            // kill delayed its reply past the step timeout, it failed for want of a reply and is
+            // compensated (it may have acted), once.
+            let timed_out = execution["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("did not reply within"));
             assert_eq!(
                 count(&format!("undo:s{last}")),
-                0,
-                "{}: a step that failed with a system error is not compensated",
+                u64::from(timed_out),
+                "{}: the failed step's compensation (timed out: {timed_out}): {counts}\n{execution}",
                 saga.key
             );
         } else {

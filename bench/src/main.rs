@@ -5,6 +5,9 @@
 //!   request, at 1 and 32 concurrent clients: completed sagas per second, p50 and p99.
 //! - `saga-bench sagas`: sagas of 1, 3 and 9 remote steps with no-op participants (the test
 //!   orchestrator and participant), and the compensating path (the last step fails).
+//! - `saga-bench swap`: hot-loading — the time from deploying a new Exam component to the first
+//!   response it serves (compile cache cold and warm), and `POST /exams` throughput during a
+//!   series of swaps against steady state.
 //! - `saga-bench instantiate`: the cost of one instantiate-and-call of a no-op handler.
 //! - `saga-bench all`: all of them, with their defaults.
 //!
@@ -13,6 +16,7 @@
 mod load;
 mod server;
 mod stats;
+mod swap;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +39,8 @@ enum Command {
     Http(Load),
     /// Sagas of 1, 3 and 9 no-op remote steps, and the compensating path.
     Sagas(SagaLoad),
+    /// Deploy-to-first-response time and throughput during swaps.
+    Swap(SwapArgs),
     /// Instantiate-and-call cost of a no-op handler.
     Instantiate(InstantiateArgs),
     /// Everything, with the defaults.
@@ -64,6 +70,19 @@ struct SagaLoad {
 }
 
 #[derive(clap::Args, Clone)]
+struct SwapArgs {
+    /// Warm deploys to time.
+    #[arg(long, default_value_t = 20)]
+    swaps: usize,
+    /// Clients posting exams while the throughput is measured.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Seconds of steady state, and of swapping, measured.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+#[derive(clap::Args, Clone)]
 struct InstantiateArgs {
     /// Calls to time.
     #[arg(long, default_value_t = 20_000)]
@@ -82,6 +101,9 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Http(load) => exams(&load).await,
             Command::Sagas(load) => sagas(&load).await,
+            Command::Swap(args) => {
+                swap::run(args.swaps, args.clients, Duration::from_secs(args.seconds)).await
+            }
             Command::Instantiate(args) => load::instantiate(args.calls, args.component).await,
             Command::All => {
                 let load = Load {
@@ -95,7 +117,8 @@ fn main() -> anyhow::Result<()> {
                     load,
                     steps: vec![1, 3, 9],
                 })
-                .await
+                .await?;
+                swap::run(20, 8, Duration::from_secs(5)).await
             }
         }
     })
@@ -135,6 +158,17 @@ fn host_args(load: &Load) -> Vec<&str> {
     load.host_args.iter().map(String::as_str).collect()
 }
 
+/// `POST /exams` for a fresh user; an answer counts when it is a 200.
+pub fn exam_workload() -> Workload {
+    Workload {
+        path: "/exams".into(),
+        body: Box::new(|| {
+            serde_json::json!({"user_uuid": uuid::Uuid::new_v4(), "exam_uuid": uuid::Uuid::new_v4()}).to_string()
+        }),
+        completed: Box::new(|status, _| status == 200),
+    }
+}
+
 async fn exams(load: &Load) -> anyhow::Result<()> {
     let server = Server::start(
         &[component("guest_exam")?, component("guest_attempt")?],
@@ -145,14 +179,7 @@ async fn exams(load: &Load) -> anyhow::Result<()> {
         load.host_args
     );
     header();
-    let workload = Workload {
-        path: "/exams".into(),
-        body: Box::new(|| {
-            serde_json::json!({"user_uuid": uuid::Uuid::new_v4(), "exam_uuid": uuid::Uuid::new_v4()}).to_string()
-        }),
-        completed: Box::new(|status, _| status == 200),
-    };
-    measure(&server.addr, "POST /exams", workload, load).await
+    measure(&server.addr, "POST /exams", exam_workload(), load).await
 }
 
 async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {

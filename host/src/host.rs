@@ -2,7 +2,7 @@
 //! loads the components, delivers queued messages, and serves.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome, RetryPolicy};
 use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::runtime::registry::Registry;
-use crate::runtime::{CallEnv, CallLimits, Runtime, RuntimeConfig, ServiceVersion};
+use crate::runtime::{CallEnv, CallLimits, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig, SagaEnds};
 use crate::storage::{Consumed, Storage, Transaction};
 
@@ -30,8 +30,12 @@ pub struct Config {
     /// How often, and how far apart, a failing delivery is tried before it is dead-lettered.
     pub delivery: RetryPolicy,
     pub max_body_bytes: usize,
+    /// Largest component the admin API accepts.
+    pub max_component_bytes: usize,
     /// The bearer token of the operator API (`/admin`, `/sagas`); none: `/admin` is off.
     pub admin_token: Option<String>,
+    /// How often to look for changed files in the components directory; none: never.
+    pub watch: Option<Duration>,
 }
 
 impl Config {
@@ -53,6 +57,10 @@ pub struct Host {
     pub registry: Arc<Registry>,
     pub orchestrator: Arc<Orchestrator>,
     pub handlers: Handlers,
+    /// Which component file provides which service.
+    pub(crate) sources: std::sync::Mutex<crate::deploy::Sources>,
+    /// Deploys happen one at a time.
+    pub(crate) deploying: tokio::sync::Mutex<()>,
     /// Kept here: the orchestrator and broker only hold weak references to it.
     _env: Arc<CallEnv>,
 }
@@ -143,22 +151,15 @@ impl Host {
             registry,
             orchestrator,
             handlers,
+            sources: Default::default(),
+            deploying: tokio::sync::Mutex::new(()),
             _env: env,
         });
         broker.set_consumer(Arc::new(Consumer(Arc::downgrade(&host))));
 
-        for path in component_files(&config.components_dir)? {
-            let bytes = std::fs::read(&path).map_err(|e| {
-                StartError::Component(format!("{}: cannot read it: {e}", path.display()))
-            })?;
-            let version = host.load(bytes, path.display().to_string()).await?;
-            tracing::info!(
-                service = version.name(),
-                digest = version.short_digest(),
-                file = %path.display(),
-                "component loaded"
-            );
-        }
+        host.load_components()
+            .await
+            .map_err(|e| StartError::Component(e.to_string()))?;
         let queued = host.broker.recover().await?;
         let timers = host.orchestrator.recover_timers().await?;
         if queued + timers > 0 {
@@ -169,6 +170,9 @@ impl Host {
             );
         }
         tokio::spawn(prune_consumed(Arc::downgrade(&host)));
+        if let Some(every) = config.watch {
+            tokio::spawn(Host::watch_components(Arc::downgrade(&host), every));
+        }
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -195,31 +199,6 @@ impl Host {
             shutdown,
             server,
         })
-    }
-
-    /// Loads a component and installs it, replacing the current version of its service.
-    pub async fn load(
-        &self,
-        bytes: Vec<u8>,
-        source: String,
-    ) -> Result<Arc<ServiceVersion>, StartError> {
-        let version = self
-            .runtime
-            .load(bytes, source.clone())
-            .await
-            .map_err(|e| StartError::Component(e.to_string()))?;
-        for aggregate in version.manifest.aggregates.values() {
-            for field in &aggregate.indexes {
-                self.storage
-                    .ensure_index(version.name(), &aggregate.name, field)
-                    .await?;
-            }
-        }
-        self.registry
-            .install(version.clone())
-            .await
-            .map_err(|conflict| StartError::Component(format!("{source}: {conflict}")))?;
-        Ok(version)
     }
 
     /// Hands a queued message to the orchestrator (replies) or to its service's handler.
@@ -299,29 +278,6 @@ async fn prune_consumed(host: Weak<Host>) {
             Err(error) => tracing::warn!(%error, "could not prune consumed-message records"),
         }
     }
-}
-
-/// `*.wasm` files of the components directory, in name order.
-fn component_files(dir: &Path) -> Result<Vec<PathBuf>, StartError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        StartError::Component(format!(
-            "components directory {}: {e}; build the bundled components with `make components` or pass --components DIR",
-            dir.display()
-        ))
-    })?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(StartError::Component(format!(
-            "components directory {} has no .wasm files; build the bundled components with `make components`",
-            dir.display()
-        )));
-    }
-    Ok(files)
 }
 
 /// The broker's consumer; weak, so that a stopped host is freed even with messages in flight.

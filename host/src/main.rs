@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Loads the components and serves their routes, commands and sagas.
     Serve(Serve),
+    /// Deploys a component to a running host through its admin API (replacing the current
+    /// version of its service).
+    Deploy(Deploy),
 }
 
 #[derive(Args)]
@@ -84,6 +87,25 @@ struct Serve {
     /// Attempts at delivering a message whose handler fails before it goes to the dead letters.
     #[arg(long, env = "SAGA_HOST_DELIVERY_ATTEMPTS", default_value_t = 5)]
     delivery_attempts: u32,
+    /// How often to look for new, changed or removed files in the components directory, in
+    /// milliseconds (0: never).
+    #[arg(long, env = "SAGA_HOST_WATCH_MS", default_value_t = 1000)]
+    watch_ms: u64,
+    /// Largest component the admin API accepts, in MiB.
+    #[arg(long, env = "SAGA_HOST_MAX_COMPONENT_MB", default_value_t = 64)]
+    max_component_mb: usize,
+}
+
+#[derive(Args)]
+struct Deploy {
+    /// The component (.wasm) to deploy.
+    file: PathBuf,
+    /// The host to deploy to, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    to: String,
+    /// The host's admin token.
+    #[arg(long, env = "SAGA_HOST_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     match cli.command {
         Command::Serve(serve) => runtime.block_on(run(serve)),
+        Command::Deploy(deploy) => runtime.block_on(deploy_component(deploy)),
     }
 }
 
@@ -134,7 +157,9 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         max_body_bytes: serve.max_body,
+        max_component_bytes: serve.max_component_mb << 20,
         admin_token: serve.admin_token.filter(|token| !token.is_empty()),
+        watch: (serve.watch_ms > 0).then(|| Duration::from_millis(serve.watch_ms)),
     };
     let running = Host::start(config)
         .await
@@ -157,6 +182,39 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: finishing requests in flight");
     running.stop().await.context("the HTTP server failed")?;
+    Ok(())
+}
+
+async fn deploy_component(deploy: Deploy) -> anyhow::Result<()> {
+    use http_body_util::{BodyExt, Full};
+    let bytes = std::fs::read(&deploy.file)
+        .with_context(|| format!("cannot read {}", deploy.file.display()))?;
+    let url = format!("{}/admin/components", deploy.to.trim_end_matches('/'));
+    let mut request = hyper::Request::post(&url).header("content-type", "application/wasm");
+    if let Some(token) = &deploy.token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(hyper::body::Bytes::from(bytes)))
+        .with_context(|| format!("{url} is not a valid URL"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client
+        .request(request)
+        .await
+        .with_context(|| format!("cannot reach {url}; is the host running there?"))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .context("the host's answer broke off")?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    if !status.is_success() {
+        anyhow::bail!("the host refused the component ({status}): {text}");
+    }
+    println!("{text}");
     Ok(())
 }
 

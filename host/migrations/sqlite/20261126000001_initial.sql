@@ -107,6 +107,8 @@ CREATE TABLE sagas (
     id         TEXT    PRIMARY KEY,
     service    TEXT    NOT NULL,
     name       TEXT    NOT NULL,
+    -- The digest of the component version the saga runs on until it ends.
+    version    TEXT    NOT NULL,
     status     TEXT    NOT NULL,
     state      TEXT    NOT NULL,
     created_at INTEGER NOT NULL,
@@ -116,3 +118,4 @@ CREATE TABLE sagas (
 );
 CREATE INDEX sagas_by_status ON sagas (status, created_at);
 CREATE INDEX sagas_by_timer ON sagas (timer_at);
+CREATE INDEX sagas_by_version ON sagas (service, version, status);

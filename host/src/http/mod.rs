@@ -25,6 +25,14 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/sagas/{id}", get(operator::get_saga))
         .route("/admin/dead-letters", get(operator::list_dead_letters))
         .route("/admin/dead-letters/{id}/redrive", post(operator::redrive))
+        .route(
+            "/admin/components",
+            get(operator::list_components).post(operator::post_component),
+        )
+        .route(
+            "/admin/components/{name}",
+            axum::routing::put(operator::put_component).delete(operator::delete_component),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             host.clone(),
             operator::require_token,

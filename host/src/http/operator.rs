@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::error;
 use crate::broker::Message;
+use crate::deploy::{DeployError, Origin};
 use crate::host::Host;
 use crate::saga::execution::{Execution, Status};
 
@@ -24,29 +25,33 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let admin = request.uri().path().starts_with("/admin");
-    let Some(expected) = host.config.admin_token.as_deref() else {
-        if admin {
-            return error(
-                StatusCode::FORBIDDEN,
-                "the admin API is off: start the host with --admin-token TOKEN (or SAGA_HOST_ADMIN_TOKEN)",
-            );
+    let refusal = match host.config.admin_token.as_deref() {
+        None if admin => error(
+            StatusCode::FORBIDDEN,
+            "the admin API is off: start the host with --admin-token TOKEN (or SAGA_HOST_ADMIN_TOKEN)",
+        ),
+        None => return next.run(request).await,
+        Some(expected) => {
+            let given = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "));
+            match given {
+                None => unauthorized(
+                    "this endpoint needs the admin token: send Authorization: Bearer TOKEN",
+                ),
+                Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+                    unauthorized("the admin token is wrong")
+                }
+                Some(_) => return next.run(request).await,
+            }
         }
-        return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        None => {
-            unauthorized("this endpoint needs the admin token: send Authorization: Bearer TOKEN")
-        }
-        Some(token) if !constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
-            unauthorized("the admin token is wrong")
-        }
-        Some(_) => next.run(request).await,
-    }
+    // Read the body (a component upload, say) before answering, so that the client gets the
+    // refusal rather than a connection closed under its upload.
+    let _ = axum::body::to_bytes(request.into_body(), host.config.max_component_bytes).await;
+    refusal
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -166,6 +171,125 @@ pub async fn redrive(State(host): State<Arc<Host>>, Path(id): Path<String>) -> R
     match host.broker.redrive(seq).await {
         Ok(true) => Json(json!({"redriven": seq})).into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {seq}")),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}
+
+/// `GET /admin/components`: each service's current version, its routes, topics and sagas, and
+/// every version sagas still run on.
+pub async fn list_components(State(host): State<Arc<Host>>) -> Response {
+    let running = match host.storage.running_versions().await {
+        Ok(running) => running,
+        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    };
+    let sagas_on = |service: &str, digest: &str| {
+        running
+            .iter()
+            .find(|(s, v, _)| s == service && v == digest)
+            .map_or(0, |(_, _, count)| *count)
+    };
+    let retired = host.registry.retired();
+    let services = host.registry.current();
+    let list: Vec<Value> = services
+        .by_name
+        .values()
+        .map(|version| {
+            let mut versions = vec![json!({
+                "digest": version.digest,
+                "current": true,
+                "loaded_at": version.loaded_at,
+                "running_sagas": sagas_on(version.name(), &version.digest),
+            })];
+            versions.extend(
+                retired
+                    .iter()
+                    .filter(|old| old.name() == version.name())
+                    .map(|old| {
+                        json!({
+                            "digest": old.digest,
+                            "current": false,
+                            "loaded_at": old.loaded_at,
+                            "running_sagas": sagas_on(old.name(), &old.digest),
+                        })
+                    }),
+            );
+            let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
+            sagas.sort();
+            json!({
+                "name": version.name(),
+                "digest": version.digest,
+                "source": version.source,
+                "loaded_at": version.loaded_at,
+                "triggers": version
+                    .manifest
+                    .handlers
+                    .iter()
+                    .flat_map(|h| h.triggers.iter().map(crate::runtime::manifest::describe_trigger))
+                    .collect::<Vec<_>>(),
+                "sagas": sagas,
+                "versions": versions,
+            })
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// `POST /admin/components`: deploys the component in the body under the name it gives itself.
+pub async fn post_component(State(host): State<Arc<Host>>, request: Request) -> Response {
+    deploy(host, None, request).await
+}
+
+/// `PUT /admin/components/{name}`: deploys the component in the body as service `name`.
+pub async fn put_component(
+    State(host): State<Arc<Host>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    deploy(host, Some(name), request).await
+}
+
+async fn deploy(host: Arc<Host>, name: Option<String>, request: Request) -> Response {
+    let limit = host.config.max_component_bytes;
+    let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the component is larger than the limit of {} MiB (--max-component-mb)",
+                limit >> 20
+            ),
+        );
+    };
+    let replaced = name
+        .as_deref()
+        .and_then(|name| host.registry.service(name))
+        .map(|v| v.digest.clone());
+    match host.deploy(bytes.to_vec(), Origin::Api(name)).await {
+        Ok(version) => {
+            let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
+            sagas.sort();
+            Json(json!({
+                "service": version.name(),
+                "digest": version.digest,
+                "replaced": replaced,
+                "sagas": sagas,
+            }))
+            .into_response()
+        }
+        Err(failure @ DeployError::Invalid(_)) => {
+            error(StatusCode::BAD_REQUEST, failure.to_string())
+        }
+        Err(failure @ DeployError::Conflict(_)) => error(StatusCode::CONFLICT, failure.to_string()),
+        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+    }
+}
+
+/// `DELETE /admin/components/{name}`: removes a service.
+pub async fn delete_component(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Response {
+    match host.undeploy(&name).await {
+        Ok(version) => {
+            Json(json!({"removed": version.name(), "digest": version.digest})).into_response()
+        }
+        Err(failure @ DeployError::Invalid(_)) => error(StatusCode::NOT_FOUND, failure.to_string()),
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
     }
 }

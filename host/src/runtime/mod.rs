@@ -241,10 +241,7 @@ impl Runtime {
             origin: source.clone(),
             problem,
         };
-        let digest: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let digest = digest(&bytes);
         let component = self.compile(bytes, &digest).await.map_err(fail)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             fail(format!(
@@ -308,20 +305,26 @@ impl Runtime {
             };
             dir.join(format!("{digest}-{compatibility:016x}.cwasm"))
         });
+        let short = digest[..12].to_string();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             if let Some(path) = &cache
                 && path.exists()
             {
                 // Safety: the cache directory is the host's own; an artifact there was written
                 // by this engine configuration for exactly these bytes (both are in its name).
                 match unsafe { Component::deserialize_file(&engine, path) } {
-                    Ok(component) => return Ok(component),
+                    Ok(component) => {
+                        tracing::info!(digest = short, ms = started.elapsed().as_millis() as u64, "component loaded from the compile cache");
+                        return Ok(component);
+                    }
                     Err(error) => tracing::warn!(path = %path.display(), %error, "ignoring an unreadable cached artifact"),
                 }
             }
             let component = Component::new(&engine, &bytes).map_err(|e| {
                 format!("it is not a valid WebAssembly component: {}", root_cause(&e))
             })?;
+            tracing::info!(digest = short, ms = started.elapsed().as_millis() as u64, "component compiled");
             if let Some(path) = &cache
                 && let Err(error) = write_cache(&component, path)
             {
@@ -498,6 +501,14 @@ impl Runtime {
             max_memory: self.config.max_memory_bytes,
         }
     }
+}
+
+/// The content digest of a component: SHA-256, hex.
+pub fn digest(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Drop for Runtime {

@@ -129,12 +129,15 @@ impl Services {
     }
 }
 
-/// The current set of services, swapped atomically.
+/// The current set of services, swapped atomically, and the older versions that running
+/// sagas are still pinned to.
 pub struct Registry {
     current: ArcSwap<Services>,
     broker: crate::broker::Broker,
     /// Serialises changes, so that two concurrent installs cannot lose one another.
     change: tokio::sync::Mutex<()>,
+    /// Replaced versions kept for the sagas that started on them, by digest.
+    retired: std::sync::Mutex<HashMap<String, Arc<ServiceVersion>>>,
 }
 
 impl Registry {
@@ -143,7 +146,56 @@ impl Registry {
             current: ArcSwap::from_pointee(Services::default()),
             broker,
             change: tokio::sync::Mutex::new(()),
+            retired: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A version of a service: the current one, or a retired one a saga is pinned to.
+    pub fn version(&self, service: &str, digest: &str) -> Option<Arc<ServiceVersion>> {
+        if let Some(current) = self.service(service)
+            && current.digest == digest
+        {
+            return Some(current);
+        }
+        self.retired
+            .lock()
+            .expect("retired lock")
+            .get(digest)
+            .filter(|v| v.name() == service)
+            .cloned()
+    }
+
+    /// Keeps a replaced version for the sagas still running on it.
+    pub fn retire(&self, version: Arc<ServiceVersion>) {
+        tracing::info!(
+            service = version.name(),
+            digest = version.short_digest(),
+            "the replaced version stays loaded for the sagas still running on it"
+        );
+        self.retired
+            .lock()
+            .expect("retired lock")
+            .insert(version.digest.clone(), version);
+    }
+
+    /// Unloads a retired version no saga needs any more.
+    pub fn release(&self, digest: &str) {
+        if let Some(version) = self.retired.lock().expect("retired lock").remove(digest) {
+            tracing::info!(
+                service = version.name(),
+                digest = version.short_digest(),
+                "unloaded a retired version"
+            );
+        }
+    }
+
+    pub fn retired(&self) -> Vec<Arc<ServiceVersion>> {
+        self.retired
+            .lock()
+            .expect("retired lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn current(&self) -> Arc<Services> {

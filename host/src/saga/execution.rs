@@ -285,6 +285,7 @@ impl Execution {
             id: self.id.clone(),
             service: self.service.clone(),
             name: self.name.clone(),
+            version: self.digest.clone(),
             status: self.status.as_str().to_string(),
             state: serde_json::to_string(&state).expect("saga state serialises"),
             created_at: self.created_at,

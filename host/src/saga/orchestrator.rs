@@ -137,7 +137,8 @@ enum Input {
 
 /// Where a transition starts from.
 enum Origin<'a> {
-    New(&'a Execution),
+    /// A new execution, on the version that starts it.
+    New(&'a Execution, &'a Arc<ServiceVersion>),
     Stored(&'a str),
 }
 
@@ -241,10 +242,19 @@ impl Orchestrator {
                 ),
             });
         }
+        if self
+            .registry
+            .version(version.name(), &version.digest)
+            .is_none()
+        {
+            // A call still running on a replaced version starts a saga: keep that version
+            // loaded for it.
+            self.registry.retire(version.clone());
+        }
         let template = Execution::new(version.name(), &name, &version.digest, context, caller.user);
         let finished = wait.then(|| self.register_waiter(&template.id));
         match self
-            .transition(Origin::New(&template), Input::Start, None)
+            .transition(Origin::New(&template, &version), Input::Start, None)
             .await
         {
             Ok(exec) => match finished {
@@ -379,19 +389,25 @@ impl Orchestrator {
     ) -> Result<Execution, TransitionError> {
         let given_up = tokio::time::Instant::now() + self.config.lock_wait;
         loop {
-            let mut exec = match &origin {
-                Origin::New(template) => (*template).clone(),
-                Origin::Stored(id) => match self.load(id).await {
-                    Ok(Some(exec)) => exec,
-                    Ok(None) => return Err(TransitionError::Gone),
-                    Err(problem) => return Err(TransitionError::Storage(problem)),
-                },
-            };
-            let Some(version) = self.registry.service(&exec.service) else {
-                return Err(TransitionError::Unloaded(format!(
-                    "service {} is not loaded; its saga {} waits",
-                    exec.service, exec.id
-                )));
+            let (mut exec, version) = match &origin {
+                Origin::New(template, version) => ((*template).clone(), (*version).clone()),
+                Origin::Stored(id) => {
+                    let exec = match self.load(id).await {
+                        Ok(Some(exec)) => exec,
+                        Ok(None) => return Err(TransitionError::Gone),
+                        Err(problem) => return Err(TransitionError::Storage(problem)),
+                    };
+                    // The saga runs on the version it started with until it ends.
+                    let Some(version) = self.registry.version(&exec.service, &exec.digest) else {
+                        return Err(TransitionError::Unloaded(format!(
+                            "version {} of service {}, which saga {} started on, is not loaded",
+                            &exec.digest[..12.min(exec.digest.len())],
+                            exec.service,
+                            exec.id
+                        )));
+                    };
+                    (exec, version)
+                }
             };
             let before = exec.clone();
             let mut tx = Transaction::default();
@@ -550,6 +566,33 @@ impl Orchestrator {
         }
         self.ends.ended(&exec.id);
         tracing::info!(saga = %exec.id, name = %exec.name, status = exec.status.as_str(), "saga ended");
+        let current = self
+            .registry
+            .service(&exec.service)
+            .map(|v| v.digest.clone());
+        if current.as_deref() != Some(exec.digest.as_str()) {
+            self.release_if_unused(exec.service.clone(), exec.digest.clone());
+        }
+    }
+
+    /// Unloads a retired version once no unfinished saga runs on it.
+    fn release_if_unused(&self, service: String, digest: String) {
+        let (storage, registry) = (self.storage.clone(), self.registry.clone());
+        tokio::spawn(async move {
+            match storage.running_versions().await {
+                Ok(running)
+                    if !running
+                        .iter()
+                        .any(|(s, v, _)| *s == service && *v == digest) =>
+                {
+                    registry.release(&digest)
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not count the sagas on a retired version")
+                }
+            }
+        });
     }
 
     /// Applies an input to an execution in memory, collecting what it changes into `tx`.

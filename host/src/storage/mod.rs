@@ -108,6 +108,8 @@ pub struct SagaRow {
     pub id: String,
     pub service: String,
     pub name: String,
+    /// The digest of the component version it runs on.
+    pub version: String,
     pub status: String,
     pub state: String,
     pub created_at: i64,

@@ -223,7 +223,7 @@ impl Storage {
 
     pub async fn load_saga(&self, id: &str) -> Result<Option<SagaRow>> {
         let row = sqlx::query(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at FROM sagas WHERE id = $1",
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version FROM sagas WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.inner.reads)
@@ -234,7 +234,7 @@ impl Storage {
     /// Sagas, newest first, optionally of one status.
     pub async fn list_sagas(&self, status: Option<&str>, limit: u32) -> Result<Vec<SagaRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at FROM sagas \
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version FROM sagas \
              WHERE ($1 = '' OR status = $1) ORDER BY created_at DESC, id LIMIT {limit}"
         )))
         .bind(status.unwrap_or(""))
@@ -273,6 +273,19 @@ impl Storage {
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    /// Unfinished sagas by the component version they run on: (service, version, count).
+    pub async fn running_versions(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT service, version, COUNT(*) FROM sagas \
+             WHERE status IN ('created', 'running', 'paused', 'compensating') GROUP BY service, version",
+        )
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
             .collect()
     }
 
@@ -598,8 +611,8 @@ async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<S
 async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
     let saved = if saga.revision == 0 {
         sqlx::query(
-            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&saga.id)
         .bind(&saga.service)
@@ -609,6 +622,7 @@ async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
         .bind(saga.created_at)
         .bind(saga.updated_at)
         .bind(saga.timer_at)
+        .bind(&saga.version)
         .execute(&mut *conn)
         .await?
     } else {
@@ -962,6 +976,7 @@ fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
         updated_at: row.try_get(6)?,
         revision: row.try_get(7)?,
         timer_at: row.try_get(8)?,
+        version: row.try_get(9)?,
     })
 }
 

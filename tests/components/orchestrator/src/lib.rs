@@ -102,7 +102,14 @@ fn commit(mut context: SagaContext) -> Result<SagaContext> {
     if context["commit_fails"] == true {
         return Err(Error::system("the commit fails on purpose"));
     }
-    write_note(&context, "commit")?;
+    write_note(
+        &context,
+        if cfg!(feature = "variant-b") {
+            "commit:b"
+        } else {
+            "commit"
+        },
+    )?;
     context.set("committed", true);
     Ok(context)
 }
@@ -218,6 +225,10 @@ fn service() -> Service {
         .saga("NINE", chain(9))
         .saga("SLOW", slow())
         .saga("CONFLICT", conflict())
+        .saga(
+            "SLOW_COMMIT",
+            remote(Saga::new(), "slow", true, false).commit(commit),
+        )
 }
 
 saga_sdk::export_service!(service);

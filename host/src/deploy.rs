@@ -1,0 +1,355 @@
+//! Deploying components while the host serves: every new version — from the components
+//! directory at start, from the directory watcher, or from the admin API — is compiled (off the
+//! async threads), linked, described and checked against the other services before it replaces
+//! the old one atomically; a refused one changes nothing. A replaced version stays loaded while
+//! sagas that started on it are running, and its bytes are kept in the data directory so that
+//! they can finish on it after a restart too.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::host::Host;
+use crate::runtime::ServiceVersion;
+
+/// Where a new version comes from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// A file of the components directory.
+    File(PathBuf),
+    /// The admin API; with the service name the URL names, if any.
+    Api(Option<String>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// Not a valid component of ours: not wasm, another world, a broken manifest or saga.
+    #[error("{0}")]
+    Invalid(String),
+    /// Valid, but it clashes with what is loaded (a route, a topic, another file).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Which file of the components directory provides which service, as last loaded, and which
+/// files were refused (not tried again until they change).
+#[derive(Default)]
+pub struct Sources {
+    by_path: HashMap<PathBuf, Source>,
+    refused: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+}
+
+#[derive(Clone)]
+struct Source {
+    service: String,
+    digest: String,
+    /// What the watcher compares to notice a change without reading the file.
+    stamp: (u64, Option<SystemTime>),
+}
+
+impl Sources {
+    fn path_of(&self, service: &str) -> Option<PathBuf> {
+        self.by_path
+            .iter()
+            .find(|(_, source)| source.service == service)
+            .map(|(path, _)| path.clone())
+    }
+}
+
+fn stamp(path: &Path) -> (u64, Option<SystemTime>) {
+    std::fs::metadata(path)
+        .map(|m| (m.len(), m.modified().ok()))
+        .unwrap_or((0, None))
+}
+
+/// `*.wasm` files of a directory, in name order.
+pub fn component_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Writes a file whole or not at all.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(partial, path)
+}
+
+impl Host {
+    fn version_store(&self, digest: &str) -> PathBuf {
+        self.config
+            .data_dir
+            .join("versions")
+            .join(format!("{digest}.wasm"))
+    }
+
+    /// Validates a component completely and installs it, replacing its service's current
+    /// version; a component the API deploys is also written to the components directory, so
+    /// that a restart loads it again.
+    pub async fn deploy(
+        &self,
+        bytes: Vec<u8>,
+        origin: Origin,
+    ) -> Result<Arc<ServiceVersion>, DeployError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let source = match &origin {
+            Origin::File(path) => path.display().to_string(),
+            Origin::Api(Some(name)) => format!("component {name} (admin API)"),
+            Origin::Api(None) => "component (admin API)".to_string(),
+        };
+        let version = self
+            .runtime
+            .load(bytes.clone(), source.clone())
+            .await
+            .map_err(|e| DeployError::Invalid(e.to_string()))?;
+        let name = version.name().to_string();
+        if let Origin::Api(Some(expected)) = &origin
+            && *expected != name
+        {
+            return Err(DeployError::Invalid(format!(
+                "{source}: the component describes itself as service {name:?}, not {expected:?}; deploy it as {name}"
+            )));
+        }
+        let owner = self.sources.lock().expect("sources lock").path_of(&name);
+        if let (Origin::File(path), Some(owner)) = (&origin, &owner)
+            && owner != path
+        {
+            return Err(DeployError::Conflict(format!(
+                "{source}: service {name} is already provided by {}; remove one of the two files",
+                owner.display()
+            )));
+        }
+        if !version.manifest.sagas.is_empty() {
+            // Sagas may outlive this version being current: keep its bytes to resume them.
+            let stored = self.version_store(&version.digest);
+            if !stored.exists() {
+                write_atomically(&stored, &bytes).map_err(|e| {
+                    DeployError::Io(format!("cannot keep {}: {e}", stored.display()))
+                })?;
+            }
+        }
+        for aggregate in version.manifest.aggregates.values() {
+            for field in &aggregate.indexes {
+                self.storage
+                    .ensure_index(&name, &aggregate.name, field)
+                    .await?;
+            }
+        }
+        let replaced = self
+            .registry
+            .install(version.clone())
+            .await
+            .map_err(|conflict| DeployError::Conflict(format!("{source}: {conflict}")))?;
+        let file = match origin {
+            Origin::File(path) => path,
+            Origin::Api(_) => {
+                let path = owner
+                    .unwrap_or_else(|| self.config.components_dir.join(format!("{name}.wasm")));
+                if let Err(error) = write_atomically(&path, &bytes) {
+                    tracing::warn!(path = %path.display(), %error, "deployed, but could not write the component file; a restart will load the previous one");
+                }
+                path
+            }
+        };
+        self.sources.lock().expect("sources lock").by_path.insert(
+            file.clone(),
+            Source {
+                service: name.clone(),
+                digest: version.digest.clone(),
+                stamp: stamp(&file),
+            },
+        );
+        if let Some(replaced) = replaced
+            && replaced.digest != version.digest
+        {
+            self.retire_if_pinned(replaced).await;
+        }
+        tracing::info!(
+            service = name,
+            digest = version.short_digest(),
+            source,
+            "component deployed"
+        );
+        Ok(version)
+    }
+
+    /// Removes a service: its routes and topics go at once; a version sagas still run on stays
+    /// loaded for them. Its file leaves the components directory.
+    pub async fn undeploy(&self, name: &str) -> Result<Arc<ServiceVersion>, DeployError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let Some(removed) = self.registry.remove(name).await else {
+            return Err(DeployError::Invalid(format!(
+                "no service named {name:?} is loaded"
+            )));
+        };
+        let path = {
+            let mut sources = self.sources.lock().expect("sources lock");
+            let path = sources.path_of(name);
+            if let Some(path) = &path {
+                sources.by_path.remove(path);
+            }
+            path
+        };
+        if let Some(path) = path
+            && let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), %error, "could not remove the component file");
+        }
+        self.retire_if_pinned(removed.clone()).await;
+        tracing::info!(service = name, "component removed");
+        Ok(removed)
+    }
+
+    /// Keeps a version that is no longer current loaded if sagas run on it.
+    async fn retire_if_pinned(&self, version: Arc<ServiceVersion>) {
+        match self.storage.running_versions().await {
+            Ok(running) => {
+                if running
+                    .iter()
+                    .any(|(s, v, _)| s == version.name() && *v == version.digest)
+                {
+                    self.registry.retire(version);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not count the sagas on a replaced version; keeping it");
+                self.registry.retire(version);
+            }
+        }
+    }
+
+    /// At start: loads every component of the directory (any failure stops the start), then
+    /// the older versions that unfinished sagas were started on.
+    pub(crate) async fn load_components(&self) -> Result<(), DeployError> {
+        let dir = &self.config.components_dir;
+        let files = component_files(dir).map_err(|e| {
+            DeployError::Io(format!(
+                "components directory {}: {e}; build the bundled components with `make components` or pass --components DIR",
+                dir.display()
+            ))
+        })?;
+        if files.is_empty() {
+            return Err(DeployError::Io(format!(
+                "components directory {} has no .wasm files; build the bundled components with `make components`",
+                dir.display()
+            )));
+        }
+        for path in files {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| DeployError::Io(format!("{}: cannot read it: {e}", path.display())))?;
+            self.deploy(bytes, Origin::File(path)).await?;
+        }
+        for (service, digest, count) in self.storage.running_versions().await? {
+            if self.registry.version(&service, &digest).is_some() {
+                continue;
+            }
+            let stored = self.version_store(&digest);
+            let loaded = match std::fs::read(&stored) {
+                Ok(bytes) => self
+                    .runtime
+                    .load(bytes, stored.display().to_string())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(error) => Err(format!("{}: {error}", stored.display())),
+            };
+            match loaded {
+                Ok(version) => self.registry.retire(version),
+                Err(problem) => tracing::error!(
+                    service,
+                    digest,
+                    sagas = count,
+                    "sagas started on an older version of this service cannot resume until it is loaded: {problem}"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches the components directory: a new or changed file is deployed, a removed one
+    /// undeployed; a refused one is logged and the old version keeps serving.
+    pub(crate) async fn watch_components(host: std::sync::Weak<Host>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(host) = host.upgrade() else { return };
+            let Ok(files) = component_files(&host.config.components_dir) else {
+                continue;
+            };
+            let (known, refused) = {
+                let sources = host.sources.lock().expect("sources lock");
+                (sources.by_path.clone(), sources.refused.clone())
+            };
+            for path in &files {
+                let now = stamp(path);
+                if known.get(path).is_some_and(|source| source.stamp == now)
+                    || refused.get(path) == Some(&now)
+                {
+                    continue;
+                }
+                let Ok(bytes) = std::fs::read(path) else {
+                    continue;
+                };
+                if known
+                    .get(path)
+                    .is_some_and(|source| source.digest == crate::runtime::digest(&bytes))
+                {
+                    // Touched, not changed.
+                    if let Some(source) = host
+                        .sources
+                        .lock()
+                        .expect("sources lock")
+                        .by_path
+                        .get_mut(path)
+                    {
+                        source.stamp = now;
+                    }
+                    continue;
+                }
+                match host.deploy(bytes, Origin::File(path.clone())).await {
+                    Ok(_) => {
+                        host.sources
+                            .lock()
+                            .expect("sources lock")
+                            .refused
+                            .remove(path);
+                    }
+                    Err(error) => {
+                        tracing::error!(file = %path.display(), "the component was refused; the loaded version keeps serving: {error}");
+                        host.sources
+                            .lock()
+                            .expect("sources lock")
+                            .refused
+                            .insert(path.clone(), now);
+                    }
+                }
+            }
+            for (path, source) in known {
+                let still_current = host
+                    .registry
+                    .service(&source.service)
+                    .is_some_and(|v| v.digest == source.digest);
+                if !files.contains(&path)
+                    && still_current
+                    && let Err(error) = host.undeploy(&source.service).await
+                {
+                    tracing::warn!(file = %path.display(), "{error}");
+                }
+            }
+        }
+    }
+}

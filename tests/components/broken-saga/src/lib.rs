@@ -1,0 +1,21 @@
+//! A service whose saga is never committed: the host must refuse it when it loads, naming the
+//! saga.
+
+use saga_sdk::prelude::*;
+
+fn nothing(_request: Request) -> Result<Response> {
+    Ok(Response::empty())
+}
+
+fn service() -> Service {
+    Service::new("broken")
+        .rest_query("GET", "/broken", nothing)
+        .saga(
+            "UNFINISHED",
+            Saga::new()
+                .step()
+                .invoke_participant("GetUserAttempts", |_context| Ok(Value::Null)),
+        )
+}
+
+saga_sdk::export_service!(service);
