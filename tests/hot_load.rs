@@ -106,7 +106,7 @@ async fn swapping_the_exam_service_ten_times_under_load_fails_no_request() {
     for client in clients {
         client.await.unwrap();
     }
-    let failed = failed.lock().unwrap();
+    let failed = failed.lock().unwrap().clone();
     assert!(
         failed.is_empty(),
         "{} requests failed during the swaps: {:?}",

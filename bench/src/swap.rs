@@ -90,7 +90,11 @@ pub async fn run(swaps: usize, clients: usize, seconds: Duration) -> anyhow::Res
     );
     let mut warm = Samples::default();
     for swap in 0..swaps {
-        let (bytes, build) = if swap.is_multiple_of(2) { (&a, "a") } else { (&b, "b") };
+        let (bytes, build) = if swap.is_multiple_of(2) {
+            (&a, "a")
+        } else {
+            (&b, "b")
+        };
         warm.push(time_to_first_response(&client, &addr, bytes, build).await?);
     }
     println!(
@@ -110,7 +114,12 @@ pub async fn run(swaps: usize, clients: usize, seconds: Duration) -> anyhow::Res
                 let mut deploys = 0usize;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    deploy(&client, &addr, if deploys.is_multiple_of(2) { &a } else { &b }).await?;
+                    deploy(
+                        &client,
+                        &addr,
+                        if deploys.is_multiple_of(2) { &a } else { &b },
+                    )
+                    .await?;
                     deploys += 1;
                 }
                 anyhow::Ok(deploys)
