@@ -15,7 +15,7 @@ TEST_GUESTS := -p test-probe -p test-participant -p test-orchestrator -p test-no
 # Second builds of two components (feature variant-b), for the hot-swap tests.
 VARIANTS := guest_exam test_orchestrator
 
-.PHONY: run test setup components test-components lint bench clean-data
+.PHONY: run test setup components test-components examples lint bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -23,7 +23,7 @@ run: components
 	$(CARGO) run --release -p saga-host -- serve
 
 ## Sets up, builds everything and runs every test (lints first).
-test: test-components lint
+test: test-components examples lint
 	$(CARGO) test --release
 
 setup:
@@ -43,6 +43,12 @@ test-components: setup
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt $(TEST_GUESTS)
 	@mkdir -p components
 	@for c in $(BUNDLED); do cp $(WASM_DIR)/$$c.wasm components/; done
+
+## Builds the participants written in other languages (examples/); each build script installs
+## its pinned tool into its own folder first.
+examples:
+	examples/python-grader/build.sh
+	examples/js-notifier/build.sh
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -121,58 +121,92 @@ async fn phase(
     Ok(report)
 }
 
-/// Times instantiate-and-call of a no-op handler through the host's runtime, one call at a time.
-pub async fn instantiate(calls: usize, component: Option<PathBuf>) -> anyhow::Result<()> {
-    let path = match component {
-        Some(path) => path,
-        None => crate::server::component("test_probe")?,
-    };
-    let bytes = std::fs::read(&path).with_context(|| format!("read {}", path.display()))?;
-    let runtime = Runtime::new(RuntimeConfig::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let loaded = Instant::now();
-    let version = runtime.load(bytes, path.display().to_string()).await?;
-    let load_time = loaded.elapsed();
-    let handler = version
-        .manifest
-        .handlers
-        .iter()
-        .find(|h| h.name == "GET /probe/noop")
-        .context("the component has no GET /probe/noop handler")?;
-    let request = wit::Request {
-        handler: handler.name.clone(),
-        trigger: handler.triggers[0].clone(),
-        payload: "null".into(),
-        params: Vec::new(),
-        query: Vec::new(),
-        headers: Vec::new(),
-        user: None,
-    };
-    let call = || async {
-        let context = CallContext::new(version.clone(), None, Scope::Direct, Access::ReadOnly);
-        let (result, _) = runtime.handle(&version, context, request.clone()).await;
-        result
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
-    };
-    for _ in 0..calls / 10 {
-        call().await?;
-    }
-    let mut samples = Samples::default();
-    let started = Instant::now();
-    for _ in 0..calls {
-        let one = Instant::now();
-        call().await?;
-        samples.push(one.elapsed());
-    }
-    let total = started.elapsed();
+/// A component to measure, and the handler of it that does nothing.
+pub struct Probe {
+    pub language: &'static str,
+    pub path: PathBuf,
+    pub handler: &'static str,
+}
+
+/// For each component: load time with the compile cache cold and warm, and the cost of one
+/// instantiate-and-call of its no-op handler through the host's runtime, one call at a time.
+pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
     println!(
-        "instantiate-and-call of a no-op handler ({}): {calls} calls, p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs; load (compile) {:.0} ms; pooling allocator: {}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
-        samples.percentile(50.0).as_secs_f64() * 1e6,
-        samples.percentile(99.0).as_secs_f64() * 1e6,
-        total.as_secs_f64() * 1e6 / calls as f64,
-        load_time.as_secs_f64() * 1e3,
-        runtime.uses_pooling(),
+        "{:<12} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9}",
+        "component", "size KiB", "cold ms", "warm ms", "p50 µs", "p99 µs", "mean µs"
     );
+    for probe in probes {
+        let bytes =
+            std::fs::read(&probe.path).with_context(|| format!("read {}", probe.path.display()))?;
+        let cache = std::env::temp_dir().join(format!("saga-bench-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&cache);
+        let config = RuntimeConfig {
+            cache_dir: Some(cache.clone()),
+            ..RuntimeConfig::default()
+        };
+        let load = |runtime: Runtime| {
+            let bytes = bytes.clone();
+            let source = probe.path.display().to_string();
+            async move {
+                let started = Instant::now();
+                let version = runtime.load(bytes, source).await?;
+                anyhow::Ok((started.elapsed(), runtime, version))
+            }
+        };
+        let (cold, _, _) =
+            load(Runtime::new(config.clone()).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+        let (warm, runtime, version) =
+            load(Runtime::new(config).map_err(|e| anyhow::anyhow!("{e}"))?).await?;
+        let _ = std::fs::remove_dir_all(&cache);
+        let handler = version
+            .manifest
+            .handlers
+            .iter()
+            .find(|h| h.name == probe.handler)
+            .with_context(|| {
+                format!("{} has no handler {}", probe.path.display(), probe.handler)
+            })?;
+        let request = wit::Request {
+            handler: handler.name.clone(),
+            trigger: handler.triggers[0].clone(),
+            payload: "null".into(),
+            params: Vec::new(),
+            query: Vec::new(),
+            headers: Vec::new(),
+            user: None,
+        };
+        let call = || async {
+            let context = CallContext::new(version.clone(), None, Scope::Direct, Access::ReadOnly);
+            let (result, _) = runtime.handle(&version, context, request.clone()).await;
+            result
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map_err(|e| anyhow::anyhow!("{}", e.message))
+        };
+        let calls = if probe.language == "rust" {
+            calls
+        } else {
+            calls / 10
+        };
+        for _ in 0..calls / 10 {
+            call().await?;
+        }
+        let mut samples = Samples::default();
+        let started = Instant::now();
+        for _ in 0..calls {
+            let one = Instant::now();
+            call().await?;
+            samples.push(one.elapsed());
+        }
+        println!(
+            "{:<12} {:>9} {:>11.0} {:>11.1} {:>9.1} {:>9.1} {:>9.1}",
+            probe.language,
+            bytes.len() / 1024,
+            cold.as_secs_f64() * 1e3,
+            warm.as_secs_f64() * 1e3,
+            samples.percentile(50.0).as_secs_f64() * 1e6,
+            samples.percentile(99.0).as_secs_f64() * 1e6,
+            started.elapsed().as_secs_f64() * 1e6 / calls as f64,
+        );
+    }
     Ok(())
 }

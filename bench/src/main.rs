@@ -18,7 +18,6 @@ mod server;
 mod stats;
 mod swap;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +40,10 @@ enum Command {
     Sagas(SagaLoad),
     /// Deploy-to-first-response time and throughput during swaps.
     Swap(SwapArgs),
-    /// Instantiate-and-call cost of a no-op handler.
+    /// Load time and instantiate-and-call cost of Rust, Python and JavaScript components.
     Instantiate(InstantiateArgs),
+    /// POST /exams/graded: the exam saga with the Python and JavaScript participants.
+    Polyglot(Load),
     /// Everything, with the defaults.
     All,
 }
@@ -84,12 +85,9 @@ struct SwapArgs {
 
 #[derive(clap::Args, Clone)]
 struct InstantiateArgs {
-    /// Calls to time.
+    /// Calls to time (a tenth of that for the Python and JavaScript components).
     #[arg(long, default_value_t = 20_000)]
     calls: usize,
-    /// The component to call (default: the test probe built by `make components`).
-    #[arg(long)]
-    component: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,21 +102,28 @@ fn main() -> anyhow::Result<()> {
             Command::Swap(args) => {
                 swap::run(args.swaps, args.clients, Duration::from_secs(args.seconds)).await
             }
-            Command::Instantiate(args) => load::instantiate(args.calls, args.component).await,
+            Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
+            Command::Polyglot(load) => polyglot(&load).await,
             Command::All => {
                 let load = Load {
                     clients: vec![1, 32],
                     seconds: 10,
                     host_args: Vec::new(),
                 };
-                load::instantiate(20_000, None).await?;
+                load::instantiate(20_000, &probes()?).await?;
                 exams(&load).await?;
                 sagas(&SagaLoad {
                     load,
                     steps: vec![1, 3, 9],
                 })
                 .await?;
-                swap::run(20, 8, Duration::from_secs(5)).await
+                swap::run(20, 8, Duration::from_secs(5)).await?;
+                polyglot(&Load {
+                    clients: vec![1, 32],
+                    seconds: 10,
+                    host_args: Vec::new(),
+                })
+                .await
             }
         }
     })
@@ -236,6 +241,67 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
         completed: Box::new(|status, body| status == 200 && finished_as(body, "errored")),
     };
     measure(&server.addr, "3 steps, last fails", workload, &load.load).await
+}
+
+/// The components `instantiate` measures: a no-op handler in Rust, Python and JavaScript.
+fn probes() -> anyhow::Result<Vec<load::Probe>> {
+    Ok(vec![
+        load::Probe {
+            language: "rust",
+            path: component("test_probe")?,
+            handler: "GET /probe/noop",
+        },
+        load::Probe {
+            language: "python",
+            path: server::example("python-grader", "grader")?,
+            handler: "version",
+        },
+        load::Probe {
+            language: "javascript",
+            path: server::example("js-notifier", "notifier")?,
+            handler: "version",
+        },
+    ])
+}
+
+/// `POST /exams/graded` for a fresh user: the saga runs the Attempt (Rust), notifier
+/// (JavaScript) and grader (Python) participants.
+async fn polyglot(load: &Load) -> anyhow::Result<()> {
+    let components = [
+        component("guest_exam")?,
+        component("guest_attempt")?,
+        server::example("python-grader", "grader")?,
+        server::example("js-notifier", "notifier")?,
+    ];
+    let server = Server::start(&components, &host_args(load))?;
+    let exam = uuid::Uuid::new_v4();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let key = hyper::Request::put(format!("http://{}/answer-keys/{exam}", server.addr))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            r#"{"answers": ["a", "b", "c", "d"]}"#,
+        )))?;
+    let answer = client.request(key).await?;
+    anyhow::ensure!(
+        answer.status() == 200,
+        "setting the answer key failed: {}",
+        answer.status()
+    );
+    println!(
+        "POST /exams/graded (Rust + Python + JavaScript participants), SQLite synchronous=FULL {:?}",
+        load.host_args
+    );
+    header();
+    let workload = Workload {
+        path: "/exams/graded".into(),
+        body: Box::new(move || {
+            serde_json::json!({"user_uuid": uuid::Uuid::new_v4(), "exam_uuid": exam, "answers": ["a", "b", "x", "d"]})
+                .to_string()
+        }),
+        completed: Box::new(|status, _| status == 200),
+    };
+    measure(&server.addr, "POST /exams/graded", workload, load).await
 }
 
 /// Whether a /run answer reports the saga ended with `status`.

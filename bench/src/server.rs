@@ -36,6 +36,15 @@ pub fn component(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A participant from examples/ built by `make examples`.
+pub fn example(dir: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let path = workspace_dir().join(format!("examples/{dir}/{name}.wasm"));
+    if !path.exists() {
+        bail!("{} is missing: run `make examples`", path.display());
+    }
+    Ok(path)
+}
+
 impl Server {
     /// Starts the release host with these components on a fresh data directory.
     pub fn start(components: &[PathBuf], extra_args: &[&str]) -> anyhow::Result<Server> {

@@ -1,10 +1,16 @@
 //! The Exam service of the tutorial. `POST /exams {"user_uuid", "exam_uuid"}` (or the broker
 //! command `CreateExam`) runs the saga GET_USER_ATTEMPTS: it asks the Attempt service
 //! `GetUserAttempts` and, when the user has attempts left, commits by creating the Exam.
+//!
+//! `POST /exams/graded {"user_uuid", "exam_uuid", "answers"}` runs GRADED_EXAM, which also
+//! involves the participants written in other languages (examples/): the notifier (JavaScript)
+//! tells the student, the grader (Python) scores the answers — or refuses them, and then the
+//! notification is retracted (its compensation).
 
 use saga_sdk::prelude::*;
 
 pub const GET_USER_ATTEMPTS: &str = "GET_USER_ATTEMPTS";
+pub const GRADED_EXAM: &str = "GRADED_EXAM";
 
 /// The hot-swap tests deploy a second build of this service (feature `variant-b`) in turns with
 /// the default one, and tell their answers apart by this field.
@@ -20,6 +26,11 @@ struct Exam {
     exam_uuid: Uuid,
     /// Which attempt this submission is: 1 for the first.
     attempt: u32,
+    /// The grader's score, for graded submissions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    score: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    total: Option<u32>,
 }
 
 impl Aggregate for Exam {
@@ -32,6 +43,14 @@ impl Aggregate for Exam {
 struct SubmitExam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
+}
+
+/// The body of `POST /exams/graded`.
+#[derive(Deserialize)]
+struct SubmitGradedExam {
+    user_uuid: Uuid,
+    exam_uuid: Uuid,
+    answers: Vec<String>,
 }
 
 /// The payload of the `GetUserAttempts` command.
@@ -59,14 +78,63 @@ fn refuse(_context: SagaContext, reply: Reply) -> Result<SagaContext> {
 }
 
 fn commit_result(mut context: SagaContext) -> Result<SagaContext> {
+    let grade: Option<Value> = context.get("grade").ok();
+    let score = |field: &str| {
+        grade
+            .as_ref()
+            .and_then(|g| g[field].as_u64())
+            .map(|n| n as u32)
+    };
     let exam = Exam {
         user_uuid: context.get("user_uuid")?,
         exam_uuid: context.get("exam_uuid")?,
         attempt: context.get::<u32>("attempts")? + 1,
+        score: score("score"),
+        total: score("total"),
     }
     .create()?;
     context.set("exam", &exam);
     Ok(context)
+}
+
+/// The payload of `NotifyStudent` and of its compensation `RetractNotification`.
+fn student(context: &SagaContext) -> Result<Value> {
+    Ok(json!({
+        "user_uuid": context.get::<Uuid>("user_uuid")?,
+        "exam_uuid": context.get::<Uuid>("exam_uuid")?,
+    }))
+}
+
+/// The payload of `GradeExam`.
+fn grade_request(context: &SagaContext) -> Result<Value> {
+    Ok(json!({
+        "user_uuid": context.get::<Uuid>("user_uuid")?,
+        "exam_uuid": context.get::<Uuid>("exam_uuid")?,
+        "answers": context.get::<Vec<String>>("answers")?,
+    }))
+}
+
+fn store_grade(mut context: SagaContext, reply: Reply) -> Result<SagaContext> {
+    context.set("grade", reply.content::<Value>()?);
+    Ok(context)
+}
+
+/// Counts the attempt, tells the student, grades the answers, then creates the Exam. A refusal
+/// by the grader retracts the notification and leaves no trace of the attempt.
+fn graded_exam() -> Saga {
+    Saga::new()
+        .step()
+        .invoke_participant("GetUserAttempts", prepare_data)
+        .on_reply(store_attempts)
+        .on_error(refuse)
+        .step()
+        .invoke_participant("NotifyStudent", student)
+        .with_compensation("RetractNotification", student)
+        .step()
+        .invoke_participant("GradeExam", grade_request)
+        .on_reply(store_grade)
+        .on_error(refuse)
+        .commit(commit_result)
 }
 
 fn get_user_attempts() -> Saga {
@@ -80,12 +148,28 @@ fn get_user_attempts() -> Saga {
 
 fn submit_exam(request: Request) -> Result<Response> {
     let content: SubmitExam = request.content()?;
-    let saga = SagaManager::run(
+    submit(
         GET_USER_ATTEMPTS,
         SagaContext::new()
             .with("user_uuid", content.user_uuid)
             .with("exam_uuid", content.exam_uuid),
-    )?;
+    )
+}
+
+fn submit_graded_exam(request: Request) -> Result<Response> {
+    let content: SubmitGradedExam = request.content()?;
+    submit(
+        GRADED_EXAM,
+        SagaContext::new()
+            .with("user_uuid", content.user_uuid)
+            .with("exam_uuid", content.exam_uuid)
+            .with("answers", content.answers),
+    )
+}
+
+/// Runs a submission saga and answers with the exam, or with why the submission failed.
+fn submit(saga_name: &str, context: SagaContext) -> Result<Response> {
+    let saga = SagaManager::run(saga_name, context)?;
     if saga.status == SagaStatus::Finished {
         let mut exam = saga.context["exam"].clone();
         if let (Some(build), Some(fields)) = (BUILD, exam.as_object_mut()) {
@@ -137,10 +221,12 @@ fn service() -> Service {
     Service::new("exam")
         .aggregate::<Exam>()
         .rest_command("POST", "/exams", submit_exam)
+        .rest_command("POST", "/exams/graded", submit_graded_exam)
         .broker_command("CreateExam", submit_exam)
         .rest_query("GET", "/exams/{uuid}", get_exam)
         .rest_query("GET", "/exams", list_exams)
         .saga(GET_USER_ATTEMPTS, get_user_attempts())
+        .saga(GRADED_EXAM, graded_exam())
 }
 
 saga_sdk::export_service!(service);

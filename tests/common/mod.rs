@@ -41,6 +41,20 @@ pub fn component(name: &str) -> PathBuf {
     path
 }
 
+/// A participant from examples/ built by `make examples`: ("python-grader", "grader").
+pub fn example(dir: &str, name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(dir)
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first with `make examples` (`make test` does)",
+        path.display()
+    );
+    path
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
@@ -85,11 +99,20 @@ pub struct StartFailure {
 
 /// A directory with the given components in it.
 pub fn components_dir(dir: &TempDir, names: &[&str]) -> PathBuf {
+    let paths: Vec<PathBuf> = names.iter().map(|name| component(name)).collect();
+    components_dir_of(dir, &paths)
+}
+
+/// A directory with these component files in it.
+pub fn components_dir_of(dir: &TempDir, files: &[PathBuf]) -> PathBuf {
     let components = dir.path().join("components");
     std::fs::create_dir_all(&components).expect("create the components directory");
-    for name in names {
-        std::fs::copy(component(name), components.join(format!("{name}.wasm")))
-            .expect("copy a component");
+    for file in files {
+        std::fs::copy(
+            file,
+            components.join(file.file_name().expect("a file name")),
+        )
+        .expect("copy a component");
     }
     components
 }
