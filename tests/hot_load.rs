@@ -224,7 +224,7 @@ async fn bad_updates_are_refused_with_the_reason_and_the_old_version_keeps_servi
             .any(|t| t == "route POST /exams"),
         "{exam}"
     );
-    assert_eq!(exam["sagas"], json!(["GET_USER_ATTEMPTS"]));
+    assert_eq!(exam["sagas"], json!(["GET_USER_ATTEMPTS", "GRADED_EXAM"]));
 }
 
 #[tokio::test]
