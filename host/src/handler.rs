@@ -126,11 +126,15 @@ impl Handlers {
             );
             context.user = invocation.user.clone();
             context.message_id = invocation.message.as_ref().map(|(_, m)| m.id.clone());
+            // At most `concurrency` calls of one service at once: a flood of one service's
+            // requests or messages waits here instead of taking every instance.
+            context.permit = invocation.service.calls.clone().acquire_owned().await.ok();
             let (result, context) = self
                 .runtime
                 .handle(&invocation.service, context, invocation.request.clone())
                 .await;
             if let Err(CallError::Raced { holder, .. }) = &result {
+                drop(context);
                 self.wait_to_retry(holder.clone(), given_up).await?;
                 continue;
             }

@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome, RetryPolicy};
 use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::runtime::registry::Registry;
-use crate::runtime::{CallEnv, CallLimits, Runtime, RuntimeConfig};
+use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig, SagaEnds};
 use crate::storage::{Consumed, Storage, Transaction};
 
@@ -25,11 +25,12 @@ pub struct Config {
     /// `sqlite://…` or `postgres://…`; none: a SQLite file in the data directory.
     pub database_url: Option<String>,
     pub runtime: RuntimeConfig,
-    pub call_limits: CallLimits,
     pub sagas: SagaConfig,
     /// How often, and how far apart, a failing delivery is tried before it is dead-lettered.
     pub delivery: RetryPolicy,
     pub max_body_bytes: usize,
+    /// How long one HTTP request may take before it is answered 504.
+    pub request_timeout: Duration,
     /// Largest component the admin API accepts.
     pub max_component_bytes: usize,
     /// The bearer token of the operator API (`/admin`, `/sagas`); none: `/admin` is off.
@@ -133,7 +134,6 @@ impl Host {
             storage: storage.clone(),
             broker: broker.clone(),
             sagas: Arc::new(Runner(orchestrator.clone())),
-            limits: config.call_limits.clone(),
         });
         orchestrator.set_env(&env);
         let handlers = Handlers::new(

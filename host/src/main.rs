@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use saga_host::broker::RetryPolicy;
-use saga_host::runtime::{CallLimits, RuntimeConfig};
+use saga_host::runtime::{LimitTable, Limits, RuntimeConfig, limits};
 use saga_host::saga::SagaConfig;
 use saga_host::{Config, Host};
 
@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Loads the components and serves their routes, commands and sagas.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Deploys a component to a running host through its admin API (replacing the current
     /// version of its service).
     Deploy(Deploy),
@@ -57,6 +57,15 @@ struct Serve {
     /// Wall-clock time one component call may take, waiting included, in seconds.
     #[arg(long, env = "SAGA_HOST_CALL_TIMEOUT_S", default_value_t = 60)]
     call_timeout_s: u64,
+    /// Limits of one service's calls, overriding the defaults: NAME:key=value,… (repeatable;
+    /// in the environment, separated by ';'). Keys: memory-mb, cpu-ms, call-timeout-s,
+    /// max-writes, max-messages, max-find, max-value-kb, max-response-kb, max-host-calls,
+    /// max-log-lines, concurrency, clock.
+    #[arg(long, env = "SAGA_HOST_COMPONENT_LIMITS", value_delimiter = ';')]
+    component_limits: Vec<String>,
+    /// How long one HTTP request may take before it is answered 504, in seconds.
+    #[arg(long, env = "SAGA_HOST_REQUEST_TIMEOUT_S", default_value_t = 120)]
+    request_timeout_s: u64,
     /// How long a write waits for aggregates held by a running saga, in seconds.
     #[arg(long, env = "SAGA_HOST_LOCK_WAIT_S", default_value_t = 30)]
     lock_wait_s: u64,
@@ -122,25 +131,37 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     match cli.command {
-        Command::Serve(serve) => runtime.block_on(run(serve)),
+        Command::Serve(serve) => runtime.block_on(run(*serve)),
         Command::Deploy(deploy) => runtime.block_on(deploy_component(deploy)),
     }
 }
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
+    let defaults = Limits {
+        memory_bytes: serve.memory_mb << 20,
+        cpu_time: Duration::from_millis(serve.cpu_ms),
+        wall_time: Duration::from_secs(serve.call_timeout_s),
+        ..Limits::default()
+    };
+    let mut overrides = std::collections::HashMap::new();
+    for spec in &serve.component_limits {
+        let (service, limits) = limits::parse_override(spec, &defaults)
+            .map_err(|e| anyhow::anyhow!("--component-limits {e}"))?;
+        overrides.insert(service, limits);
+    }
     let config = Config {
         listen: serve.listen,
         runtime: RuntimeConfig {
-            max_memory_bytes: serve.memory_mb << 20,
-            cpu_time: Duration::from_millis(serve.cpu_ms),
-            wall_time: Duration::from_secs(serve.call_timeout_s),
+            limits: LimitTable {
+                defaults,
+                overrides,
+            },
             cache_dir: Some(serve.cache.unwrap_or_else(|| serve.data.join("cache"))),
             ..RuntimeConfig::default()
         },
         data_dir: serve.data,
         components_dir: serve.components,
         database_url: serve.database,
-        call_limits: CallLimits::default(),
         sagas: SagaConfig {
             inline_steps: serve.inline_steps,
             step_timeout: Duration::from_secs(serve.step_timeout_s),
@@ -157,6 +178,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             ..RetryPolicy::default()
         },
         max_body_bytes: serve.max_body,
+        request_timeout: Duration::from_secs(serve.request_timeout_s),
         max_component_bytes: serve.max_component_mb << 20,
         admin_token: serve.admin_token.filter(|token| !token.is_empty()),
         watch: (serve.watch_ms > 0).then(|| Duration::from_millis(serve.watch_ms)),

@@ -232,14 +232,6 @@ impl Host {
 
     /// Rows in each of the host's tables: a bad request must leave them all as they were.
     pub async fn table_counts(&self) -> BTreeMap<&'static str, i64> {
-        use sqlx::Connection;
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            self.data.join("saga-host.db").display()
-        );
-        let mut conn = sqlx::SqliteConnection::connect(&url)
-            .await
-            .expect("open the host's SQLite file");
         let mut counts = BTreeMap::new();
         for table in [
             "snapshots",
@@ -250,14 +242,28 @@ impl Host {
             "queue",
             "sagas",
         ] {
-            let count: i64 =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                    .fetch_one(&mut conn)
-                    .await
-                    .expect("count rows");
-            counts.insert(table, count);
+            counts.insert(
+                table,
+                self.count(&format!("SELECT COUNT(*) FROM {table}")).await,
+            );
         }
         counts
+    }
+
+    /// The number a `SELECT COUNT(*) …` on the host's SQLite file answers.
+    pub async fn count(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            self.data.join("saga-host.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("open the host's SQLite file");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
     }
 }
 

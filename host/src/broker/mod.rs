@@ -10,100 +10,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+
+pub use saga_core::message::{Kind, Message, ReplyTo};
 
 use crate::storage::{
     self, Committed, NewMessage, QueuedMessage, Storage, StorageError, Transaction,
 };
-
-/// A message as it travels and is stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    pub id: String,
-    pub kind: Kind,
-    pub topic: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply_to: Option<ReplyTo>,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-    /// JSON text.
-    pub payload: String,
-    /// For replies: 200 SUCCESS, 4xx ERROR, 5xx SYSTEM_ERROR.
-    #[serde(default = "success")]
-    pub status: u16,
-}
-
-fn success() -> u16 {
-    200
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    Command,
-    Query,
-    Event,
-    Reply,
-}
-
-/// Where the answer to a command goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplyTo {
-    /// To the orchestrator of `service`, for the saga step in the message's headers.
-    Saga { service: String },
-    /// To a broker-command topic of `service`.
-    Topic { service: String, topic: String },
-}
-
-impl Message {
-    pub fn command(
-        topic: &str,
-        payload: String,
-        headers: Vec<(String, String)>,
-        reply_to: Option<ReplyTo>,
-    ) -> Self {
-        Message {
-            id: Uuid::new_v4().to_string(),
-            kind: Kind::Command,
-            topic: topic.to_string(),
-            reply_to,
-            headers,
-            payload,
-            status: 200,
-        }
-    }
-
-    pub fn event(topic: &str, payload: String, headers: Vec<(String, String)>) -> Self {
-        Message {
-            kind: Kind::Event,
-            reply_to: None,
-            ..Message::command(topic, payload, headers, None)
-        }
-    }
-
-    /// The reply to this message, carrying its headers back.
-    pub fn reply(&self, status: u16, payload: String) -> Self {
-        Message {
-            id: Uuid::new_v4().to_string(),
-            kind: Kind::Reply,
-            topic: self.topic.clone(),
-            reply_to: None,
-            headers: self.headers.clone(),
-            payload,
-            status,
-        }
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-}
 
 /// Which service consumes which topic; replaced whenever the set of loaded components changes.
 #[derive(Debug, Default, Clone)]
@@ -112,6 +26,9 @@ pub struct Topics {
     pub commands: HashMap<String, String>,
     /// Event topics: every subscribed service.
     pub events: HashMap<String, Vec<String>>,
+    /// The events of aggregates (`ExamCreated`, `ExamUpdated`, `ExamDeleted`): the one service
+    /// whose aggregate they report, the only one that may publish them.
+    pub aggregate_events: HashMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,6 +126,16 @@ impl Broker {
         self.inner.topics.store(Arc::new(topics));
     }
 
+    /// The service whose aggregate events `topic` carries, if it does.
+    pub fn aggregate_event_owner(&self, topic: &str) -> Option<String> {
+        self.inner
+            .topics
+            .load()
+            .aggregate_events
+            .get(topic)
+            .cloned()
+    }
+
     pub fn handles(&self, topic: &str) -> bool {
         self.inner.topics.load().commands.contains_key(topic)
     }
@@ -283,7 +210,7 @@ impl Broker {
     /// Delivers queued messages to their consumer, each in its own task.
     pub fn dispatch(&self, queued: Vec<QueuedMessage>) {
         for entry in queued {
-            let message: Message = match serde_json::from_str(&entry.body) {
+            let message = match Message::decode(&entry.body) {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::error!(seq = entry.seq, %error, "a queued message is not readable; it stays in the queue");
@@ -399,7 +326,7 @@ fn addressed(message: &Message, consumer: &str, staged_under: Option<String>) ->
     NewMessage {
         id: message.id.clone(),
         consumer: consumer.to_string(),
-        body: serde_json::to_string(message).expect("messages serialise"),
+        body: message.encode(),
         staged_under,
     }
 }

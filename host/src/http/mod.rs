@@ -9,9 +9,10 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use saga_core::request::Incoming;
 use serde_json::json;
 
 use crate::handler::{HandleError, Handled, Invocation};
@@ -41,7 +42,32 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/health", get(health))
         .merge(operator)
         .fallback(component_route)
+        .layer(axum::middleware::from_fn_with_state(
+            host.clone(),
+            request_timeout,
+        ))
         .with_state(host)
+}
+
+/// Answers 504 to a request not finished within the configured time, reading its body included
+/// (so that a slow client cannot hold a connection's work forever). What the request started
+/// may still complete: the answer says so.
+async fn request_timeout(
+    State(host): State<Arc<Host>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = host.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the request took longer than {} s (--request-timeout-s); what it started may still complete, check before retrying",
+                limit.as_secs_f64()
+            ),
+        ),
+    }
 }
 
 async fn health(State(host): State<Arc<Host>>) -> Response {
@@ -93,40 +119,26 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
             );
         }
     };
-    let payload = if bytes.is_empty() {
-        "null".to_string()
-    } else {
-        if let Err(problem) = check_json_content_type(&parts.headers) {
-            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, problem);
-        }
-        if let Err(problem) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("the request body is not valid JSON: {problem}"),
-            );
-        }
-        match String::from_utf8(bytes.to_vec()) {
-            Ok(text) => text,
-            Err(_) => return error(StatusCode::BAD_REQUEST, "the request body is not UTF-8"),
+    let incoming = Incoming {
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        query: parts.uri.query(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect(),
+        body: &bytes,
+    };
+    let checked = match saga_core::request::check(&incoming) {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return error(status, refusal.message);
         }
     };
-    let query: Vec<(String, String)> = parts
-        .uri
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default();
-    let headers: Vec<wit::Header> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| wit::Header {
-            name: name.as_str().to_string(),
-            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        })
-        .collect();
-    let user = parts
-        .headers
-        .get("x-user")
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let target = matched.target.clone();
     let Some(service) = services.by_name.get(&target.service).cloned() else {
         return error(
@@ -139,11 +151,15 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
         request: wit::Request {
             handler: target.handler,
             trigger: target.trigger,
-            payload,
+            payload: checked.payload,
             params: matched.params,
-            query,
-            headers,
-            user: user.clone(),
+            query: checked.query,
+            headers: checked
+                .headers
+                .into_iter()
+                .map(|(name, value)| wit::Header { name, value })
+                .collect(),
+            user: checked.user.clone(),
         },
         scope: Scope::Direct,
         access: if target.read_only {
@@ -151,7 +167,7 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
         } else {
             Access::ReadWrite
         },
-        user,
+        user: checked.user,
         message: None,
     };
     drop(services);
@@ -201,29 +217,5 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
             error(StatusCode::SERVICE_UNAVAILABLE, blocked.to_string())
         }
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
-    }
-}
-
-fn check_json_content_type(headers: &HeaderMap) -> Result<(), String> {
-    let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Err(
-            "the request has a body but no Content-Type; send it as application/json".into(),
-        );
-    };
-    let text = value.to_str().unwrap_or_default();
-    let media = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"))
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "the Content-Type is {text:?}; send the body as application/json"
-        ))
     }
 }

@@ -46,31 +46,6 @@ pub struct CallEnv {
     pub storage: Storage,
     pub broker: Broker,
     pub sagas: Arc<dyn SagaRunner>,
-    pub limits: CallLimits,
-}
-
-/// Bounds on what one call may ask of the host.
-#[derive(Debug, Clone)]
-pub struct CallLimits {
-    /// Aggregate writes per call.
-    pub max_writes: usize,
-    /// Messages sent per call.
-    pub max_messages: usize,
-    /// Aggregates one `find` may return or scan.
-    pub max_find_results: usize,
-    /// Bytes of one aggregate's JSON, one payload, one saga context.
-    pub max_value_bytes: usize,
-}
-
-impl Default for CallLimits {
-    fn default() -> Self {
-        CallLimits {
-            max_writes: 1_000,
-            max_messages: 1_000,
-            max_find_results: 10_000,
-            max_value_bytes: 1 << 20,
-        }
-    }
 }
 
 /// Whose writes these are.
@@ -118,6 +93,12 @@ pub struct CallContext {
     observed: HashMap<String, u64>,
     absent: HashSet<String>,
     searched: Vec<(String, Condition)>,
+    /// Host calls and log lines so far, against the component's limits.
+    host_calls: usize,
+    log_lines: usize,
+    /// The call's place among the service's concurrent handler calls, given up while it waits
+    /// for a saga it started (which may need a place of its own).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A call acted on data another writer changed while it ran; it is stopped and run again.
@@ -150,7 +131,27 @@ impl CallContext {
             observed: HashMap::new(),
             absent: HashSet::new(),
             searched: Vec::new(),
+            host_calls: 0,
+            log_lines: 0,
+            permit: None,
         }
+    }
+
+    fn limits(&self) -> &super::Limits {
+        &self.service.limits
+    }
+
+    /// Counts a host call; past the component's limit the call is stopped.
+    fn host_call(&mut self) -> wasmtime::Result<()> {
+        self.host_calls += 1;
+        if self.host_calls > self.limits().max_host_calls {
+            return Err(super::LimitExceeded(format!(
+                "it made more than {} host calls in one call (limit max-host-calls)",
+                self.limits().max_host_calls
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Whether the call believed `existing` did not exist: it found the uuid absent, or a
@@ -217,10 +218,10 @@ impl CallContext {
                 "this handler is a query (rest-query or broker-query) and may not write; declare it as a command to write".into(),
             ));
         }
-        if self.writes.len() >= env.limits.max_writes {
+        if self.writes.len() >= self.limits().max_writes {
             return Err(wit_storage::StorageError::Denied(format!(
-                "a call may write at most {} aggregates",
-                env.limits.max_writes
+                "a call may write at most {} aggregates (limit max-writes)",
+                self.limits().max_writes
             )));
         }
         Ok(env)
@@ -328,10 +329,10 @@ impl CallContext {
     }
 
     fn check_size(&self, what: &str, value: &str) -> Result<(), wit_storage::StorageError> {
-        let limit = self.env()?.limits.max_value_bytes;
+        let limit = self.limits().max_value_bytes;
         if value.len() > limit {
             return Err(wit_storage::StorageError::Denied(format!(
-                "{what} is {} bytes; the limit is {limit}",
+                "{what} is {} bytes; the limit is {limit} (limit max-value-kb)",
                 value.len()
             )));
         }
@@ -431,11 +432,15 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub(super) fn new(ctx: CallContext, limits: super::Limiter) -> Self {
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(16 * 1024);
-        let wasi = wasmtime_wasi::WasiCtx::builder()
-            .stderr(stderr.clone())
-            .build();
+    pub(super) fn new(ctx: CallContext, limits: super::Limiter, stderr_bytes: usize) -> Self {
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(stderr_bytes);
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        if !ctx.service.limits.clock {
+            // No clock unless granted: time is the Unix epoch and stands still.
+            wasi.wall_clock(NoClock).monotonic_clock(NoClock);
+        }
+        let wasi = wasi.build();
         CallState {
             ctx,
             limits,
@@ -449,6 +454,29 @@ impl CallState {
     /// Wall-clock time spent running the component's own code so far.
     pub fn cpu_time(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.ctx.host_time)
+    }
+}
+
+/// The clock of a component not granted one.
+struct NoClock;
+
+impl wasmtime_wasi::HostWallClock for NoClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for NoClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
     }
 }
 
@@ -470,6 +498,7 @@ impl wit_storage::Host for CallState {
         uuid: Option<String>,
         data: String,
     ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        self.ctx.host_call()?;
         settle(async {
             let ctx = &mut self.ctx;
             ctx.writable()?;
@@ -525,6 +554,7 @@ impl wit_storage::Host for CallState {
         aggregate_type: String,
         uuid: String,
     ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        self.ctx.host_call()?;
         settle(
             async {
                 let ctx = &mut self.ctx;
@@ -557,6 +587,7 @@ impl wit_storage::Host for CallState {
         expected_version: Option<u64>,
         fields: String,
     ) -> wasmtime::Result<Result<wit_storage::Aggregate, wit_storage::StorageError>> {
+        self.ctx.host_call()?;
         settle(
             async {
                 let ctx = &mut self.ctx;
@@ -618,6 +649,7 @@ impl wit_storage::Host for CallState {
         uuid: String,
         expected_version: Option<u64>,
     ) -> wasmtime::Result<Result<(), wit_storage::StorageError>> {
+        self.ctx.host_call()?;
         settle(
             async {
                 let ctx = &mut self.ctx;
@@ -660,6 +692,7 @@ impl wit_storage::Host for CallState {
         ordering: Vec<wit_storage::OrderBy>,
         limit: Option<u32>,
     ) -> wasmtime::Result<Result<Vec<wit_storage::Aggregate>, wit_storage::StorageError>> {
+        self.ctx.host_call()?;
         settle(async {
             let ctx = &mut self.ctx;
             let env = ctx.env()?.clone();
@@ -683,9 +716,9 @@ impl wit_storage::Host for CallState {
             // exactly, SQL also applies the limit; otherwise fetch the candidates, overlay the
             // saga's and the call's writes, filter, sort, then limit.
             let sql_limit = if ctx.saga_id().is_none() && !own_writes && prefilter.exact && ordering.is_empty() {
-                limit.map(|l| l.min(env.limits.max_find_results as u32))
+                limit.map(|l| l.min(ctx.limits().max_find_results as u32))
             } else {
-                Some(env.limits.max_find_results as u32 + 1)
+                Some(ctx.limits().max_find_results as u32 + 1)
             };
             let started = Instant::now();
             let found = env
@@ -694,10 +727,10 @@ impl wit_storage::Host for CallState {
                 .await;
             ctx.host_time += started.elapsed();
             let Found { committed, staged } = found.map_err(unavailable)?;
-            if committed.len() > env.limits.max_find_results {
+            if committed.len() > ctx.limits().max_find_results {
                 return Err(wit_storage::StorageError::Denied(format!(
-                    "the condition matches more than {} {aggregate_type} aggregates before filtering; add an equality on an indexed field or a limit",
-                    env.limits.max_find_results
+                    "the condition matches more than {} {aggregate_type} aggregates before filtering (limit max-find); add an equality on an indexed field or a limit",
+                    ctx.limits().max_find_results
                 ))
                 .into());
             }
@@ -772,10 +805,18 @@ impl broker::Host for CallState {
         topic: String,
         payload: String,
     ) -> wasmtime::Result<Result<(), String>> {
+        self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
             let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
-            check_message(ctx, &env, &topic, &payload)?;
+            check_message(ctx, &topic, &payload)?;
+            if let Some(owner) = env.broker.aggregate_event_owner(&topic)
+                && owner != ctx.service.manifest.name
+            {
+                return Err(format!(
+                    "{topic} reports an aggregate of service {owner}; a service publishes only its own aggregates' events (the host does, when it writes them)"
+                ));
+            }
             let message = Message::event(&topic, payload, ctx.headers());
             let addressed = env.broker.address_event(&message, ctx.staged_under());
             ctx.messages.extend(addressed);
@@ -789,10 +830,11 @@ impl broker::Host for CallState {
         payload: String,
         reply_topic: Option<String>,
     ) -> wasmtime::Result<Result<String, String>> {
+        self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
             let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
-            check_message(ctx, &env, &topic, &payload)?;
+            check_message(ctx, &topic, &payload)?;
             if let Some(reply_topic) = &reply_topic
                 && !ctx.service.handles_command(reply_topic)
             {
@@ -817,28 +859,23 @@ impl broker::Host for CallState {
     }
 }
 
-fn check_message(
-    ctx: &CallContext,
-    env: &CallEnv,
-    topic: &str,
-    payload: &str,
-) -> Result<(), String> {
-    if !super::manifest::valid_topic(topic) {
+fn check_message(ctx: &CallContext, topic: &str, payload: &str) -> Result<(), String> {
+    if !saga_core::message::valid_topic(topic) {
         return Err(format!(
             "topic {topic:?} is invalid: use 1 to 128 letters, digits, '_', '-' or '.'"
         ));
     }
-    if ctx.messages.len() >= env.limits.max_messages {
+    if ctx.messages.len() >= ctx.limits().max_messages {
         return Err(format!(
-            "a call may send at most {} messages",
-            env.limits.max_messages
+            "a call may send at most {} messages (limit max-messages)",
+            ctx.limits().max_messages
         ));
     }
-    if payload.len() > env.limits.max_value_bytes {
+    if payload.len() > ctx.limits().max_value_bytes {
         return Err(format!(
-            "the payload is {} bytes; the limit is {}",
+            "the payload is {} bytes; the limit is {} (limit max-value-kb)",
             payload.len(),
-            env.limits.max_value_bytes
+            ctx.limits().max_value_bytes
         ));
     }
     serde_json::from_str::<serde::de::IgnoredAny>(payload)
@@ -853,6 +890,7 @@ impl sagas::Host for CallState {
         context: String,
         options: sagas::RunOptions,
     ) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {
+        self.ctx.host_call()?;
         let ctx = &mut self.ctx;
         let env = match ctx.writable() {
             Ok(env) => env.clone(),
@@ -883,12 +921,17 @@ impl sagas::Host for CallState {
             user: ctx.user.clone(),
         };
         let started = Instant::now();
+        let gave_up_permit = options.wait && ctx.permit.take().is_some();
         let result = env.sagas.run(caller, name, context, options.wait).await;
+        if gave_up_permit {
+            self.ctx.permit = self.ctx.service.calls.clone().acquire_owned().await.ok();
+        }
         self.ctx.host_time += started.elapsed();
         Ok(result)
     }
 
     async fn get(&mut self, id: String) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {
+        self.ctx.host_call()?;
         let ctx = &mut self.ctx;
         let env = match ctx.env() {
             Ok(env) => env.clone(),
@@ -908,7 +951,16 @@ impl sagas::Host for CallState {
 
 impl logging::Host for CallState {
     async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        self.ctx.host_call()?;
+        self.ctx.log_lines += 1;
         let ctx = &self.ctx;
+        let limit = ctx.limits().max_log_lines;
+        if ctx.log_lines > limit {
+            if ctx.log_lines == limit + 1 {
+                tracing::warn!(target: "component", service = ctx.service.manifest.name.as_str(), "the call wrote more than {limit} log lines; the rest are dropped");
+            }
+            return Ok(());
+        }
         let service = ctx.service.manifest.name.as_str();
         let saga = ctx.saga_id().unwrap_or("");
         let message_id = ctx.message_id.as_deref().unwrap_or("");

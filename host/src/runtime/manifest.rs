@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::bindings::types as wit;
 use crate::saga::definition::{self, Invocation, Operation, SagaDefinition};
 use crate::storage::condition::FieldPath;
+use saga_core::message::valid_topic;
 
 /// Path prefixes that belong to the host's own API.
 pub const RESERVED_PATHS: [&str; 3] = ["/admin", "/sagas", "/health"];
@@ -157,14 +158,6 @@ fn valid_aggregate_name(name: &str) -> bool {
     name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-pub fn valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic.len() <= 128
-        && topic
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn check_trigger(trigger: &wit::Trigger) -> Result<(), String> {

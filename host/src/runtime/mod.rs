@@ -4,6 +4,7 @@
 
 pub mod bindings;
 mod context;
+pub mod limits;
 pub mod manifest;
 pub mod registry;
 
@@ -21,21 +22,17 @@ use wasmtime::{
 
 use bindings::{saga_callbacks, service, types as wit};
 pub use context::{
-    Access, CallContext, CallEnv, CallLimits, CallState, Caller, Raced, SagaRunner, Scope,
-    json_kind,
+    Access, CallContext, CallEnv, CallState, Caller, Raced, SagaRunner, Scope, json_kind,
 };
 use manifest::Manifest;
 
-/// Limits every call runs under.
+pub use limits::{LimitTable, Limits};
+
+/// How the runtime runs components.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Linear memory one instance may grow to.
-    pub max_memory_bytes: usize,
-    /// Time the component's own code may run in one call (time spent waiting on the host, for
-    /// instance inside `sagas.run`, does not count).
-    pub cpu_time: Duration,
-    /// Time one call may take in all, waiting included.
-    pub wall_time: Duration,
+    /// What a call may use, by default and per service.
+    pub limits: LimitTable,
     /// Instances alive at once; the pooling allocator reserves room for this many.
     pub max_instances: u32,
     /// Where compiled components are cached; none: compile at every load.
@@ -45,14 +42,22 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
-            max_memory_bytes: 256 << 20,
-            cpu_time: Duration::from_secs(5),
-            wall_time: Duration::from_secs(60),
+            limits: LimitTable::default(),
             max_instances: 1000,
             cache_dir: None,
         }
     }
 }
+
+/// The structure one component instance may have, whatever its configuration: the largest
+/// real components (componentize-py's Python interpreter) stay well below these.
+const MAX_CORE_INSTANCES: usize = 64;
+const MAX_MEMORIES: usize = 8;
+const MAX_TABLES: usize = 32;
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// How much of its standard error a call may write; the tail of it is shown when it traps.
+const STDERR_BYTES: usize = 64 * 1024;
 
 /// How often the engine's epoch advances: the granularity of CPU-time checks and of yielding
 /// a long-running call back to the async scheduler.
@@ -70,6 +75,10 @@ pub struct Runtime {
 /// A loaded component: one version of one service.
 pub struct ServiceVersion {
     pub manifest: Manifest,
+    /// What one call of it may use.
+    pub limits: Limits,
+    /// Its handler calls (requests, messages) running at once: `limits.concurrency`.
+    pub calls: Arc<Semaphore>,
     /// SHA-256 of the component's bytes, hex.
     pub digest: String,
     /// Where it came from (a file path, or the admin API).
@@ -124,7 +133,7 @@ pub enum CallError {
     Trap { service: String, reason: String },
     #[error("component {service} exceeded a limit: {reason}")]
     Limit { service: String, reason: String },
-    #[error("component {service} did not return within {}s (the wall-clock limit of a call)", .limit.as_secs_f64())]
+    #[error("component {service} did not return within {} s (limit call-timeout-s)", .limit.as_secs_f64())]
     Timeout { service: String, limit: Duration },
     #[error("component {service} does not export {what}")]
     Missing { service: String, what: &'static str },
@@ -142,7 +151,7 @@ pub enum CallError {
 /// a trap of the component's own making.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct LimitExceeded(String);
+pub(crate) struct LimitExceeded(pub(crate) String);
 
 /// What a call asks of the component.
 enum Call {
@@ -256,7 +265,10 @@ impl Runtime {
             )
         })?;
         let callbacks = saga_callbacks::GuestIndices::new(&pre).ok();
+        let defaults = self.config.limits.defaults.clone();
         let provisional = Arc::new(ServiceVersion {
+            calls: Arc::new(Semaphore::new(defaults.concurrency)),
+            limits: defaults,
             manifest: Manifest {
                 name: "(loading)".into(),
                 handlers: Vec::new(),
@@ -281,7 +293,10 @@ impl Runtime {
         };
         let manifest = Manifest::from_wit(described, callbacks.is_some())
             .map_err(|e| fail(format!("its manifest is invalid: {e}")))?;
+        let limits = self.config.limits.for_service(&manifest.name).clone();
         Ok(Arc::new(ServiceVersion {
+            calls: Arc::new(Semaphore::new(limits.concurrency)),
+            limits,
             manifest,
             digest,
             source,
@@ -461,15 +476,19 @@ impl Runtime {
             .acquire()
             .await
             .expect("the instance semaphore is never closed");
-        let mut store = Store::new(&self.engine, CallState::new(context, self.limiter()));
+        let limits = &version.limits;
+        let limiter = Limiter {
+            max_memory: limits.memory_bytes,
+        };
+        let mut store = Store::new(&self.engine, CallState::new(context, limiter, STDERR_BYTES));
         store.limiter(|state| &mut state.limits);
-        let cpu_time = self.config.cpu_time;
+        let cpu_time = limits.cpu_time;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |store| {
             let used = store.data().cpu_time();
             if used > cpu_time {
                 return Err(LimitExceeded(format!(
-                    "it ran for more than {} ms of CPU time in one call",
+                    "it ran for more than {} ms of CPU time in one call (limit cpu-ms)",
                     cpu_time.as_millis()
                 ))
                 .into());
@@ -478,12 +497,17 @@ impl Runtime {
             Ok(UpdateDeadline::Yield(1))
         });
         let run = run_call(&mut store, version, call);
-        let result = match tokio::time::timeout(self.config.wall_time, run).await {
-            Ok(Ok(returned)) => Ok(returned),
+        let result = match tokio::time::timeout(limits.wall_time, run).await {
+            Ok(Ok(returned)) => {
+                check_size(returned, limits.max_response_bytes).map_err(|reason| CallError::Limit {
+                    service: service.clone(),
+                    reason,
+                })
+            }
             Ok(Err(error)) => Err(classify(&service, &error, store.data())),
             Err(_) => Err(CallError::Timeout {
                 service: service.clone(),
-                limit: self.config.wall_time,
+                limit: limits.wall_time,
             }),
         };
         match &result {
@@ -494,12 +518,6 @@ impl Runtime {
             Ok(_) => {}
         }
         (result, store.into_data().ctx)
-    }
-
-    fn limiter(&self) -> Limiter {
-        Limiter {
-            max_memory: self.config.max_memory_bytes,
-        }
     }
 }
 
@@ -594,6 +612,22 @@ async fn run_call(
 #[error("{0}")]
 struct MissingExport(&'static str);
 
+/// What a call returned must fit `max_bytes`: a component must not hand the host gigabytes.
+fn check_size(returned: Returned, max_bytes: usize) -> Result<Returned, String> {
+    let size = match &returned {
+        Returned::Response(Ok(response)) => response.payload.len(),
+        Returned::Request(Ok(request)) => request.payload.len(),
+        Returned::Context(Ok(context)) => context.len(),
+        _ => 0,
+    };
+    if size > max_bytes {
+        return Err(format!(
+            "it returned {size} bytes; the limit is {max_bytes} bytes (limit max-response-kb)"
+        ));
+    }
+    Ok(returned)
+}
+
 /// Turns a failed call into an error a person can act on: our limits by name, a trap with the
 /// component's own panic message when it printed one.
 fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallError {
@@ -616,11 +650,21 @@ fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallEr
             what: missing.0,
         };
     }
+    // Standard error full: the component's next write failed, and that is why it stopped.
+    let stderr = state.stderr.contents();
+    if stderr.len() >= STDERR_BYTES {
+        return CallError::Limit {
+            service: service.to_string(),
+            reason: format!(
+                "it wrote more than {} KiB to its standard error in one call; log through the logging interface instead",
+                STDERR_BYTES >> 10
+            ),
+        };
+    }
     let mut reason = match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => trap.to_string(),
         None => root_cause(error),
     };
-    let stderr = state.stderr.contents();
     let printed = String::from_utf8_lossy(&stderr);
     let printed = printed.trim();
     if !printed.is_empty() {
@@ -667,11 +711,11 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .total_memories(instances.saturating_mul(2))
             .total_tables(instances.saturating_mul(4))
             .total_stacks(instances)
-            .max_core_instances_per_component(64)
-            .max_memories_per_component(8)
-            .max_tables_per_component(32)
-            .max_memory_size(config.max_memory_bytes)
-            .table_elements(100_000)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
+            .max_memories_per_component(MAX_MEMORIES as u32)
+            .max_tables_per_component(MAX_TABLES as u32)
+            .max_memory_size(config.limits.largest_memory())
+            .table_elements(MAX_TABLE_ELEMENTS)
             // A fresh instance per call reuses pool slots all the time: keep the pages a small
             // service touches resident (reset in place) instead of returning them to the kernel
             // and faulting them in again, and return the rest in batches, so that one TLB
@@ -700,7 +744,7 @@ impl wasmtime::ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
             return Err(LimitExceeded(format!(
-                "it tried to grow its memory to {} MiB; the limit is {} MiB",
+                "it tried to grow its memory to {} MiB; the limit is {} MiB (limit memory-mb)",
                 desired >> 20,
                 self.max_memory >> 20
             ))
@@ -715,7 +759,6 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        const MAX_TABLE_ELEMENTS: usize = 1 << 20;
         if desired > MAX_TABLE_ELEMENTS {
             return Err(LimitExceeded(format!(
                 "it tried to grow a table to {desired} elements; the limit is {MAX_TABLE_ELEMENTS}"
@@ -723,5 +766,17 @@ impl wasmtime::ResourceLimiter for Limiter {
             .into());
         }
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }

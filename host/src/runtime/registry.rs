@@ -37,13 +37,24 @@ pub struct Matched<'a> {
 }
 
 impl Services {
-    /// Builds the routing of a set of services, refusing any route or command topic that two of
-    /// them declare.
+    /// Builds the routing of a set of services, refusing any route, command topic or aggregate
+    /// type that two of them declare.
     fn build(by_name: BTreeMap<String, Arc<ServiceVersion>>) -> Result<Services, String> {
         let mut routes: HashMap<&'static str, matchit::Router<RouteTarget>> = HashMap::new();
         let mut owners: HashMap<String, String> = HashMap::new();
         let mut topics = Topics::default();
         for (name, version) in &by_name {
+            for aggregate in version.manifest.aggregates.keys() {
+                for action in ["Created", "Updated", "Deleted"] {
+                    let topic = format!("{aggregate}{action}");
+                    if let Some(owner) = topics.aggregate_events.insert(topic, name.clone()) {
+                        return Err(format!(
+                            "aggregate type {aggregate} is declared by both service {owner} and service {name}; \
+                             their events ({aggregate}Created, …) could not be told apart: rename one"
+                        ));
+                    }
+                }
+            }
             for handler in &version.manifest.handlers {
                 for trigger in &handler.triggers {
                     match trigger {

@@ -620,14 +620,14 @@ impl Orchestrator {
                 self.fail(version, exec, tx, error.clone(), own).await
             }
             Input::Reply(reply) => {
-                if let Some(index) = header_index(reply, "compensation") {
+                if let Some(index) = reply.header_number("compensation") {
                     return self
                         .compensation_replied(version, exec, index, reply, tx)
                         .await;
                 }
                 match exec.awaiting() {
                     Some(index)
-                        if header_index(reply, "step") == Some(index)
+                        if reply.header_number("step") == Some(index)
                             && exec.steps[index].status == StepStatus::AwaitingReply =>
                     {
                         if let Next::Continue =
@@ -1016,7 +1016,7 @@ impl Orchestrator {
         let Some(previous) = exec.steps[index].sent.clone() else {
             return Ok(Next::Stop);
         };
-        let Ok(mut message) = serde_json::from_str::<Message>(&previous.message) else {
+        let Ok(mut message) = Message::decode(&previous.message) else {
             let error = ErrorInfo {
                 status: 500,
                 message: "the step's stored command is unreadable".into(),
@@ -1383,7 +1383,7 @@ impl Orchestrator {
                 }
                 _ => continue,
             };
-            let Ok(mut message) = serde_json::from_str::<Message>(&previous.message) else {
+            let Ok(mut message) = Message::decode(&previous.message) else {
                 continue;
             };
             if new_id {
@@ -1492,7 +1492,7 @@ fn set_attempt(message: &mut Message, attempt: u32) {
 fn sent(message: &Message, attempts: u32, timeout: Duration) -> Sent {
     let now = storage::now_ms();
     Sent {
-        message: serde_json::to_string(message).expect("messages serialise"),
+        message: message.encode(),
         attempts,
         sent_at: now,
         reply_due: now + timeout.as_millis() as i64,
@@ -1503,10 +1503,6 @@ fn sent(message: &Message, attempts: u32, timeout: Duration) -> Sent {
 fn finish_step(record: &mut StepRecord, status: StepStatus) {
     record.status = status;
     record.finished_at = Some(storage::now_ms());
-}
-
-fn header_index(message: &Message, name: &str) -> Option<usize> {
-    message.header(name).and_then(|value| value.parse().ok())
 }
 
 fn definition<'a>(version: &'a ServiceVersion, name: &str) -> Option<&'a SagaDefinition> {

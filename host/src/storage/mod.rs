@@ -6,24 +6,11 @@
 //! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
 //! the few columns it queries by.
 
-pub mod condition;
 mod sql;
 
-use serde_json::Value;
+pub use saga_core::{AggregateRecord, condition};
 
 pub use sql::Storage;
-
-/// One aggregate as a reader sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AggregateRecord {
-    pub uuid: String,
-    pub version: u64,
-    /// Milliseconds since the Unix epoch.
-    pub created_at: i64,
-    pub updated_at: i64,
-    /// A JSON object.
-    pub data: Value,
-}
 
 /// The stored state of one aggregate, including a deletion (a deleted aggregate's uuid is never
 /// reused).

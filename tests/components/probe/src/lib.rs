@@ -1,7 +1,19 @@
 //! A service for tests and benchmarks: `GET /probe/noop` does nothing (what one
-//! instantiate-and-call costs), the others misbehave the way a hostile or buggy component would.
+//! instantiate-and-call costs); every other handler misbehaves the way a hostile or buggy
+//! component would, and the host must stop or refuse it with an error that names the limit.
 
+use saga_sdk::bindings::saga::host::{broker, logging, storage};
 use saga_sdk::prelude::*;
+
+/// What the write flood stores.
+#[derive(Serialize, Deserialize)]
+struct Junk {
+    n: u64,
+}
+
+impl Aggregate for Junk {
+    const NAME: &'static str = "Junk";
+}
 
 fn noop(_request: Request) -> Result<Response> {
     Ok(Response::empty())
@@ -26,13 +38,130 @@ fn memory_bomb(_request: Request) -> Result<Response> {
     }
 }
 
+/// `?mb=N`: answers N MiB.
+fn huge_output(request: Request) -> Result<Response> {
+    let mib: usize = request.query("mb").unwrap_or("64").parse().unwrap_or(64);
+    Ok(Response::new("x".repeat(mib << 20)))
+}
+
+fn deep_recursion(_request: Request) -> Result<Response> {
+    fn descend(depth: u64) -> u64 {
+        if depth == u64::MAX {
+            return 0;
+        }
+        std::hint::black_box(descend(std::hint::black_box(depth + 1))) + 1
+    }
+    Ok(Response::new(descend(0)))
+}
+
+/// `?count=N`: creates N aggregates; `&ignore-errors=true` keeps going when the host refuses.
+fn write_flood(request: Request) -> Result<Response> {
+    let count: u64 = request
+        .query("count")
+        .unwrap_or("1000000")
+        .parse()
+        .unwrap_or(1_000_000);
+    let ignore_errors = request.query("ignore-errors") == Some("true");
+    let mut stored = 0;
+    for n in 0..count {
+        match (Junk { n }).create() {
+            Ok(_) => stored += 1,
+            Err(_) if ignore_errors => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(Response::new(json!({"stored": stored})))
+}
+
+/// Tries to read the Exam service's aggregates by their type name.
+fn foreign_read(request: Request) -> Result<Response> {
+    let uuid = request.param("uuid")?;
+    let get = storage::get("Exam", uuid).map(|found| found.data);
+    let find = storage::find("Exam", &[storage::ConditionNode::AlwaysTrue], &[], None)
+        .map(|found| found.len());
+    Ok(Response::new(json!({
+        "get": format!("{get:?}"),
+        "find": format!("{find:?}"),
+    })))
+}
+
+/// Tries to speak for other services: publish their aggregates' events and have replies sent to
+/// a topic another service handles.
+fn impersonate(_request: Request) -> Result<Response> {
+    let forged_event = broker::publish("ExamCreated", r#"{"uuid":"forged"}"#);
+    let stolen_reply = broker::send("GetUserAttempts", "{}", Some("GetUserAttempts"));
+    Ok(Response::new(json!({
+        "publish": format!("{forged_event:?}"),
+        "send": format!("{stolen_reply:?}"),
+    })))
+}
+
+/// Looks for anything outside the sandbox: files, environment, network, clock.
+fn escape(request: Request) -> Result<Response> {
+    let port = request.query("port").unwrap_or("80");
+    let files = std::fs::read_dir("/").map(|entries| entries.count());
+    let passwd = std::fs::read_to_string("/etc/passwd").map(|text| text.len());
+    let network = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).map(|_| "connected");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    Ok(Response::new(json!({
+        "files": format!("{files:?}"),
+        "passwd": format!("{passwd:?}"),
+        "environment": std::env::vars().count(),
+        "arguments": std::env::args().count(),
+        "network": format!("{network:?}"),
+        "unix_seconds": now,
+    })))
+}
+
+/// `?lines=N`: writes N log lines.
+fn log_spam(request: Request) -> Result<Response> {
+    let lines: u64 = request
+        .query("lines")
+        .unwrap_or("100000")
+        .parse()
+        .unwrap_or(100_000);
+    for n in 0..lines {
+        logging::log(logging::Level::Info, &format!("probe log line {n}"));
+    }
+    Ok(Response::new(json!({"lines": lines})))
+}
+
+fn stderr_spam(_request: Request) -> Result<Response> {
+    let line = "e".repeat(1023);
+    for _ in 0..(64 << 10) {
+        eprintln!("{line}");
+    }
+    Ok(Response::empty())
+}
+
+/// Calls the host without end, ignoring every answer.
+fn host_call_flood(_request: Request) -> Result<Response> {
+    let uuid = Uuid::nil().to_string();
+    loop {
+        let _ = std::hint::black_box(storage::get("Junk", &uuid));
+    }
+}
+
 fn service() -> Service {
     Service::new("probe")
+        .aggregate::<Junk>()
         .rest_query("GET", "/probe/noop", noop)
         .broker_command("ProbeNoop", noop)
         .rest_query("GET", "/probe/trap", trap)
         .rest_query("GET", "/probe/loop", endless_loop)
         .rest_query("GET", "/probe/memory", memory_bomb)
+        .rest_query("GET", "/probe/huge", huge_output)
+        .rest_query("GET", "/probe/recursion", deep_recursion)
+        .rest_command("POST", "/probe/flood", write_flood)
+        .rest_query("GET", "/probe/foreign/{uuid}", foreign_read)
+        .rest_command("POST", "/probe/impersonate", impersonate)
+        .rest_query("GET", "/probe/escape", escape)
+        .rest_query("GET", "/probe/log", log_spam)
+        .rest_query("GET", "/probe/stderr", stderr_spam)
+        .rest_query("GET", "/probe/host-calls", host_call_flood)
 }
 
 saga_sdk::export_service!(service);

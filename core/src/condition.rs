@@ -6,7 +6,7 @@ use std::cmp::Ordering as CmpOrdering;
 
 use serde_json::Value;
 
-use super::AggregateRecord;
+use crate::AggregateRecord;
 
 /// How many nodes and path segments a condition may have: enough for any real query, small
 /// enough that a hostile component cannot make the host do unbounded work.
