@@ -15,7 +15,10 @@ TEST_GUESTS := -p test-probe -p test-participant -p test-orchestrator -p test-no
 # Second builds of two components (feature variant-b), for the hot-swap tests.
 VARIANTS := guest_exam test_orchestrator
 
-.PHONY: run test setup components test-components examples lint bench clean-data
+# How long `make fuzz` runs each fuzz target, in seconds.
+FUZZ_SECONDS ?= 60
+
+.PHONY: run test setup components test-components examples lint fuzz bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -55,6 +58,10 @@ lint: setup
 	$(CARGO) clippy --release --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt $(TEST_GUESTS) \
 		-p saga-sdk -- -D warnings
+
+## Runs each fuzz target for FUZZ_SECONDS (see fuzz/run.sh).
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS)
 
 ## Runs the benchmarks (see the README's Benchmarks section).
 bench: test-components
