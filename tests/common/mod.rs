@@ -410,3 +410,76 @@ impl Http {
         .await
     }
 }
+
+/// The local PostgreSQL server the tests use (`SAGA_TEST_POSTGRES` overrides it): an
+/// administrative URL, on which test databases are created and dropped.
+fn postgres_admin_url() -> String {
+    std::env::var("SAGA_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+/// A fresh database on the local PostgreSQL server, dropped when this is dropped. Panics with
+/// what to do when the server is not there: these tests must run, not pass silently.
+pub struct PgDatabase {
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create(label: &str) -> PgDatabase {
+        use sqlx::{Connection, Executor};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let admin = postgres_admin_url();
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "PostgreSQL is not reachable at {admin} ({e}). Start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+                 (.ci/run does), or point SAGA_TEST_POSTGRES at a server"
+                )
+            });
+        let name = format!(
+            "saga_host_test_{}_{}_{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+        .to_lowercase()
+        .replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "_");
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap_or_else(|e| panic!("create the test database {name}: {e}"));
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .unwrap_or(&admin);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Dropped from its own thread: this may run inside a test's async runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async move {
+                use sqlx::{Connection, Executor};
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                    let _ = conn
+                        .execute(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                        )))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}

@@ -322,18 +322,6 @@ impl Storage {
         Ok(done.rows_affected())
     }
 
-    /// Counts rows of the aggregate tables; for tests and diagnostics.
-    pub async fn count_aggregates(&self, service: &str, aggregate: &str) -> Result<i64> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) FROM snapshots WHERE service = $1 AND aggregate = $2 AND deleted = 0",
-        )
-        .bind(service)
-        .bind(aggregate)
-        .fetch_one(&self.inner.reads)
-        .await?;
-        Ok(row.try_get::<i64, _>(0)?)
-    }
-
     fn json_field(&self, field: &FieldPath) -> String {
         json_field(self.inner.dialect, field)
     }

@@ -1,0 +1,695 @@
+//! The storage suite: one set of behaviours, run against both backends — a SQLite file and a
+//! fresh database on the local PostgreSQL server — through the same `Storage` API the host uses.
+//! Commits, version conflicts, writes staged under a saga (the saga's lock, promotion, discard),
+//! exactly-once consumption, saga revisions and timers, the queue and dead letters, `find` with
+//! its SQL prefilter and indexes, and group commit keeping one transaction's failure to itself.
+
+mod common;
+
+use common::{PgDatabase, TempDir};
+use saga_host::storage::condition::{CompareOp, Condition, FieldPath, Node};
+use saga_host::storage::{
+    Action, Consumed, NewMessage, Resolve, SagaRow, Storage, StorageError, Transaction, Write,
+    now_ms,
+};
+use uuid::Uuid;
+
+/// A storage on one backend, and what keeps its database alive.
+struct Backend {
+    storage: Storage,
+    url: String,
+    _sqlite: Option<TempDir>,
+    _postgres: Option<PgDatabase>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = TempDir::new("storage");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    Backend {
+        storage: Storage::open(&url).await.expect("open SQLite"),
+        url,
+        _sqlite: Some(dir),
+        _postgres: None,
+    }
+}
+
+async fn postgres() -> Backend {
+    let database = PgDatabase::create("storage").await;
+    Backend {
+        storage: Storage::open(&database.url).await.expect("open PostgreSQL"),
+        url: database.url.clone(),
+        _sqlite: None,
+        _postgres: Some(database),
+    }
+}
+
+impl Backend {
+    /// What a `SELECT COUNT(*) …` answers, read beside the storage.
+    async fn count(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.url)
+            .await
+            .expect("connect beside the storage");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name(super::sqlite().await).await })*
+        }
+        mod postgres {
+            $(#[tokio::test] async fn $name() { super::$name(super::postgres().await).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    a_commit_stores_the_aggregate_and_its_event,
+    writes_must_follow_the_version_they_read,
+    staged_writes_hold_the_aggregate_until_the_saga_ends,
+    a_failed_saga_leaves_no_trace,
+    a_message_is_consumed_once_and_a_duplicate_changes_nothing,
+    saga_rows_change_only_at_the_revision_they_were_read,
+    queued_messages_are_deferred_dead_lettered_and_redriven,
+    find_narrows_in_sql_and_overlays_the_saga,
+    one_failing_transaction_does_not_fail_the_others_in_its_batch,
+    writes_for_a_saga_that_ended_are_dropped,
+);
+
+fn uuid() -> String {
+    Uuid::new_v4().to_string()
+}
+
+fn write(uuid: &str, action: Action, version: u64, data: serde_json::Value) -> Write {
+    let now = now_ms();
+    Write {
+        service: "exam".into(),
+        aggregate: "Exam".into(),
+        uuid: uuid.into(),
+        action,
+        version,
+        diff: data.to_string(),
+        data: data.to_string(),
+        created_at: now,
+        updated_at: now,
+        staged_under: None,
+    }
+}
+
+fn staged(mut write: Write, saga: &str) -> Write {
+    write.staged_under = Some(saga.into());
+    write
+}
+
+fn writes(writes: Vec<Write>) -> Transaction {
+    Transaction {
+        writes,
+        ..Transaction::default()
+    }
+}
+
+fn saga_row(id: &str, status: &str, revision: i64, timer_at: Option<i64>) -> SagaRow {
+    SagaRow {
+        id: id.into(),
+        service: "exam".into(),
+        name: "GET_USER_ATTEMPTS".into(),
+        version: "digest-1".into(),
+        status: status.into(),
+        state: "{}".into(),
+        created_at: now_ms(),
+        updated_at: now_ms(),
+        revision,
+        timer_at,
+    }
+}
+
+async fn data_of(storage: &Storage, uuid: &str, saga: Option<&str>) -> Option<serde_json::Value> {
+    storage
+        .get("exam", "Exam", uuid, saga)
+        .await
+        .expect("get")
+        .filter(|s| !s.deleted)
+        .map(|s| s.record.data)
+}
+
+async fn a_commit_stores_the_aggregate_and_its_event(db: Backend) {
+    let id = uuid();
+    let data = serde_json::json!({"attempt": 1, "user_uuid": "u1"});
+    db.storage
+        .commit(writes(vec![write(&id, Action::Create, 1, data.clone())]))
+        .await
+        .expect("commit");
+    let stored = db
+        .storage
+        .get("exam", "Exam", &id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.record.data, data);
+    assert_eq!(stored.record.version, 1);
+    assert!(!stored.deleted);
+    // Another service's namespace does not see it.
+    assert!(
+        db.storage
+            .get("attempt", "Exam", &id, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let updated = serde_json::json!({"attempt": 2, "user_uuid": "u1"});
+    db.storage
+        .commit(writes(vec![write(&id, Action::Update, 2, updated.clone())]))
+        .await
+        .expect("update");
+    db.storage
+        .commit(writes(vec![write(&id, Action::Delete, 3, updated)]))
+        .await
+        .expect("delete");
+    let deleted = db
+        .storage
+        .get("exam", "Exam", &id, None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        deleted.deleted,
+        "a deleted aggregate keeps its row, flagged"
+    );
+    assert_eq!(
+        db.count(&format!("SELECT COUNT(*) FROM events WHERE uuid = '{id}'"))
+            .await,
+        3,
+        "one event per version"
+    );
+}
+
+async fn writes_must_follow_the_version_they_read(db: Backend) {
+    let id = uuid();
+    let data = serde_json::json!({"n": 1});
+    db.storage
+        .commit(writes(vec![write(&id, Action::Create, 1, data.clone())]))
+        .await
+        .unwrap();
+    let again = db
+        .storage
+        .commit(writes(vec![write(&id, Action::Create, 1, data.clone())]))
+        .await;
+    assert!(
+        matches!(&again, Err(StorageError::Conflict { reason, .. }) if reason.contains("already exists")),
+        "{again:?}"
+    );
+    let stale = db
+        .storage
+        .commit(writes(vec![write(&id, Action::Update, 3, data.clone())]))
+        .await;
+    assert!(
+        matches!(&stale, Err(StorageError::Conflict { reason, .. }) if reason.contains("version conflict")),
+        "{stale:?}"
+    );
+    assert_eq!(
+        db.storage
+            .get("exam", "Exam", &id, None)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+            .version,
+        1,
+        "refused writes change nothing"
+    );
+}
+
+async fn staged_writes_hold_the_aggregate_until_the_saga_ends(db: Backend) {
+    let (saga, id) = (uuid(), uuid());
+    let data = serde_json::json!({"n": 1});
+    db.storage
+        .commit(Transaction {
+            writes: vec![staged(write(&id, Action::Create, 1, data.clone()), &saga)],
+            saga: Some(saga_row(&saga, "running", 0, None)),
+            ..Transaction::default()
+        })
+        .await
+        .expect("stage");
+    assert_eq!(
+        data_of(&db.storage, &id, None).await,
+        None,
+        "others do not see it"
+    );
+    assert_eq!(
+        data_of(&db.storage, &id, Some(&saga)).await,
+        Some(data.clone())
+    );
+
+    // Another saga, or a direct write, is kept out and told who holds it.
+    let other = uuid();
+    let held = db
+        .storage
+        .commit(writes(vec![staged(
+            write(&id, Action::Create, 1, data.clone()),
+            &other,
+        )]))
+        .await;
+    assert!(
+        matches!(&held, Err(StorageError::Conflict { holder: Some(h), .. }) if *h == saga),
+        "{held:?}"
+    );
+    let direct = db
+        .storage
+        .commit(writes(vec![write(&id, Action::Create, 1, data.clone())]))
+        .await;
+    assert!(
+        matches!(&direct, Err(StorageError::Conflict { .. })),
+        "{direct:?}"
+    );
+
+    // The saga writes again on its own staged version, then finishes: promoted.
+    let changed = serde_json::json!({"n": 2});
+    db.storage
+        .commit(Transaction {
+            writes: vec![staged(
+                write(&id, Action::Update, 2, changed.clone()),
+                &saga,
+            )],
+            saga: Some(saga_row(&saga, "finished", 1, None)),
+            resolve: Some(Resolve::Promote(saga.clone())),
+            ..Transaction::default()
+        })
+        .await
+        .expect("finish");
+    assert_eq!(data_of(&db.storage, &id, None).await, Some(changed));
+    assert_eq!(db.count("SELECT COUNT(*) FROM staged_snapshots").await, 0);
+    assert_eq!(db.count("SELECT COUNT(*) FROM staged_events").await, 0);
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM events WHERE uuid = '{id}' AND saga = '{saga}'"
+        ))
+        .await,
+        2,
+        "the saga's events are promoted, marked with the saga"
+    );
+}
+
+async fn a_failed_saga_leaves_no_trace(db: Backend) {
+    let (saga, id) = (uuid(), uuid());
+    let message = NewMessage {
+        id: uuid(),
+        consumer: "attempt".into(),
+        body: "{}".into(),
+        staged_under: Some(saga.clone()),
+    };
+    db.storage
+        .commit(Transaction {
+            writes: vec![staged(
+                write(&id, Action::Create, 1, serde_json::json!({})),
+                &saga,
+            )],
+            messages: vec![message],
+            saga: Some(saga_row(&saga, "running", 0, None)),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM staged_messages").await, 1);
+    let committed = db
+        .storage
+        .commit(Transaction {
+            saga: Some(saga_row(&saga, "errored", 1, None)),
+            resolve: Some(Resolve::Discard(saga.clone())),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        committed.queued.is_empty(),
+        "a failed saga's messages are never sent"
+    );
+    assert_eq!(data_of(&db.storage, &id, Some(&saga)).await, None);
+    for table in [
+        "staged_snapshots",
+        "staged_events",
+        "staged_messages",
+        "queue",
+        "snapshots",
+    ] {
+        assert_eq!(
+            db.count(&format!("SELECT COUNT(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+}
+
+async fn a_message_is_consumed_once_and_a_duplicate_changes_nothing(db: Backend) {
+    let consumed = Consumed {
+        consumer: "attempt".into(),
+        message_id: uuid(),
+    };
+    let handling = |id: &str| Transaction {
+        writes: vec![write(id, Action::Create, 1, serde_json::json!({}))],
+        consumed: vec![consumed.clone()],
+        ..Transaction::default()
+    };
+    db.storage
+        .commit(handling(&uuid()))
+        .await
+        .expect("first delivery");
+    let second = uuid();
+    let again = db.storage.commit(handling(&second)).await;
+    assert!(
+        matches!(&again, Err(StorageError::Duplicate(id)) if *id == consumed.message_id),
+        "{again:?}"
+    );
+    assert_eq!(
+        data_of(&db.storage, &second, None).await,
+        None,
+        "the duplicate wrote nothing"
+    );
+    // Forgetting old records is bounded by age.
+    assert_eq!(
+        db.storage.prune_consumed(now_ms() - 60_000).await.unwrap(),
+        0
+    );
+    assert_eq!(db.storage.prune_consumed(now_ms() + 1).await.unwrap(), 1);
+}
+
+async fn saga_rows_change_only_at_the_revision_they_were_read(db: Backend) {
+    let id = uuid();
+    let due = now_ms() + 5_000;
+    db.storage
+        .commit(Transaction {
+            saga: Some(saga_row(&id, "running", 0, Some(due))),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    let twice = db
+        .storage
+        .commit(Transaction {
+            saga: Some(saga_row(&id, "running", 0, None)),
+            ..Transaction::default()
+        })
+        .await;
+    assert!(
+        matches!(&twice, Err(StorageError::SagaChanged(_))),
+        "{twice:?}"
+    );
+    let stored = db.storage.load_saga(&id).await.unwrap().expect("stored");
+    assert_eq!((stored.revision, stored.timer_at), (1, Some(due)));
+    assert_eq!(
+        db.storage.saga_timers().await.unwrap(),
+        vec![(id.clone(), due)]
+    );
+    assert_eq!(
+        db.storage.running_versions().await.unwrap(),
+        vec![("exam".to_string(), "digest-1".to_string(), 1)]
+    );
+
+    db.storage
+        .commit(Transaction {
+            saga: Some(saga_row(&id, "finished", 1, None)),
+            ..Transaction::default()
+        })
+        .await
+        .expect("at the revision it read");
+    let stale = db
+        .storage
+        .commit(Transaction {
+            saga: Some(saga_row(&id, "errored", 1, None)),
+            ..Transaction::default()
+        })
+        .await;
+    assert!(
+        matches!(&stale, Err(StorageError::SagaChanged(_))),
+        "{stale:?}"
+    );
+    let listed = db.storage.list_sagas(Some("finished"), 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        vec![id.as_str()]
+    );
+    assert!(
+        db.storage
+            .list_sagas(Some("errored"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(db.storage.saga_timers().await.unwrap().is_empty());
+    assert!(db.storage.running_versions().await.unwrap().is_empty());
+}
+
+async fn queued_messages_are_deferred_dead_lettered_and_redriven(db: Backend) {
+    let message = NewMessage {
+        id: uuid(),
+        consumer: "attempt".into(),
+        body: r#"{"payload":"x"}"#.into(),
+        staged_under: None,
+    };
+    let committed = db
+        .storage
+        .commit(Transaction {
+            messages: vec![message.clone()],
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    let [queued] = committed.queued.as_slice() else {
+        panic!("one message queued: {:?}", committed.queued);
+    };
+    assert_eq!(
+        (queued.id.as_str(), queued.attempts),
+        (message.id.as_str(), 0)
+    );
+    let later = now_ms() + 60_000;
+    db.storage
+        .defer_message(queued.seq, 2, later)
+        .await
+        .unwrap();
+    let waiting = db.storage.queued_messages().await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!((waiting[0].attempts, waiting[0].available_at), (2, later));
+
+    db.storage
+        .commit(Transaction {
+            dead_letter: Some((queued.seq, 3, "it kept failing".into())),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert!(db.storage.queued_messages().await.unwrap().is_empty());
+    let dead = db.storage.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].message_id.as_str(),
+            dead[0].body.as_str(),
+            dead[0].attempts,
+            dead[0].error.as_str()
+        ),
+        (
+            message.id.as_str(),
+            message.body.as_str(),
+            3,
+            "it kept failing"
+        )
+    );
+
+    let redriven = db
+        .storage
+        .commit(Transaction {
+            redrive: Some(dead[0].seq),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(redriven.queued.len(), 1);
+    assert_eq!(redriven.queued[0].id, message.id);
+    assert!(db.storage.dead_letters(10).await.unwrap().is_empty());
+    db.storage
+        .commit(Transaction {
+            ack: Some(redriven.queued[0].seq),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        db.storage.queued_messages().await.unwrap().is_empty(),
+        "acknowledged"
+    );
+}
+
+async fn find_narrows_in_sql_and_overlays_the_saga(db: Backend) {
+    let field = FieldPath::parse("user_uuid").unwrap();
+    db.storage
+        .ensure_index("exam", "Exam", &field)
+        .await
+        .expect("an index");
+    db.storage
+        .ensure_index("exam", "Exam", &field)
+        .await
+        .expect("idempotent");
+    let (mine, theirs, numeric) = (uuid(), uuid(), uuid());
+    db.storage
+        .commit(writes(vec![
+            write(
+                &mine,
+                Action::Create,
+                1,
+                serde_json::json!({"user_uuid": "u1", "n": 1}),
+            ),
+            write(
+                &theirs,
+                Action::Create,
+                1,
+                serde_json::json!({"user_uuid": "u2", "n": 2}),
+            ),
+            // Equal as text, but a number: not a match for the string "7".
+            write(
+                &numeric,
+                Action::Create,
+                1,
+                serde_json::json!({"user_uuid": 7}),
+            ),
+        ]))
+        .await
+        .unwrap();
+    let condition = |value: &str| {
+        Condition::parse(&[Node::Compare {
+            field: "user_uuid".into(),
+            op: CompareOp::Equal,
+            value: serde_json::json!(value).to_string(),
+        }])
+        .unwrap()
+    };
+    let u1 = condition("u1").prefilter();
+    assert!(u1.exact);
+    let found = db
+        .storage
+        .find("exam", "Exam", &u1, Some(10), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .committed
+            .iter()
+            .map(|r| r.uuid.as_str())
+            .collect::<Vec<_>>(),
+        vec![mine.as_str()]
+    );
+    let seven = condition("7").prefilter();
+    let found = db
+        .storage
+        .find("exam", "Exam", &seven, None, None)
+        .await
+        .unwrap();
+    assert!(found.committed.is_empty(), "{:?}", found.committed);
+
+    // A saga sees its staged aggregates next to the committed candidates.
+    let saga = uuid();
+    let staged_id = uuid();
+    db.storage
+        .commit(Transaction {
+            writes: vec![staged(
+                write(
+                    &staged_id,
+                    Action::Create,
+                    1,
+                    serde_json::json!({"user_uuid": "u1"}),
+                ),
+                &saga,
+            )],
+            saga: Some(saga_row(&saga, "running", 0, None)),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    let found = db
+        .storage
+        .find("exam", "Exam", &u1, None, Some(&saga))
+        .await
+        .unwrap();
+    assert_eq!(found.committed.len(), 1);
+    assert_eq!(
+        found
+            .staged
+            .iter()
+            .map(|s| s.record.uuid.as_str())
+            .collect::<Vec<_>>(),
+        vec![staged_id.as_str()]
+    );
+    let outside = db
+        .storage
+        .find("exam", "Exam", &u1, None, None)
+        .await
+        .unwrap();
+    assert!(
+        outside.staged.is_empty(),
+        "others never see a saga's staged writes"
+    );
+}
+
+async fn one_failing_transaction_does_not_fail_the_others_in_its_batch(db: Backend) {
+    let taken = uuid();
+    db.storage
+        .commit(writes(vec![write(
+            &taken,
+            Action::Create,
+            1,
+            serde_json::json!({}),
+        )]))
+        .await
+        .unwrap();
+    // Sent at once, they share database commits; the one that conflicts fails alone.
+    let commits: Vec<_> = (0..40)
+        .map(|n| {
+            let storage = db.storage.clone();
+            let id = if n == 17 { taken.clone() } else { uuid() };
+            tokio::spawn(async move {
+                let outcome = storage
+                    .commit(writes(vec![write(
+                        &id,
+                        Action::Create,
+                        1,
+                        serde_json::json!({"n": n}),
+                    )]))
+                    .await;
+                (n, outcome.is_ok())
+            })
+        })
+        .collect();
+    for commit in commits {
+        let (n, ok) = commit.await.unwrap();
+        assert_eq!(ok, n != 17, "transaction {n}");
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM snapshots").await, 40);
+}
+
+async fn writes_for_a_saga_that_ended_are_dropped(db: Backend) {
+    let saga = uuid();
+    db.storage
+        .commit(Transaction {
+            saga: Some(saga_row(&saga, "finished", 0, None)),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    // A participant answering after the saga ended: its staged work has nowhere to go.
+    db.storage
+        .commit(writes(vec![staged(
+            write(&uuid(), Action::Create, 1, serde_json::json!({})),
+            &saga,
+        )]))
+        .await
+        .expect("accepted, and dropped");
+    assert_eq!(db.count("SELECT COUNT(*) FROM staged_snapshots").await, 0);
+}
