@@ -9,8 +9,8 @@ mod common;
 use common::{PgDatabase, TempDir};
 use saga_host::storage::condition::{CompareOp, Condition, FieldPath, Node};
 use saga_host::storage::{
-    Action, Consumed, NewMessage, Resolve, SagaRow, Storage, StorageError, Transaction, Write,
-    now_ms,
+    Action, Consumed, Consumes, DeadLettering, NewMessage, Resolve, SagaRow, Storage, StorageError,
+    Transaction, Write, now_ms,
 };
 use uuid::Uuid;
 
@@ -83,6 +83,8 @@ on_both_backends!(
     find_narrows_in_sql_and_overlays_the_saga,
     one_failing_transaction_does_not_fail_the_others_in_its_batch,
     writes_for_a_saga_that_ended_are_dropped,
+    hosts_take_over_the_sagas_of_hosts_that_went_silent,
+    queue_entries_handed_on_are_removed,
 );
 
 fn uuid() -> String {
@@ -129,6 +131,7 @@ fn saga_row(id: &str, status: &str, revision: i64, timer_at: Option<i64>) -> Sag
         updated_at: now_ms(),
         revision,
         timer_at,
+        owner: Some("host-a".into()),
     }
 }
 
@@ -350,9 +353,16 @@ async fn a_failed_saga_leaves_no_trace(db: Backend) {
 }
 
 async fn a_message_is_consumed_once_and_a_duplicate_changes_nothing(db: Backend) {
+    let reply = NewMessage {
+        id: uuid(),
+        consumer: "exam".into(),
+        body: r#"{"status":200}"#.into(),
+        staged_under: None,
+    };
     let consumed = Consumed {
         consumer: "attempt".into(),
         message_id: uuid(),
+        reply: Some(reply.clone()),
     };
     let handling = |id: &str| Transaction {
         writes: vec![write(id, Action::Create, 1, serde_json::json!({}))],
@@ -373,6 +383,18 @@ async fn a_message_is_consumed_once_and_a_duplicate_changes_nothing(db: Backend)
         data_of(&db.storage, &second, None).await,
         None,
         "the duplicate wrote nothing"
+    );
+    // The first handling's reply is kept, to answer the copy again.
+    assert_eq!(
+        db.storage
+            .stored_reply("attempt", &consumed.message_id)
+            .await
+            .unwrap(),
+        Some(reply)
+    );
+    assert_eq!(
+        db.storage.stored_reply("attempt", &uuid()).await.unwrap(),
+        None
     );
     // Forgetting old records is bounded by age.
     assert_eq!(
@@ -405,9 +427,23 @@ async fn saga_rows_change_only_at_the_revision_they_were_read(db: Backend) {
     );
     let stored = db.storage.load_saga(&id).await.unwrap().expect("stored");
     assert_eq!((stored.revision, stored.timer_at), (1, Some(due)));
+    // Owned by host-a, which never said it is alive: any host takes it over.
     assert_eq!(
-        db.storage.saga_timers().await.unwrap(),
+        db.storage
+            .claim_orphaned_sagas("host-b", now_ms() - 5_000)
+            .await
+            .unwrap(),
         vec![(id.clone(), due)]
+    );
+    assert_eq!(
+        db.storage
+            .load_saga(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("host-b")
     );
     assert_eq!(
         db.storage.running_versions().await.unwrap(),
@@ -444,7 +480,14 @@ async fn saga_rows_change_only_at_the_revision_they_were_read(db: Backend) {
             .unwrap()
             .is_empty()
     );
-    assert!(db.storage.saga_timers().await.unwrap().is_empty());
+    assert!(
+        db.storage
+            .claim_orphaned_sagas("host-c", i64::MAX)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an ended saga has no timer to take over"
+    );
     assert!(db.storage.running_versions().await.unwrap().is_empty());
 }
 
@@ -481,7 +524,14 @@ async fn queued_messages_are_deferred_dead_lettered_and_redriven(db: Backend) {
 
     db.storage
         .commit(Transaction {
-            dead_letter: Some((queued.seq, 3, "it kept failing".into())),
+            dead_letter: Some(DeadLettering {
+                queued: Some(queued.seq),
+                message_id: queued.id.clone(),
+                consumer: queued.consumer.clone(),
+                body: queued.body.clone(),
+                attempts: 3,
+                error: "it kept failing".into(),
+            }),
             ..Transaction::default()
         })
         .await
@@ -692,4 +742,91 @@ async fn writes_for_a_saga_that_ended_are_dropped(db: Backend) {
         .await
         .expect("accepted, and dropped");
     assert_eq!(db.count("SELECT COUNT(*) FROM staged_snapshots").await, 0);
+}
+
+async fn hosts_take_over_the_sagas_of_hosts_that_went_silent(db: Backend) {
+    let consumes = vec![Consumes {
+        service: "attempt".into(),
+        kind: "command".into(),
+        topic: "GetUserAttempts".into(),
+    }];
+    db.storage
+        .heartbeat("host-a", Some(&consumes))
+        .await
+        .unwrap();
+    db.storage.heartbeat("host-b", Some(&[])).await.unwrap();
+    let recently = now_ms() - 5_000;
+    assert_eq!(
+        db.storage.cluster_consumes(recently).await.unwrap(),
+        consumes
+    );
+    let saga = uuid();
+    db.storage
+        .commit(Transaction {
+            saga: Some(saga_row(&saga, "running", 0, Some(now_ms()))),
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        db.storage
+            .claim_orphaned_sagas("host-b", recently)
+            .await
+            .unwrap()
+            .is_empty(),
+        "host-a is alive: its saga stays its own"
+    );
+    // Later, host-a has been silent for a whole lease; host-b takes its saga over.
+    let later = now_ms() + 1;
+    assert!(db.storage.cluster_consumes(later).await.unwrap().is_empty());
+    let taken = db
+        .storage
+        .claim_orphaned_sagas("host-b", later)
+        .await
+        .unwrap();
+    assert_eq!(
+        taken.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+        vec![saga.as_str()]
+    );
+    db.storage.forget_hosts(later).await.unwrap();
+    assert_eq!(db.count("SELECT COUNT(*) FROM hosts").await, 0);
+    assert_eq!(db.count("SELECT COUNT(*) FROM host_topics").await, 0);
+}
+
+async fn queue_entries_handed_on_are_removed(db: Backend) {
+    let messages: Vec<NewMessage> = (0..3)
+        .map(|_| NewMessage {
+            id: uuid(),
+            consumer: "attempt".into(),
+            body: "{}".into(),
+            staged_under: None,
+        })
+        .collect();
+    let committed = db
+        .storage
+        .commit(Transaction {
+            messages,
+            ..Transaction::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        db.storage
+            .queued_before(now_ms() - 60_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left = db.storage.queued_before(now_ms() + 1, 2).await.unwrap();
+    assert_eq!(left.len(), 2, "at most the limit, oldest first");
+    assert_eq!(left[0].seq, committed.queued[0].seq);
+    db.storage
+        .remove_queued(&[committed.queued[0].seq, committed.queued[2].seq])
+        .await
+        .unwrap();
+    let rest = db.storage.queued_messages().await.unwrap();
+    assert_eq!(
+        rest.iter().map(|q| q.seq).collect::<Vec<_>>(),
+        vec![committed.queued[1].seq]
+    );
 }

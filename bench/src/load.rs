@@ -43,9 +43,10 @@ pub struct Workload {
     pub completed: CompletedFn,
 }
 
-/// `clients` loops sending the workload; a quarter of `duration` warms up first.
+/// `clients` loops sending the workload, spread evenly over the `targets` (hosts); a quarter of
+/// `duration` warms up first.
 pub async fn run(
-    target: &str,
+    targets: &[&str],
     workload: Arc<Workload>,
     clients: usize,
     duration: Duration,
@@ -53,14 +54,17 @@ pub async fn run(
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(clients)
         .build_http::<Full<Bytes>>();
-    let url: hyper::Uri = format!("http://{target}{}", workload.path).parse()?;
-    phase(&client, &url, &workload, clients, duration / 4).await?;
-    phase(&client, &url, &workload, clients, duration).await
+    let urls = targets
+        .iter()
+        .map(|target| format!("http://{target}{}", workload.path).parse())
+        .collect::<Result<Vec<hyper::Uri>, _>>()?;
+    phase(&client, &urls, &workload, clients, duration / 4).await?;
+    phase(&client, &urls, &workload, clients, duration).await
 }
 
 async fn phase(
     client: &Client<HttpConnector, Full<Bytes>>,
-    url: &hyper::Uri,
+    urls: &[hyper::Uri],
     workload: &Arc<Workload>,
     clients: usize,
     duration: Duration,
@@ -68,9 +72,9 @@ async fn phase(
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let (client, url, stop, workload) =
-                (client.clone(), url.clone(), stop.clone(), workload.clone());
+        .map(|n| {
+            let url = urls[n % urls.len()].clone();
+            let (client, stop, workload) = (client.clone(), stop.clone(), workload.clone());
             tokio::spawn(async move {
                 let mut latency = Samples::default();
                 let mut errors = 0;

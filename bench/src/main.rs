@@ -9,10 +9,13 @@
 //!   response it serves (compile cache cold and warm), and `POST /exams` throughput during a
 //!   series of swaps against steady state.
 //! - `saga-bench instantiate`: the cost of one instantiate-and-call of a no-op handler.
+//! - `saga-bench cluster`: `POST /exams` on PostgreSQL + NATS JetStream with one and two host
+//!   processes, next to the embedded default.
 //! - `saga-bench all`: all of them, with their defaults.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy.
 
+mod cluster;
 mod load;
 mod server;
 mod stats;
@@ -44,6 +47,8 @@ enum Command {
     Instantiate(InstantiateArgs),
     /// POST /exams/graded: the exam saga with the Python and JavaScript participants.
     Polyglot(Load),
+    /// POST /exams on PostgreSQL + NATS with one and two hosts, next to the embedded default.
+    Cluster(ClusterArgs),
     /// Everything, with the defaults.
     All,
 }
@@ -59,6 +64,18 @@ struct Load {
     /// Extra arguments for `saga-host serve`, e.g. --host-arg=--inline-steps=false.
     #[arg(long = "host-arg", allow_hyphen_values = true)]
     host_args: Vec<String>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ClusterArgs {
+    #[command(flatten)]
+    load: Load,
+    /// An administrative PostgreSQL URL: a database is created on it for each configuration.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres: String,
+    /// The NATS server (with JetStream).
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
 }
 
 #[derive(clap::Args, Clone)]
@@ -104,6 +121,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
             Command::Polyglot(load) => polyglot(&load).await,
+            Command::Cluster(args) => cluster::run(&args.load, &args.postgres, &args.nats).await,
             Command::All => {
                 let load = Load {
                     clients: vec![1, 32],
@@ -136,11 +154,16 @@ fn header() {
     );
 }
 
-async fn measure(target: &str, name: &str, workload: Workload, load: &Load) -> anyhow::Result<()> {
+async fn measure(
+    targets: &[&str],
+    name: &str,
+    workload: Workload,
+    load: &Load,
+) -> anyhow::Result<()> {
     let workload = Arc::new(workload);
     for &clients in &load.clients {
         let report = load::run(
-            target,
+            targets,
             workload.clone(),
             clients,
             Duration::from_secs(load.seconds),
@@ -184,7 +207,13 @@ async fn exams(load: &Load) -> anyhow::Result<()> {
         load.host_args
     );
     header();
-    measure(&server.addr, "POST /exams", exam_workload(), load).await
+    measure(
+        &[server.addr.as_str()],
+        "POST /exams",
+        exam_workload(),
+        load,
+    )
+    .await
 }
 
 async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
@@ -217,7 +246,7 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
             completed: Box::new(|status, body| status == 200 && finished_as(body, "finished")),
         };
         measure(
-            &server.addr,
+            &[server.addr.as_str()],
             &format!("{steps} steps"),
             workload,
             &load.load,
@@ -240,7 +269,13 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
         }),
         completed: Box::new(|status, body| status == 200 && finished_as(body, "errored")),
     };
-    measure(&server.addr, "3 steps, last fails", workload, &load.load).await
+    measure(
+        &[server.addr.as_str()],
+        "3 steps, last fails",
+        workload,
+        &load.load,
+    )
+    .await
 }
 
 /// The components `instantiate` measures: a no-op handler in Rust, Python and JavaScript.
@@ -301,7 +336,13 @@ async fn polyglot(load: &Load) -> anyhow::Result<()> {
         }),
         completed: Box::new(|status, _| status == 200),
     };
-    measure(&server.addr, "POST /exams/graded", workload, load).await
+    measure(
+        &[server.addr.as_str()],
+        "POST /exams/graded",
+        workload,
+        load,
+    )
+    .await
 }
 
 /// Whether a /run answer reports the saga ended with `status`.

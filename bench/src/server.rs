@@ -55,7 +55,12 @@ impl Server {
                 binary.display()
             );
         }
-        let data = std::env::temp_dir().join(format!("saga-bench-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let data = std::env::temp_dir().join(format!(
+            "saga-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&data);
         let components_dir = data.join("components");
         std::fs::create_dir_all(&components_dir)?;

@@ -104,7 +104,7 @@ pub async fn run(swaps: usize, clients: usize, seconds: Duration) -> anyhow::Res
     );
 
     let workload = Arc::new(crate::exam_workload());
-    let steady = crate::load::run(&addr, workload.clone(), clients, seconds).await?;
+    let steady = crate::load::run(&[addr.as_str()], workload.clone(), clients, seconds).await?;
     let swapping = {
         let (client, addr, a, b) = (client.clone(), addr.clone(), a.clone(), b.clone());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -125,7 +125,7 @@ pub async fn run(swaps: usize, clients: usize, seconds: Duration) -> anyhow::Res
                 anyhow::Ok(deploys)
             })
         };
-        let report = crate::load::run(&server.addr, workload, clients, seconds).await?;
+        let report = crate::load::run(&[server.addr.as_str()], workload, clients, seconds).await?;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let deploys = swapper.await.context("the swapping task")??;
         (report, deploys)

@@ -29,7 +29,7 @@ pub struct Invocation {
     pub access: Access,
     pub user: Option<String>,
     /// The queued message being handled: consumed (once), and answered if it asks for a reply.
-    pub message: Option<(i64, Message)>,
+    pub message: Option<(Option<i64>, Message)>,
 }
 
 /// How a handler call ended.
@@ -157,15 +157,16 @@ impl Handlers {
                 tx.writes = context.writes;
                 tx.messages = context.messages;
             }
-            if let Some((seq, message)) = &invocation.message {
-                tx.ack = Some(*seq);
+            if let Some((queued, message)) = &invocation.message {
+                tx.ack = *queued;
+                let (status, payload) = reply_of(&result);
+                let reply = self.broker.address_reply(message, status, payload);
                 tx.consumed.push(Consumed {
                     consumer: invocation.service.name().to_string(),
                     message_id: message.id.clone(),
+                    reply: reply.clone(),
                 });
-                let (status, payload) = reply_of(&result);
-                tx.messages
-                    .extend(self.broker.address_reply(message, status, payload));
+                tx.messages.extend(reply);
             }
             match self.broker.commit(tx).await {
                 Ok(()) => {
@@ -175,9 +176,11 @@ impl Handlers {
                     });
                 }
                 Err(StorageError::Duplicate(_)) => {
-                    // Consumed before: drop this copy from the queue, change nothing else.
-                    if let Some((seq, _)) = &invocation.message {
-                        self.broker.drop_duplicate(*seq).await;
+                    // Consumed before: settle this copy, change nothing else.
+                    if let Some((queued, message)) = &invocation.message {
+                        self.broker
+                            .settle_duplicate(*queued, invocation.service.name(), &message.id)
+                            .await;
                     }
                     return Ok(Handled::Duplicate);
                 }

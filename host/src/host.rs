@@ -37,6 +37,12 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// How often to look for changed files in the components directory; none: never.
     pub watch: Option<Duration>,
+    /// `nats://…` to share the work with other hosts through NATS JetStream; none: the
+    /// in-process broker.
+    pub broker_url: Option<String>,
+    /// How long a host may stay silent before the others count it dead and take its sagas over
+    /// (with the NATS broker).
+    pub lease: Duration,
 }
 
 impl Config {
@@ -70,6 +76,8 @@ pub struct Host {
 pub enum StartError {
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Broker(#[from] crate::broker::BrokerError),
     #[error("the WebAssembly engine could not start: {0}")]
     Engine(String),
     #[error("{0}")]
@@ -116,13 +124,20 @@ impl Host {
     /// start with the file and the cause), delivers what is queued, and starts serving.
     pub async fn start(config: Config) -> Result<Running, StartError> {
         let storage = Storage::open(&config.database_url()).await?;
-        let broker = Broker::new(storage.clone(), config.delivery.clone());
+        let broker = Broker::connect(
+            storage.clone(),
+            config.delivery.clone(),
+            config.broker_url.as_deref(),
+        )
+        .await?;
+        let host_id = uuid::Uuid::new_v4().to_string();
         let runtime = Arc::new(
             Runtime::new(config.runtime.clone()).map_err(|e| StartError::Engine(e.to_string()))?,
         );
         let registry = Arc::new(Registry::new(broker.clone()));
         let ends = SagaEnds::default();
         let orchestrator = Orchestrator::new(
+            host_id.clone(),
             runtime.clone(),
             registry.clone(),
             broker.clone(),
@@ -160,13 +175,20 @@ impl Host {
         host.load_components()
             .await
             .map_err(|e| StartError::Component(e.to_string()))?;
+        let timers = if host.broker.is_shared() {
+            // Sagas of hosts that are alive stay theirs; the membership loop takes over those
+            // whose host dies.
+            crate::cluster::join(&host, &host_id).await?
+        } else {
+            // Alone on its database: every saga with a timer is this host's.
+            host.orchestrator.take_over(i64::MAX).await?
+        };
         let queued = host.broker.recover().await?;
-        let timers = host.orchestrator.recover_timers().await?;
         if queued + timers > 0 {
             tracing::info!(
                 queued,
                 timers,
-                "resuming what the last run left: queued messages and saga timers"
+                "resuming what was left: queued messages and saga timers"
             );
         }
         tokio::spawn(prune_consumed(Arc::downgrade(&host)));
@@ -219,27 +241,27 @@ impl Host {
                 message.topic
             );
             tracing::warn!(message_id = %message.id, "{problem}; the message is dropped");
+            let reply = self.broker.address_reply(
+                &message,
+                500,
+                serde_json::Value::String(problem).to_string(),
+            );
             let tx = Transaction {
-                ack: Some(delivery.seq),
+                ack: delivery.queued,
                 consumed: vec![Consumed {
                     consumer: delivery.consumer.clone(),
                     message_id: message.id.clone(),
+                    reply: reply.clone(),
                 }],
-                messages: self
-                    .broker
-                    .address_reply(
-                        &message,
-                        500,
-                        serde_json::Value::String(problem).to_string(),
-                    )
-                    .into_iter()
-                    .collect(),
+                messages: reply.into_iter().collect(),
                 ..Transaction::default()
             };
             return match self.broker.commit(tx).await {
                 Ok(()) => Outcome::Done,
                 Err(crate::storage::StorageError::Duplicate(_)) => {
-                    self.broker.drop_duplicate(delivery.seq).await
+                    self.broker
+                        .settle_duplicate(delivery.queued, &delivery.consumer, &message.id)
+                        .await
                 }
                 Err(error) => Outcome::Retry(error.to_string()),
             };
@@ -250,7 +272,7 @@ impl Host {
             request,
             scope,
             access,
-            message: Some((delivery.seq, message)),
+            message: Some((delivery.queued, message)),
         };
         match self.handlers.run(invocation).await {
             Ok(Handled::Answered(Ok(_)) | Handled::Duplicate) => Outcome::Done,
@@ -289,8 +311,17 @@ impl Deliver for Consumer {
         async move {
             match host {
                 Some(host) => host.deliver(delivery).await,
-                // Stopped: the message stays queued for the next start.
-                None => Outcome::Done,
+                None => Outcome::Stopping,
+            }
+        }
+        .boxed()
+    }
+
+    fn saga_ended(&self, id: String) -> BoxFuture<'static, ()> {
+        let host = self.0.upgrade();
+        async move {
+            if let Some(host) = host {
+                host.orchestrator.ended_elsewhere(&id).await;
             }
         }
         .boxed()

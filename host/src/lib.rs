@@ -3,6 +3,7 @@
 //! map of the code.
 
 pub mod broker;
+pub mod cluster;
 pub mod deploy;
 pub mod handler;
 pub mod host;

@@ -48,6 +48,14 @@ struct Serve {
     /// Database URL: sqlite://PATH or postgres://…; default: a SQLite file in the data directory.
     #[arg(long, env = "SAGA_HOST_DATABASE")]
     database: Option<String>,
+    /// Broker URL: nats://HOST:PORT[/CLUSTER-NAME] to share the work with the other hosts on the
+    /// same database and NATS JetStream; default: the in-process broker (one host).
+    #[arg(long, env = "SAGA_HOST_BROKER")]
+    broker: Option<String>,
+    /// With NATS: how long a host may stay silent before the others count it dead and take its
+    /// sagas over, in seconds.
+    #[arg(long, env = "SAGA_HOST_LEASE_S", default_value_t = 5)]
+    lease_s: u64,
     /// Linear memory one component instance may use, in MiB.
     #[arg(long, env = "SAGA_HOST_MEMORY_MB", default_value_t = 256)]
     memory_mb: usize,
@@ -162,6 +170,8 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         data_dir: serve.data,
         components_dir: serve.components,
         database_url: serve.database,
+        broker_url: serve.broker,
+        lease: Duration::from_secs(serve.lease_s.max(1)),
         sagas: SagaConfig {
             inline_steps: serve.inline_steps,
             step_timeout: Duration::from_secs(serve.step_timeout_s),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod sagas;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -476,6 +478,77 @@ impl Drop for PgDatabase {
                         .execute(sqlx::AssertSqlSafe(format!(
                             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
                         )))
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+impl PgDatabase {
+    /// The number a `SELECT COUNT(*) …` on this database answers.
+    pub async fn count(&self, query: &str) -> i64 {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url)
+            .await
+            .expect("connect to the test database");
+        sqlx::query_scalar(sqlx::AssertSqlSafe(query.to_string()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+    }
+}
+
+/// The local NATS server with JetStream (`SAGA_TEST_NATS` overrides it).
+fn nats_server() -> String {
+    std::env::var("SAGA_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".to_string())
+}
+
+/// A cluster name of its own on the local NATS server (so that tests running at once do not
+/// share streams); its stream is deleted when this is dropped. Panics with what to do when the
+/// server is not there.
+pub struct NatsCluster {
+    pub url: String,
+    name: String,
+}
+
+impl NatsCluster {
+    pub async fn create(label: &str) -> NatsCluster {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = nats_server();
+        if let Err(e) = async_nats::connect(server.as_str()).await {
+            panic!(
+                "NATS is not reachable at {server} ({e}). Start it with JetStream: \
+                 `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+                 -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server` (.ci/run does), or point \
+                 SAGA_TEST_NATS at a server"
+            );
+        }
+        let name = format!(
+            "test-{}-{}-{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        NatsCluster {
+            url: format!("nats://{server}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        let stream = format!("SAGA_HOST_{}", self.name);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to delete the test stream");
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(nats_server().as_str()).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
                         .await;
                 }
             })

@@ -1,8 +1,11 @@
-//! The in-process durable broker. Messages (commands, queries, events, replies) are addressed to
-//! the service that consumes them, stored in the queue table in the same transaction as the
-//! writes of the call that sent them (a transactional outbox), delivered from memory once that
-//! transaction commits, and removed in the transaction that commits their handling. A restarted
-//! host delivers whatever is still queued.
+//! The broker. Messages (commands, queries, events, replies) are addressed to the service that
+//! consumes them and stored in the queue table in the same transaction as the writes of the
+//! call that sent them (a transactional outbox). Then, by transport:
+//!
+//! - in process (the default): delivered from memory once that transaction commits, and
+//!   removed in the transaction that commits their handling. A restarted host delivers whatever
+//!   is still queued.
+//! - NATS JetStream (`nats.rs`): handed on to the stream, for whichever host loads the consumer.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -16,8 +19,13 @@ use uuid::Uuid;
 pub use saga_core::message::{Kind, Message, ReplyTo};
 
 use crate::storage::{
-    self, Committed, NewMessage, QueuedMessage, Storage, StorageError, Transaction,
+    self, Committed, Consumes, DeadLettering, NewMessage, QueuedMessage, Storage, StorageError,
+    Transaction,
 };
+
+pub mod nats;
+
+use nats::{Nats, NatsUrl};
 
 /// Which service consumes which topic; replaced whenever the set of loaded components changes.
 #[derive(Debug, Default, Clone)]
@@ -29,33 +37,83 @@ pub struct Topics {
     /// The events of aggregates (`ExamCreated`, `ExamUpdated`, `ExamDeleted`): the one service
     /// whose aggregate they report, the only one that may publish them.
     pub aggregate_events: HashMap<String, String>,
+    /// The services loaded here: each consumes its commands, events and saga replies.
+    pub services: Vec<String>,
+}
+
+impl Topics {
+    /// What these services consume, as a host tells the others.
+    pub fn consumes(&self) -> Vec<Consumes> {
+        let commands = self.commands.iter().map(|(topic, service)| Consumes {
+            service: service.clone(),
+            kind: "command".into(),
+            topic: topic.clone(),
+        });
+        let events = self.events.iter().flat_map(|(topic, services)| {
+            services.iter().map(move |service| Consumes {
+                service: service.clone(),
+                kind: "event".into(),
+                topic: topic.clone(),
+            })
+        });
+        let mut all: Vec<Consumes> = commands.chain(events).collect();
+        all.sort();
+        all
+    }
+
+    /// The topics of other hosts' services, from what they said they consume.
+    fn from_consumes(consumes: &[Consumes]) -> Topics {
+        let mut topics = Topics::default();
+        for entry in consumes {
+            if entry.kind == "command" {
+                topics
+                    .commands
+                    .entry(entry.topic.clone())
+                    .or_insert_with(|| entry.service.clone());
+            } else {
+                let services = topics.events.entry(entry.topic.clone()).or_default();
+                if !services.contains(&entry.service) {
+                    services.push(entry.service.clone());
+                }
+            }
+        }
+        topics
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("no loaded service handles the command {0:?}; deploy the service that declares it")]
     NoConsumer(String),
+    #[error("{0}")]
+    Connect(String),
 }
 
-/// A queued message handed to its consumer.
+/// A message handed to its consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    pub seq: i64,
+    /// Its queue entry (in-process transport), removed by the transaction of its handling;
+    /// none from NATS, where it is acknowledged after that transaction commits.
+    pub queued: Option<i64>,
     pub consumer: String,
     pub message: Message,
     pub attempts: u32,
 }
 
 pub enum Outcome {
-    /// Handled: the handler's transaction removed it from the queue.
+    /// Handled: the handler's transaction recorded it as consumed.
     Done,
     /// Not handled this time; deliver again later.
     Retry(String),
+    /// The host is stopping: leave it for the next start, or another host.
+    Stopping,
 }
 
 /// What consumes deliveries (the host: handlers and saga orchestration).
 pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, delivery: Delivery) -> BoxFuture<'static, Outcome>;
+    /// A saga ended on another host.
+    fn saga_ended(&self, id: String) -> BoxFuture<'static, ()>;
 }
 
 #[derive(Clone)]
@@ -65,10 +123,14 @@ pub struct Broker {
 
 struct Inner {
     storage: Storage,
+    /// What the services loaded here consume.
     topics: ArcSwap<Topics>,
+    /// What the services of other hosts consume (NATS transport).
+    remote: ArcSwap<Topics>,
     consumer: OnceLock<Arc<dyn Deliver>>,
     in_flight: Semaphore,
     retry: RetryPolicy,
+    nats: Option<Arc<Nats>>,
 }
 
 /// Deliveries handled at once; more wait in memory (they are durable in the queue anyway).
@@ -103,16 +165,42 @@ impl RetryPolicy {
 }
 
 impl Broker {
-    pub fn new(storage: Storage, retry: RetryPolicy) -> Self {
-        Broker {
+    /// A broker on the transport `url` names: none for in process, `nats://…` for NATS
+    /// JetStream.
+    pub async fn connect(
+        storage: Storage,
+        retry: RetryPolicy,
+        url: Option<&str>,
+    ) -> Result<Self, BrokerError> {
+        let nats = match url {
+            None => None,
+            Some(url) => {
+                let url = NatsUrl::parse(url).map_err(|e| {
+                    BrokerError::Connect(format!(
+                        "{e}; the broker URL is nats://HOST:PORT[/CLUSTER-NAME], or none for the in-process broker"
+                    ))
+                })?;
+                Some(Arc::new(
+                    Nats::connect(&url).await.map_err(BrokerError::Connect)?,
+                ))
+            }
+        };
+        Ok(Broker {
             inner: Arc::new(Inner {
                 storage,
                 topics: ArcSwap::from_pointee(Topics::default()),
+                remote: ArcSwap::from_pointee(Topics::default()),
                 consumer: OnceLock::new(),
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
                 retry,
+                nats,
             }),
-        }
+        })
+    }
+
+    /// Whether messages travel through NATS, to and from other hosts.
+    pub fn is_shared(&self) -> bool {
+        self.inner.nats.is_some()
     }
 
     /// Sets who consumes deliveries; done once, when the host starts.
@@ -120,10 +208,43 @@ impl Broker {
         if self.inner.consumer.set(consumer).is_err() {
             panic!("the broker's consumer is set once");
         }
+        if let Some(nats) = &self.inner.nats {
+            nats.listen_for_ends(self.clone());
+        }
     }
 
+    /// What the services loaded here consume; with NATS, this host starts (or stops) pulling
+    /// their messages.
     pub fn set_topics(&self, topics: Topics) {
+        if let Some(nats) = &self.inner.nats {
+            nats.consume(&topics.services, self);
+        }
         self.inner.topics.store(Arc::new(topics));
+    }
+
+    /// What these services consume, for the other hosts.
+    pub fn local_consumes(&self) -> Vec<Consumes> {
+        self.inner.topics.load().consumes()
+    }
+
+    /// What the services of every live host consume (this one's included).
+    pub fn set_cluster_consumes(&self, consumes: &[Consumes]) {
+        self.inner
+            .remote
+            .store(Arc::new(Topics::from_consumes(consumes)));
+    }
+
+    /// Tells the other hosts that saga `id` ended.
+    pub fn announce_end(&self, id: &str) {
+        if let Some(nats) = &self.inner.nats {
+            nats.announce_end(id);
+        }
+    }
+
+    async fn saga_ended(&self, id: &str) {
+        if let Some(consumer) = self.inner.consumer.get() {
+            consumer.saga_ended(id.to_string()).await;
+        }
     }
 
     /// The service whose aggregate events `topic` carries, if it does.
@@ -138,6 +259,7 @@ impl Broker {
 
     pub fn handles(&self, topic: &str) -> bool {
         self.inner.topics.load().commands.contains_key(topic)
+            || self.inner.remote.load().commands.contains_key(topic)
     }
 
     /// A command or query for the one service that handles its topic.
@@ -146,10 +268,11 @@ impl Broker {
         message: &Message,
         staged_under: Option<String>,
     ) -> Result<NewMessage, BrokerError> {
-        let topics = self.inner.topics.load();
-        let consumer = topics
+        let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
+        let consumer = local
             .commands
             .get(&message.topic)
+            .or_else(|| remote.commands.get(&message.topic))
             .ok_or_else(|| BrokerError::NoConsumer(message.topic.clone()))?;
         Ok(addressed(message, consumer, staged_under))
     }
@@ -160,24 +283,25 @@ impl Broker {
         message: &Message,
         staged_under: Option<String>,
     ) -> Vec<NewMessage> {
-        let topics = self.inner.topics.load();
-        topics
-            .events
-            .get(&message.topic)
-            .map(|services| {
-                services
-                    .iter()
-                    .map(|service| {
-                        // Each subscriber's copy is its own message, deduplicated on its own.
-                        let copy = Message {
-                            id: Uuid::new_v4().to_string(),
-                            ..message.clone()
-                        };
-                        addressed(&copy, service, staged_under.clone())
-                    })
-                    .collect()
+        let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
+        let mut subscribers: Vec<&String> = [&local, &remote]
+            .into_iter()
+            .filter_map(|topics| topics.events.get(&message.topic))
+            .flatten()
+            .collect();
+        subscribers.sort_unstable();
+        subscribers.dedup();
+        subscribers
+            .into_iter()
+            .map(|service| {
+                // Each subscriber's copy is its own message, deduplicated on its own.
+                let copy = Message {
+                    id: Uuid::new_v4().to_string(),
+                    ..message.clone()
+                };
+                addressed(&copy, service, staged_under.clone())
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// The reply to `request`, sent where it asked.
@@ -200,15 +324,40 @@ impl Broker {
         }
     }
 
-    /// Commits a transaction and delivers the messages it queued.
+    /// Commits a transaction and sends the messages it queued.
     pub async fn commit(&self, transaction: Transaction) -> Result<(), StorageError> {
         let Committed { queued } = self.inner.storage.commit(transaction).await?;
-        self.dispatch(queued);
+        self.send(queued);
         Ok(())
     }
 
+    /// Sends committed messages on: delivers them here, or hands them to NATS.
+    fn send(&self, queued: Vec<QueuedMessage>) {
+        if queued.is_empty() {
+            return;
+        }
+        match &self.inner.nats {
+            None => self.dispatch(queued),
+            Some(nats) => {
+                let (nats, storage) = (nats.clone(), self.inner.storage.clone());
+                tokio::spawn(async move { relay(&nats, &storage, &queued).await });
+            }
+        }
+    }
+
+    /// Hands on the messages a host left in the queue (it died between the commit and the
+    /// hand-over): those queued before `before`. NATS transport only.
+    pub async fn relay_left_behind(&self, before: i64) -> Result<usize, StorageError> {
+        let Some(nats) = &self.inner.nats else {
+            return Ok(0);
+        };
+        let queued = self.inner.storage.queued_before(before, 1000).await?;
+        relay(nats, &self.inner.storage, &queued).await;
+        Ok(queued.len())
+    }
+
     /// Delivers queued messages to their consumer, each in its own task.
-    pub fn dispatch(&self, queued: Vec<QueuedMessage>) {
+    fn dispatch(&self, queued: Vec<QueuedMessage>) {
         for entry in queued {
             let message = match Message::decode(&entry.body) {
                 Ok(message) => message,
@@ -218,7 +367,7 @@ impl Broker {
                 }
             };
             let delivery = Delivery {
-                seq: entry.seq,
+                queued: Some(entry.seq),
                 consumer: entry.consumer,
                 message,
                 attempts: entry.attempts,
@@ -246,7 +395,7 @@ impl Broker {
                 consumer.deliver(delivery.clone()).await
             };
             match outcome {
-                Outcome::Done => return,
+                Outcome::Done | Outcome::Stopping => return,
                 Outcome::Retry(reason) => {
                     delivery.attempts += 1;
                     let policy = &self.inner.retry;
@@ -259,7 +408,14 @@ impl Broker {
                             "delivery failed for the last time; the message goes to the dead letters: {reason}"
                         );
                         let tx = Transaction {
-                            dead_letter: Some((delivery.seq, delivery.attempts, reason)),
+                            dead_letter: Some(DeadLettering {
+                                queued: delivery.queued,
+                                message_id: delivery.message.id.clone(),
+                                consumer: delivery.consumer.clone(),
+                                body: delivery.message.encode(),
+                                attempts: delivery.attempts,
+                                error: reason,
+                            }),
                             ..Transaction::default()
                         };
                         if let Err(error) = self.inner.storage.commit(tx).await {
@@ -276,11 +432,12 @@ impl Broker {
                         "delivery failed: {reason}"
                     );
                     let available_at = storage::now_ms() + delay.as_millis() as i64;
-                    if let Err(error) = self
-                        .inner
-                        .storage
-                        .defer_message(delivery.seq, delivery.attempts, available_at)
-                        .await
+                    if let Some(seq) = delivery.queued
+                        && let Err(error) = self
+                            .inner
+                            .storage
+                            .defer_message(seq, delivery.attempts, available_at)
+                            .await
                     {
                         tracing::error!(%error, "could not record a failed delivery");
                     }
@@ -289,14 +446,29 @@ impl Broker {
         }
     }
 
-    /// Removes a queued copy of a message that was consumed before (a duplicate).
-    pub async fn drop_duplicate(&self, seq: i64) -> Outcome {
+    /// Settles a copy of a message that `consumer` consumed before: removes it from the queue
+    /// and sends the reply of the first handling again (its first copy may be late, or held by a
+    /// host that died). Nothing else changes.
+    pub async fn settle_duplicate(
+        &self,
+        queued: Option<i64>,
+        consumer: &str,
+        message_id: &str,
+    ) -> Outcome {
+        let reply = match self.inner.storage.stored_reply(consumer, message_id).await {
+            Ok(reply) => reply,
+            Err(error) => return Outcome::Retry(error.to_string()),
+        };
         let tx = Transaction {
-            ack: Some(seq),
+            ack: queued,
+            messages: reply.into_iter().collect(),
             ..Transaction::default()
         };
-        match self.inner.storage.commit(tx).await {
-            Ok(_) => Outcome::Done,
+        if tx.is_empty() {
+            return Outcome::Done;
+        }
+        match self.commit(tx).await {
+            Ok(()) => Outcome::Done,
             Err(error) => Outcome::Retry(error.to_string()),
         }
     }
@@ -309,16 +481,25 @@ impl Broker {
         };
         let Committed { queued } = self.inner.storage.commit(tx).await?;
         let found = !queued.is_empty();
-        self.dispatch(queued);
+        self.send(queued);
         Ok(found)
     }
 
-    /// Delivers every message left in the queue (after a restart).
+    /// Sends on every message left in the queue (after a restart).
     pub async fn recover(&self) -> Result<usize, StorageError> {
         let queued = self.inner.storage.queued_messages().await?;
         let count = queued.len();
-        self.dispatch(queued);
+        self.send(queued);
         Ok(count)
+    }
+}
+
+/// Publishes queued messages to NATS and removes from the queue those it stored.
+async fn relay(nats: &Nats, storage: &Storage, queued: &[QueuedMessage]) {
+    let stored = nats.publish(queued).await;
+    if let Err(error) = storage.remove_queued(&stored).await {
+        // They will be published again, and dropped as duplicates by the stream.
+        tracing::warn!(%error, "could not remove handed-on messages from the queue");
     }
 }
 

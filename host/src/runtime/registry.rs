@@ -108,6 +108,7 @@ impl Services {
                 }
             }
         }
+        topics.services = by_name.keys().cloned().collect();
         Ok(Services {
             by_name,
             routes,

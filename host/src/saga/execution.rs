@@ -292,6 +292,7 @@ impl Execution {
             updated_at: self.updated_at,
             revision: self.revision,
             timer_at: self.timer_at(),
+            owner: None,
         }
     }
 

@@ -107,6 +107,8 @@ impl SagaEnds {
 }
 
 pub struct Orchestrator {
+    /// This host process, which owns the timers of the sagas whose transitions it stores.
+    host_id: String,
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
     broker: Broker,
@@ -116,7 +118,8 @@ pub struct Orchestrator {
     me: OnceLock<Weak<Orchestrator>>,
     ends: SagaEnds,
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<wit::Execution>>>>,
-    /// Unfinished executions as last stored by this process, so that a reply needs no read.
+    /// Unfinished executions as last stored by this process, so that a reply needs no read
+    /// (a lone host only: in a cluster, other hosts advance them too).
     /// The stored revision still decides: a stale copy fails its commit and is read again.
     cached: Mutex<HashMap<String, Execution>>,
     /// Timers scheduled in memory, by saga: the earliest.
@@ -183,6 +186,7 @@ enum Delivered {
 
 impl Orchestrator {
     pub fn new(
+        host_id: String,
         runtime: Arc<Runtime>,
         registry: Arc<Registry>,
         broker: Broker,
@@ -191,6 +195,7 @@ impl Orchestrator {
         config: SagaConfig,
     ) -> Arc<Self> {
         let orchestrator = Arc::new(Orchestrator {
+            host_id,
             runtime,
             registry,
             broker,
@@ -258,14 +263,7 @@ impl Orchestrator {
             .await
         {
             Ok(exec) => match finished {
-                Some(receiver) => match receiver.await {
-                    Ok(done) => Ok(done),
-                    // The host is shutting down; report what is stored.
-                    Err(_) => {
-                        self.get(version.name().to_string(), template.id.clone())
-                            .await
-                    }
-                },
+                Some(receiver) => self.wait_for_end(&exec, receiver).await,
                 None => Ok(exec.to_wit()),
             },
             Err(error) => {
@@ -277,6 +275,39 @@ impl Orchestrator {
                     status: 500,
                     message: format!("saga {name} could not be stored: {}", error.describe()),
                 })
+            }
+        }
+    }
+
+    /// Waits until a started saga ends, wherever it ends: this host wakes the waiter; another
+    /// host's end arrives as an announcement, and, should that be lost, the stored execution is
+    /// looked at every second.
+    async fn wait_for_end(
+        &self,
+        exec: &Execution,
+        mut finished: oneshot::Receiver<wit::Execution>,
+    ) -> Result<wit::Execution, wit::Error> {
+        if exec.status.is_final() {
+            self.waiters.lock().expect("waiters lock").remove(&exec.id);
+            return Ok(exec.to_wit());
+        }
+        loop {
+            tokio::select! {
+                done = &mut finished => {
+                    return match done {
+                        Ok(done) => Ok(done),
+                        // The host is shutting down; report what is stored.
+                        Err(_) => self.get(exec.service.clone(), exec.id.clone()).await,
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Ok(Some(stored)) = self.inspect(&exec.id).await
+                        && stored.status.is_final()
+                    {
+                        self.waiters.lock().expect("waiters lock").remove(&exec.id);
+                        return Ok(stored.to_wit());
+                    }
+                }
             }
         }
     }
@@ -310,25 +341,30 @@ impl Orchestrator {
         let consumed = Consumed {
             consumer: delivery.consumer.clone(),
             message_id: delivery.message.id.clone(),
+            reply: None,
         };
         let Some(saga) = delivery.message.header("saga").map(str::to_string) else {
             tracing::warn!(message_id = %delivery.message.id, "a reply without a saga header is dropped");
-            return self.acknowledge(delivery.seq, consumed).await;
+            return self.acknowledge(delivery.queued, consumed).await;
         };
         let input = Input::Reply(delivery.message);
         match self
             .transition(
                 Origin::Stored(&saga),
                 input,
-                Some((delivery.seq, consumed.clone())),
+                Some((delivery.queued, consumed.clone())),
             )
             .await
         {
             Ok(_) => Outcome::Done,
-            Err(TransitionError::Duplicate) => self.broker.drop_duplicate(delivery.seq).await,
+            Err(TransitionError::Duplicate) => {
+                self.broker
+                    .settle_duplicate(delivery.queued, &consumed.consumer, &consumed.message_id)
+                    .await
+            }
             Err(TransitionError::Gone) => {
                 tracing::warn!(saga = %saga, "a reply for an unknown saga is dropped");
-                self.acknowledge(delivery.seq, consumed).await
+                self.acknowledge(delivery.queued, consumed).await
             }
             Err(TransitionError::Unloaded(problem) | TransitionError::Storage(problem)) => {
                 Outcome::Retry(problem)
@@ -356,24 +392,45 @@ impl Orchestrator {
         }
     }
 
-    /// Schedules the timer of every stored execution (after a restart).
-    pub async fn recover_timers(&self) -> Result<usize, StorageError> {
-        let timers = self.storage.saga_timers().await?;
+    /// Takes over the timers of the sagas no live host owns (all of them after a restart of a
+    /// lone host; a dead host's in a cluster), and schedules them here.
+    pub async fn take_over(&self, alive_since: i64) -> Result<usize, StorageError> {
+        let timers = self
+            .storage
+            .claim_orphaned_sagas(&self.host_id, alive_since)
+            .await?;
         for (id, at) in &timers {
             self.schedule(id, *at);
         }
         Ok(timers.len())
     }
 
-    async fn acknowledge(&self, seq: i64, consumed: Consumed) -> Outcome {
+    /// Another host ended saga `id`: wake whoever waits for it here.
+    pub async fn ended_elsewhere(&self, id: &str) {
+        self.cached.lock().expect("cache lock").remove(id);
+        let waited = self.waiters.lock().expect("waiters lock").contains_key(id);
+        if waited
+            && let Ok(Some(exec)) = self.inspect(id).await
+            && exec.status.is_final()
+        {
+            self.notify_end(&exec);
+        }
+        self.ends.ended(id);
+    }
+
+    async fn acknowledge(&self, queued: Option<i64>, consumed: Consumed) -> Outcome {
         let tx = Transaction {
-            ack: Some(seq),
-            consumed: vec![consumed],
+            ack: queued,
+            consumed: vec![consumed.clone()],
             ..Transaction::default()
         };
         match self.broker.commit(tx).await {
             Ok(()) => Outcome::Done,
-            Err(StorageError::Duplicate(_)) => self.broker.drop_duplicate(seq).await,
+            Err(StorageError::Duplicate(_)) => {
+                self.broker
+                    .settle_duplicate(queued, &consumed.consumer, &consumed.message_id)
+                    .await
+            }
             Err(error) => Outcome::Retry(error.to_string()),
         }
     }
@@ -385,7 +442,7 @@ impl Orchestrator {
         &self,
         origin: Origin<'_>,
         mut input: Input,
-        delivery: Option<(i64, Consumed)>,
+        delivery: Option<(Option<i64>, Consumed)>,
     ) -> Result<Execution, TransitionError> {
         let given_up = tokio::time::Instant::now() + self.config.lock_wait;
         loop {
@@ -411,8 +468,8 @@ impl Orchestrator {
             };
             let before = exec.clone();
             let mut tx = Transaction::default();
-            if let Some((seq, consumed)) = &delivery {
-                tx.ack = Some(*seq);
+            if let Some((queued, consumed)) = &delivery {
+                tx.ack = *queued;
                 tx.consumed.push(consumed.clone());
             }
             let holder = match self.process(&version, &mut exec, &input, &mut tx).await {
@@ -476,6 +533,10 @@ impl Orchestrator {
     }
 
     fn remember(&self, exec: &Execution) {
+        if self.broker.is_shared() {
+            // Other hosts advance sagas too: a copy here would mostly be stale.
+            return;
+        }
         let mut cached = self.cached.lock().expect("cache lock");
         if !exec.status.is_final() && cached.len() < MAX_CACHED {
             cached.insert(exec.id.clone(), exec.clone());
@@ -488,7 +549,8 @@ impl Orchestrator {
         if exec.revision == 0 {
             fold_first_transition(exec, &mut tx);
         }
-        let row = exec.to_row();
+        let mut row = exec.to_row();
+        row.owner = Some(self.host_id.clone());
         let timer_at = row.timer_at;
         tx.saga = Some(row);
         match self.broker.commit(tx).await {
@@ -558,13 +620,18 @@ impl Orchestrator {
         receiver
     }
 
-    fn ended(&self, exec: &Execution) {
-        self.cached.lock().expect("cache lock").remove(&exec.id);
+    fn notify_end(&self, exec: &Execution) {
         let waiting = self.waiters.lock().expect("waiters lock").remove(&exec.id);
         for waiter in waiting.into_iter().flatten() {
             let _ = waiter.send(exec.to_wit());
         }
+    }
+
+    fn ended(&self, exec: &Execution) {
+        self.cached.lock().expect("cache lock").remove(&exec.id);
+        self.notify_end(exec);
         self.ends.ended(&exec.id);
+        self.broker.announce_end(&exec.id);
         tracing::info!(saga = %exec.id, name = %exec.name, status = exec.status.as_str(), "saga ended");
         let current = self
             .registry

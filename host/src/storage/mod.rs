@@ -106,6 +106,8 @@ pub struct SagaRow {
     pub revision: i64,
     /// When the execution next needs attention, if ever.
     pub timer_at: Option<i64>,
+    /// The host that stores this transition, which keeps the saga's timers.
+    pub owner: Option<String>,
 }
 
 /// How a saga's staged writes and messages end.
@@ -118,11 +120,35 @@ pub enum Resolve {
 }
 
 /// A message a transaction consumes: recorded with it, so that a second delivery of the same
-/// message is refused as a duplicate and changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// message is refused as a duplicate and changes nothing — but for its reply, which is kept to
+/// be sent again.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Consumed {
     pub consumer: String,
     pub message_id: String,
+    /// The reply the handling sent, if any.
+    pub reply: Option<NewMessage>,
+}
+
+/// A message given up on: what to record in the dead letters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLettering {
+    /// Its queue entry (in-process broker), removed at the same time.
+    pub queued: Option<i64>,
+    pub message_id: String,
+    pub consumer: String,
+    pub body: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+/// What a service loaded on some host consumes: `kind` is "command" (commands and queries) or
+/// "event".
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Consumes {
+    pub service: String,
+    pub kind: String,
+    pub topic: String,
 }
 
 /// A message whose handling kept failing.
@@ -145,8 +171,8 @@ pub struct Transaction {
     pub consumed: Vec<Consumed>,
     /// The queue entry whose handling this is: removed in the same transaction.
     pub ack: Option<i64>,
-    /// A queue entry to move to the dead letters: its seq, how many attempts failed, and why.
-    pub dead_letter: Option<(i64, u32, String)>,
+    /// A message to put in the dead letters (and its queue entry to remove, if it has one).
+    pub dead_letter: Option<DeadLettering>,
     /// A dead letter to queue again.
     pub redrive: Option<i64>,
     pub saga: Option<SagaRow>,

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::condition::{FieldPath, Prefilter};
 use super::{
-    Action, AggregateRecord, Committed, Found, NewMessage, QueuedMessage, Resolve, SagaRow,
-    Snapshot, StorageError, Transaction, Write,
+    Action, AggregateRecord, Committed, Consumes, Found, NewMessage, QueuedMessage, Resolve,
+    SagaRow, Snapshot, StorageError, Transaction, Write,
 };
 
 /// How many transactions one database commit takes at most.
@@ -223,7 +223,7 @@ impl Storage {
 
     pub async fn load_saga(&self, id: &str) -> Result<Option<SagaRow>> {
         let row = sqlx::query(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version FROM sagas WHERE id = $1",
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner FROM sagas WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.inner.reads)
@@ -234,7 +234,7 @@ impl Storage {
     /// Sagas, newest first, optionally of one status.
     pub async fn list_sagas(&self, status: Option<&str>, limit: u32) -> Result<Vec<SagaRow>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version FROM sagas \
+            "SELECT id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner FROM sagas \
              WHERE ($1 = '' OR status = $1) ORDER BY created_at DESC, id LIMIT {limit}"
         )))
         .bind(status.unwrap_or(""))
@@ -253,6 +253,33 @@ impl Storage {
         rows.iter().map(queued_from_row).collect()
     }
 
+    /// Queued messages enqueued before `before` (ms since the epoch), oldest first, at most
+    /// `limit`: what a relay left behind (a host that died before handing them on).
+    pub async fn queued_before(&self, before: i64, limit: u32) -> Result<Vec<QueuedMessage>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT seq, id, consumer, body, attempts, available_at FROM queue \
+             WHERE available_at < $1 ORDER BY seq LIMIT {limit}"
+        )))
+        .bind(before)
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter().map(queued_from_row).collect()
+    }
+
+    /// Removes queue entries that were handed on (to the external broker).
+    pub async fn remove_queued(&self, seqs: &[i64]) -> Result<()> {
+        for chunk in seqs.chunks(500) {
+            let list: Vec<String> = chunk.iter().map(i64::to_string).collect();
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM queue WHERE seq IN ({})",
+                list.join(",")
+            )))
+            .execute(&self.inner.reads)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Records a failed attempt at a queued message and when to try again.
     pub async fn defer_message(&self, seq: i64, attempts: u32, available_at: i64) -> Result<()> {
         sqlx::query("UPDATE queue SET attempts = $1, available_at = $2 WHERE seq = $3")
@@ -264,16 +291,98 @@ impl Storage {
         Ok(())
     }
 
-    /// Every execution that has a timer, and when it is due: what a restarted host schedules.
-    pub async fn saga_timers(&self) -> Result<Vec<(String, i64)>> {
+    /// Takes over the sagas whose owner is not a live host (silent since `alive_since`, or gone
+    /// with a restart) and that have a timer: returns them with when they are due, for `me` to
+    /// schedule. Sagas of live hosts are left to them.
+    pub async fn claim_orphaned_sagas(
+        &self,
+        me: &str,
+        alive_since: i64,
+    ) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT id, timer_at FROM sagas WHERE timer_at IS NOT NULL ORDER BY timer_at",
+            "UPDATE sagas SET owner = $1 WHERE timer_at IS NOT NULL \
+             AND (owner IS NULL OR owner NOT IN (SELECT id FROM hosts WHERE heartbeat_at >= $2)) \
+             RETURNING id, timer_at",
         )
+        .bind(me)
+        .bind(alive_since)
         .fetch_all(&self.inner.reads)
         .await?;
         rows.iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
+    }
+
+    /// Records that host `me` is alive, and, when given, what its services consume (replacing
+    /// what it said before). One transaction.
+    pub async fn heartbeat(&self, me: &str, consumes: Option<&[Consumes]>) -> Result<()> {
+        let now = super::now_ms();
+        let mut tx = self.inner.reads.begin().await?;
+        sqlx::query(
+            "INSERT INTO hosts (id, started_at, heartbeat_at) VALUES ($1, $2, $2) \
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(me)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(consumes) = consumes {
+            sqlx::query("DELETE FROM host_topics WHERE host = $1")
+                .bind(me)
+                .execute(&mut *tx)
+                .await?;
+            for entry in consumes {
+                sqlx::query(
+                    "INSERT INTO host_topics (host, service, kind, topic) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(me)
+                .bind(&entry.service)
+                .bind(&entry.kind)
+                .bind(&entry.topic)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What the services of the hosts alive since `alive_since` consume.
+    pub async fn cluster_consumes(&self, alive_since: i64) -> Result<Vec<Consumes>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT t.service, t.kind, t.topic FROM host_topics t \
+             JOIN hosts h ON h.id = t.host WHERE h.heartbeat_at >= $1 \
+             ORDER BY t.service, t.kind, t.topic",
+        )
+        .bind(alive_since)
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Consumes {
+                    service: row.try_get(0)?,
+                    kind: row.try_get(1)?,
+                    topic: row.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the hosts silent since before `before`, and what they consumed.
+    pub async fn forget_hosts(&self, before: i64) -> Result<()> {
+        let mut tx = self.inner.reads.begin().await?;
+        sqlx::query(
+            "DELETE FROM host_topics WHERE host IN (SELECT id FROM hosts WHERE heartbeat_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM hosts WHERE heartbeat_at < $1")
+            .bind(before)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Unfinished sagas by the component version they run on: (service, version, count).
@@ -310,6 +419,31 @@ impl Storage {
                 })
             })
             .collect()
+    }
+
+    /// The reply sent when `consumer` consumed `message_id`, if it consumed it and replied.
+    pub async fn stored_reply(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> Result<Option<NewMessage>> {
+        let row = sqlx::query(
+            "SELECT reply_id, reply_consumer, reply_body FROM consumed \
+             WHERE consumer = $1 AND message_id = $2 AND reply_id IS NOT NULL",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_optional(&self.inner.reads)
+        .await?;
+        row.map(|row| {
+            Ok(NewMessage {
+                id: row.try_get(0)?,
+                consumer: row.try_get(1)?,
+                body: row.try_get(2)?,
+                staged_under: None,
+            })
+        })
+        .transpose()
     }
 
     /// Forgets consumed-message records older than `before` (ms since the epoch); returns how
@@ -488,13 +622,17 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
     let mut committed = Committed::default();
     let now = super::now_ms();
     for consumed in &tx.consumed {
+        let reply = consumed.reply.as_ref();
         let recorded = sqlx::query(
-            "INSERT INTO consumed (consumer, message_id, at) VALUES ($1, $2, $3) \
-             ON CONFLICT (consumer, message_id) DO NOTHING",
+            "INSERT INTO consumed (consumer, message_id, at, reply_id, reply_consumer, reply_body) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, message_id) DO NOTHING",
         )
         .bind(&consumed.consumer)
         .bind(&consumed.message_id)
         .bind(now)
+        .bind(reply.map(|r| r.id.as_str()))
+        .bind(reply.map(|r| r.consumer.as_str()))
+        .bind(reply.map(|r| r.body.as_str()))
         .execute(&mut *conn)
         .await?;
         if recorded.rows_affected() == 0 {
@@ -507,21 +645,25 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
             .execute(&mut *conn)
             .await?;
     }
-    if let Some((seq, attempts, error)) = &tx.dead_letter {
+    if let Some(letter) = &tx.dead_letter {
         sqlx::query(
             "INSERT INTO dead_letters (message_id, consumer, body, attempts, error, failed_at) \
-             SELECT id, consumer, body, $2, $3, $4 FROM queue WHERE seq = $1",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(seq)
-        .bind(*attempts as i64)
-        .bind(error)
+        .bind(&letter.message_id)
+        .bind(&letter.consumer)
+        .bind(&letter.body)
+        .bind(letter.attempts as i64)
+        .bind(&letter.error)
         .bind(now)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("DELETE FROM queue WHERE seq = $1")
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
+        if let Some(seq) = letter.queued {
+            sqlx::query("DELETE FROM queue WHERE seq = $1")
+                .bind(seq)
+                .execute(&mut *conn)
+                .await?;
+        }
     }
     if let Some(seq) = tx.redrive {
         let row = sqlx::query(
@@ -599,8 +741,8 @@ async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<S
 async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
     let saved = if saga.revision == 0 {
         sqlx::query(
-            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
         )
         .bind(&saga.id)
         .bind(&saga.service)
@@ -611,12 +753,13 @@ async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
         .bind(saga.updated_at)
         .bind(saga.timer_at)
         .bind(&saga.version)
+        .bind(&saga.owner)
         .execute(&mut *conn)
         .await?
     } else {
         sqlx::query(
             "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1, \
-             timer_at = $6 WHERE id = $4 AND revision = $5",
+             timer_at = $6, owner = $7 WHERE id = $4 AND revision = $5",
         )
         .bind(&saga.status)
         .bind(&saga.state)
@@ -624,6 +767,7 @@ async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
         .bind(&saga.id)
         .bind(saga.revision)
         .bind(saga.timer_at)
+        .bind(&saga.owner)
         .execute(&mut *conn)
         .await?
     };
@@ -965,6 +1109,7 @@ fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
         revision: row.try_get(7)?,
         timer_at: row.try_get(8)?,
         version: row.try_get(9)?,
+        owner: row.try_get(10)?,
     })
 }
 

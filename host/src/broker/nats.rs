@@ -1,0 +1,403 @@
+//! The NATS JetStream transport, for several hosts sharing one database and one broker.
+//!
+//! Messages still commit to the queue table with the transaction that sends them (the outbox);
+//! a relay then publishes each to the stream, on the subject of the service that consumes it
+//! (`NAME.msg.SERVICE`), and removes it from the table once JetStream has acknowledged it. Every
+//! host that loads a service pulls from one durable consumer per service, so a command is
+//! handled by one of them; an event is addressed to every subscribed service, each its own copy.
+//! A message is acknowledged to JetStream only after the handler's transaction commits (which
+//! records it as consumed, so that a redelivery changes nothing); a failed one is redelivered
+//! with backoff, and after the last attempt it goes to the dead letters.
+//!
+//! The stream keeps messages on file (`StorageType::File`) until their consumer acknowledges
+//! them (work-queue retention), and deduplicates republished copies by message id for two
+//! minutes. Saga ends are announced on the core subject `NAME.ended`, so that a host waiting for
+//! a saga another host finished learns of it at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures::StreamExt;
+
+use super::{Broker, Delivery, Message, Outcome};
+use crate::storage::{DeadLettering, QueuedMessage, Transaction};
+
+/// How long JetStream waits for an acknowledgement before it redelivers (to any host): what a
+/// dead host's messages in hand wait before another host gets them. A long handler keeps its
+/// message by reporting progress.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// Messages one host pulls at a time per service, and handles at once: what a host holds
+/// unacknowledged, and what waits `ACK_WAIT` for another host when it dies.
+const PULL_BATCH: usize = 32;
+const IN_HAND: usize = 64;
+/// Unacknowledged messages per service across hosts before JetStream stops delivering: far
+/// above what live hosts hold, so that a dead host's messages never stall the others.
+const MAX_ACK_PENDING: i64 = 100_000;
+/// Republished copies of a message within this window are dropped by the stream.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Where the cluster's stream is: `nats://HOST:PORT[/NAME][?replicas=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsUrl {
+    pub server: String,
+    /// Names the stream and prefixes the subjects: clusters with different names share a NATS
+    /// server without seeing each other's messages.
+    pub name: String,
+    /// Copies JetStream keeps of every message (1 on a single server; 3 on a cluster of three
+    /// survives the loss of one server).
+    pub replicas: usize,
+}
+
+impl NatsUrl {
+    pub fn parse(url: &str) -> Result<NatsUrl, String> {
+        let rest = url
+            .strip_prefix("nats://")
+            .ok_or_else(|| format!("{url:?} is not a nats:// URL"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (server, name) = rest.split_once('/').unwrap_or((rest, ""));
+        if server.is_empty() {
+            return Err(format!(
+                "{url:?} names no server, e.g. nats://127.0.0.1:4222"
+            ));
+        }
+        let name = if name.is_empty() { "saga-host" } else { name };
+        if name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "the cluster name {name:?} in {url:?} must be 1 to 64 letters, digits, '-' or '_'"
+            ));
+        }
+        let mut replicas = 1;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("replicas", n)) => {
+                    replicas = n
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=5).contains(n))
+                        .ok_or_else(|| format!("replicas must be 1 to 5, not {n:?}"))?
+                }
+                _ => {
+                    return Err(format!(
+                        "{pair:?} in {url:?} is not a known option (replicas=N)"
+                    ));
+                }
+            }
+        }
+        Ok(NatsUrl {
+            server: format!("nats://{server}"),
+            name: name.to_string(),
+            replicas,
+        })
+    }
+}
+
+pub struct Nats {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    jetstream: jetstream::Context,
+    name: String,
+    /// The pull loops of the services loaded here.
+    consuming: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl Nats {
+    pub async fn connect(url: &NatsUrl) -> Result<Nats, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("saga-host")
+            .connect(&url.server)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {}: {e}", url.server))?;
+        let jetstream = jetstream::new(client.clone());
+        let stream = jetstream
+            .get_or_create_stream(stream::Config {
+                name: format!("SAGA_HOST_{}", url.name),
+                subjects: vec![format!("{}.msg.>", url.name)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: url.replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot create the JetStream stream on {}: {e}; is JetStream enabled (nats-server -js)?",
+                    url.server
+                )
+            })?;
+        Ok(Nats {
+            client,
+            stream,
+            jetstream,
+            name: url.name.clone(),
+            consuming: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn subject(&self, consumer: &str) -> String {
+        format!("{}.msg.{consumer}", self.name)
+    }
+
+    fn ended_subject(&self) -> String {
+        format!("{}.ended", self.name)
+    }
+
+    /// Publishes queued messages and waits for JetStream to store them; returns the queue
+    /// entries it stored (to remove from the outbox).
+    pub async fn publish(&self, queued: &[QueuedMessage]) -> Vec<i64> {
+        let mut pending = Vec::with_capacity(queued.len());
+        for entry in queued {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(entry.body.clone().into())
+                // The same queue entry published twice (a relay that died before removing it)
+                // is stored once.
+                .message_id(format!("{}-{}", entry.id, entry.seq));
+            match self
+                .jetstream
+                .send_publish(self.subject(&entry.consumer), publish)
+                .await
+            {
+                Ok(ack) => pending.push((entry.seq, ack)),
+                Err(error) => {
+                    tracing::warn!(%error, "could not publish a message; it stays queued")
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(pending.len());
+        for (seq, ack) in pending {
+            match ack.await {
+                Ok(_) => stored.push(seq),
+                Err(error) => {
+                    tracing::warn!(%error, "JetStream did not store a message; it stays queued")
+                }
+            }
+        }
+        stored
+    }
+
+    /// Tells every host that saga `id` ended.
+    pub fn announce_end(&self, id: &str) {
+        let (client, subject, id) = (self.client.clone(), self.ended_subject(), id.to_string());
+        tokio::spawn(async move {
+            if let Err(error) = client.publish(subject, id.into()).await {
+                tracing::debug!(%error, "could not announce a saga's end");
+            }
+        });
+    }
+
+    /// Passes every saga end announced by any host to the broker's consumer.
+    pub fn listen_for_ends(self: &Arc<Self>, broker: Broker) {
+        let nats = self.clone();
+        tokio::spawn(async move {
+            let mut ends = match nats.client.subscribe(nats.ended_subject()).await {
+                Ok(ends) => ends,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for saga ends; waiters fall back to polling");
+                    return;
+                }
+            };
+            while let Some(end) = ends.next().await {
+                if let Ok(id) = std::str::from_utf8(&end.payload) {
+                    broker.saga_ended(id).await;
+                }
+            }
+        });
+    }
+
+    /// Consumes the messages of exactly these services here.
+    pub fn consume(self: &Arc<Self>, services: &[String], broker: &Broker) {
+        let mut consuming = self.consuming.lock().expect("consumers lock");
+        consuming.retain(|service, task| {
+            let keep = services.contains(service);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for service in services {
+            if !consuming.contains_key(service) {
+                let (nats, broker, name) = (self.clone(), broker.clone(), service.clone());
+                consuming.insert(
+                    service.clone(),
+                    tokio::spawn(async move { nats.pull(broker, name).await }),
+                );
+            }
+        }
+    }
+
+    /// Pulls a service's messages for as long as it is loaded here, reconnecting on errors.
+    async fn pull(self: Arc<Self>, broker: Broker, service: String) {
+        loop {
+            if let Err(error) = self.pull_until_error(&broker, &service).await {
+                tracing::warn!(service, %error, "pulling messages failed; trying again in a second");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn pull_until_error(&self, broker: &Broker, service: &str) -> Result<(), String> {
+        let consumer: consumer::PullConsumer = self
+            .stream
+            .get_or_create_consumer(
+                service,
+                consumer::pull::Config {
+                    durable_name: Some(service.to_string()),
+                    filter_subject: self.subject(service),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    max_deliver: -1,
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(PULL_BATCH)
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        let in_hand = Arc::new(tokio::sync::Semaphore::new(IN_HAND));
+        loop {
+            // Take no more than it can handle: what it pulls, it holds until it acknowledges.
+            let Ok(permit) = in_hand.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let Some(message) = messages.next().await else {
+                return Ok(());
+            };
+            let message = message.map_err(|e| e.to_string())?;
+            let (broker, service) = (broker.clone(), service.to_string());
+            tokio::spawn(async move {
+                deliver(broker, service, message).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Hands one pulled message to the host and settles it with JetStream by the outcome.
+async fn deliver(broker: Broker, service: String, message: jetstream::Message) {
+    let delivered = message
+        .info()
+        .map(|info| info.delivered)
+        .unwrap_or(1)
+        .max(1) as u32;
+    let decoded = std::str::from_utf8(&message.payload)
+        .map_err(|e| e.to_string())
+        .and_then(|body| Message::decode(body).map_err(|e| e.to_string()));
+    let decoded = match decoded {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            tracing::error!(service, %error, "an unreadable message is dropped");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let delivery = Delivery {
+        queued: None,
+        consumer: service,
+        message: decoded,
+        attempts: delivered - 1,
+    };
+    let handled = {
+        let Ok(_permit) = broker.inner.in_flight.acquire().await else {
+            return;
+        };
+        let Some(consumer) = broker.inner.consumer.get().cloned() else {
+            return;
+        };
+        let handling = consumer.deliver(delivery.clone());
+        tokio::pin!(handling);
+        loop {
+            tokio::select! {
+                outcome = &mut handling => break outcome,
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let settled = match handled {
+        Outcome::Done => message.ack().await,
+        // Another host takes it at once.
+        Outcome::Stopping => message.ack_with(AckKind::Nak(None)).await,
+        Outcome::Retry(reason) => {
+            let policy = &broker.inner.retry;
+            if delivered >= policy.max_attempts {
+                tracing::error!(
+                    message_id = %delivery.message.id,
+                    topic = %delivery.message.topic,
+                    consumer = %delivery.consumer,
+                    attempts = delivered,
+                    "delivery failed for the last time; the message goes to the dead letters: {reason}"
+                );
+                let letter = Transaction {
+                    dead_letter: Some(DeadLettering {
+                        queued: None,
+                        message_id: delivery.message.id.clone(),
+                        consumer: delivery.consumer.clone(),
+                        body: delivery.message.encode(),
+                        attempts: delivered,
+                        error: reason,
+                    }),
+                    ..Transaction::default()
+                };
+                match broker.inner.storage.commit(letter).await {
+                    Ok(_) => message.ack_with(AckKind::Term).await,
+                    Err(error) => {
+                        tracing::error!(%error, "could not record a dead letter; the message stays");
+                        message.ack_with(AckKind::Nak(Some(policy.max_delay))).await
+                    }
+                }
+            } else {
+                let delay = policy.delay(delivered);
+                tracing::warn!(
+                    message_id = %delivery.message.id,
+                    topic = %delivery.message.topic,
+                    attempts = delivered,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "delivery failed: {reason}"
+                );
+                message.ack_with(AckKind::Nak(Some(delay))).await
+            }
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%error, "could not settle a message with JetStream; it will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NatsUrl;
+
+    #[test]
+    fn urls_name_the_server_the_cluster_and_the_replicas() {
+        let url = NatsUrl::parse("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(
+            (url.server.as_str(), url.name.as_str(), url.replicas),
+            ("nats://127.0.0.1:4222", "saga-host", 1)
+        );
+        let url = NatsUrl::parse("nats://n1:4222/exams?replicas=3").unwrap();
+        assert_eq!((url.name.as_str(), url.replicas), ("exams", 3));
+        for (bad, says) in [
+            ("http://x", "is not a nats:// URL"),
+            ("nats:///x", "names no server"),
+            ("nats://h/a.b", "must be 1 to 64 letters"),
+            ("nats://h/x?replicas=9", "replicas must be 1 to 5"),
+            ("nats://h/x?speed=1", "not a known option"),
+        ] {
+            let error = NatsUrl::parse(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+}

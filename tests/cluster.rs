@@ -1,0 +1,200 @@
+//! Several hosts on one PostgreSQL database and one NATS JetStream: any host serves the routes
+//! of the services it loads and reaches the services other hosts load; when a host dies, the
+//! others finish its sagas, each participant effect still exactly once. These tests need the
+//! local PostgreSQL and NATS servers and say how to start them when they are missing.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::sagas::{Rng, Started, check_all_ended_once, seed, start_sagas};
+use common::{Host, NatsCluster, PgDatabase, TempDir, components_dir};
+use serde_json::json;
+use uuid::Uuid;
+
+/// One host of a cluster, on its own data directory.
+fn cluster_host(
+    dir: &TempDir,
+    components: &[&str],
+    database: &PgDatabase,
+    nats: &NatsCluster,
+    extra: &[&str],
+) -> Host {
+    let components = components_dir(dir, components);
+    let mut args = vec![
+        "--database",
+        database.url.as_str(),
+        "--broker",
+        nats.url.as_str(),
+        "--lease-s",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Host::launch(dir, &components, &args).unwrap_or_else(|failure| {
+        panic!(
+            "a cluster host did not start ({:?}):\n{}",
+            failure.status, failure.stderr
+        )
+    })
+}
+
+#[tokio::test]
+async fn the_exam_flow_runs_on_two_hosts_where_only_one_loads_attempt() {
+    let database = PgDatabase::create("exam-cluster").await;
+    let nats = NatsCluster::create("exam").await;
+    let (dir_a, dir_b) = (TempDir::new("host-a"), TempDir::new("host-b"));
+    let a = cluster_host(
+        &dir_a,
+        &["guest_exam", "guest_attempt"],
+        &database,
+        &nats,
+        &[],
+    );
+    let b = cluster_host(&dir_b, &["guest_exam"], &database, &nats, &[]);
+    assert_eq!(
+        b.http().get("/health").await.json()["services"],
+        json!(["exam"])
+    );
+
+    // B has no Attempt service: its sagas ask A's through NATS.
+    let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+    let submission = json!({"user_uuid": user, "exam_uuid": exam});
+    for (n, host) in [&b, &a, &b].into_iter().enumerate() {
+        let answer = host.http().post_json("/exams", &submission).await;
+        assert_eq!(answer.status, 200, "submission {n}: {}", answer.body);
+        assert_eq!(answer.json()["attempt"], n + 1, "{}", answer.body);
+    }
+    let refused = b.http().post_json("/exams", &submission).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.error().contains("maximum number of attempts"),
+        "{}",
+        refused.body
+    );
+    for host in [&a, &b] {
+        let listed = host
+            .http()
+            .get(&format!("/exams?user_uuid={user}"))
+            .await
+            .json();
+        assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    }
+    // The Attempt routes are A's alone.
+    assert_eq!(
+        b.http()
+            .get(&format!("/attempts/{user}/{exam}"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        a.http()
+            .get(&format!("/attempts/{user}/{exam}"))
+            .await
+            .json()["quantity"],
+        3
+    );
+
+    // Concurrent submissions for one user and exam, spread over both hosts: exactly three win.
+    let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+    let submission = json!({"user_uuid": user, "exam_uuid": exam});
+    let tries: Vec<_> = (0..10)
+        .map(|n| {
+            let http = if n % 2 == 0 { a.http() } else { b.http() }.clone();
+            let submission = submission.clone();
+            tokio::spawn(async move { http.post_json("/exams", &submission).await })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    for attempt in tries {
+        let answer = attempt.await.expect("a submission");
+        match answer.status {
+            200 => accepted.push(answer.json()["attempt"].as_u64().expect("attempt")),
+            400 => assert!(
+                answer.error().contains("maximum number of attempts"),
+                "{}",
+                answer.body
+            ),
+            other => panic!("unexpected {other}: {}", answer.body),
+        }
+    }
+    accepted.sort_unstable();
+    assert_eq!(accepted, vec![1, 2, 3], "exactly three submissions win");
+    assert_eq!(
+        database
+            .count("SELECT COUNT(*) FROM sagas WHERE status NOT IN ('finished', 'errored')")
+            .await,
+        0,
+        "every saga ended"
+    );
+}
+
+/// Clients starting sagas on each host.
+const CLIENTS_PER_HOST: usize = 2;
+
+#[tokio::test]
+async fn when_one_of_two_hosts_is_killed_the_other_finishes_every_saga_once() {
+    let seed = seed("cluster kill test");
+    let mut rng = Rng(seed);
+    let database = PgDatabase::create("kill-cluster").await;
+    let nats = NatsCluster::create("kill").await;
+    let components = ["test_orchestrator", "test_participant"];
+    // Steps go through NATS (not inline), so that work is in flight between the hosts.
+    let args = [
+        "--inline-steps",
+        "false",
+        "--retry-delay-ms",
+        "50",
+        "--step-timeout-s",
+        "3",
+    ];
+    let (dir_a, dir_b) = (TempDir::new("host-a"), TempDir::new("host-b"));
+    let a = cluster_host(&dir_a, &components, &database, &nats, &args);
+    let b = cluster_host(&dir_b, &components, &database, &nats, &args);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = [&a, &b]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(h, host)| (0..CLIENTS_PER_HOST).map(move |c| (h, c, host.http().clone())))
+        .map(|(h, c, http)| {
+            let rng = Rng(rng.next() | 1);
+            tokio::spawn(start_sagas(
+                http,
+                rng,
+                format!("h{h}-c{c}"),
+                seed,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let moment = Duration::from_millis(300 + rng.below(700));
+    tokio::time::sleep(moment).await;
+    a.kill();
+    println!("host A killed after {} ms", moment.as_millis());
+    // B keeps taking sagas for a while after A died.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut started: Vec<Started> = Vec::new();
+    for client in clients {
+        started.extend(client.await.expect("a client task"));
+    }
+    let accepted = started.iter().filter(|s| s.accepted.is_some()).count();
+    println!("{accepted} of {} starts were acknowledged", started.len());
+    assert!(
+        accepted > 10,
+        "too few sagas started to test anything: {accepted}"
+    );
+    check_all_ended_once(b.http(), &started, seed, Duration::from_secs(120), || {
+        b.log()
+    })
+    .await;
+    assert!(
+        b.log()
+            .contains("took over the sagas of a host that stopped"),
+        "B took over A's sagas:\n{}",
+        b.log()
+    );
+}
