@@ -10,19 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::sagas::{Rng, Started, check_all_ended_once, seed, start_sagas};
-use common::{Host, NatsCluster, PgDatabase, TempDir, components_dir};
+use common::{Host, NatsCluster, PgDatabase, TempDir, component, components_dir_of, example};
 use serde_json::json;
 use uuid::Uuid;
 
 /// One host of a cluster, on its own data directory.
 fn cluster_host(
     dir: &TempDir,
-    components: &[&str],
+    components: &[std::path::PathBuf],
     database: &PgDatabase,
     nats: &NatsCluster,
     extra: &[&str],
 ) -> Host {
-    let components = components_dir(dir, components);
+    let components = components_dir_of(dir, components);
     let mut args = vec![
         "--database",
         database.url.as_str(),
@@ -45,20 +45,21 @@ async fn the_exam_flow_runs_on_two_hosts_where_only_one_loads_attempt() {
     let database = PgDatabase::create("exam-cluster").await;
     let nats = NatsCluster::create("exam").await;
     let (dir_a, dir_b) = (TempDir::new("host-a"), TempDir::new("host-b"));
-    let a = cluster_host(
-        &dir_a,
-        &["guest_exam", "guest_attempt"],
-        &database,
-        &nats,
-        &[],
-    );
-    let b = cluster_host(&dir_b, &["guest_exam"], &database, &nats, &[]);
+    // A also loads the JavaScript notifier, which counts the ExamCreated events.
+    let a_components = [
+        component("guest_exam"),
+        component("guest_attempt"),
+        example("js-notifier", "notifier"),
+    ];
+    let a = cluster_host(&dir_a, &a_components, &database, &nats, &[]);
+    let b = cluster_host(&dir_b, &[component("guest_exam")], &database, &nats, &[]);
     assert_eq!(
         b.http().get("/health").await.json()["services"],
         json!(["exam"])
     );
 
-    // B has no Attempt service: its sagas ask A's through NATS.
+    // B has no Attempt service: its sagas ask A's through NATS; and the ExamCreated events of
+    // B's exams reach A's notifier.
     let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
     let submission = json!({"user_uuid": user, "exam_uuid": exam});
     for (n, host) in [&b, &a, &b].into_iter().enumerate() {
@@ -81,6 +82,18 @@ async fn the_exam_flow_runs_on_two_hosts_where_only_one_loads_attempt() {
             .json();
         assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = a.http().get(&format!("/students/{user}")).await.json();
+        if seen["exams"] == 3 || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        seen["exams"], 3,
+        "every ExamCreated event reached the notifier: {seen}"
+    );
     // The Attempt routes are A's alone.
     assert_eq!(
         b.http()
@@ -140,7 +153,10 @@ async fn when_one_of_two_hosts_is_killed_the_other_finishes_every_saga_once() {
     let mut rng = Rng(seed);
     let database = PgDatabase::create("kill-cluster").await;
     let nats = NatsCluster::create("kill").await;
-    let components = ["test_orchestrator", "test_participant"];
+    let components = [
+        component("test_orchestrator"),
+        component("test_participant"),
+    ];
     // Steps go through NATS (not inline), so that work is in flight between the hosts.
     let args = [
         "--inline-steps",

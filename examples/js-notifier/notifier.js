@@ -95,7 +95,9 @@ function examCreated(request) {
   if (stats) {
     storage.update('StudentStats', stats.uuid, BigInt(stats.version), JSON.stringify({ exams: stats.exams + 1 }));
   } else {
-    storage.create('StudentStats', undefined, JSON.stringify({ user_uuid, exams: 1 }));
+    // Keyed by the student: two first events handled at once collide on the uuid, and the host
+    // runs the loser again (it then finds the winner's record), instead of both creating one.
+    storage.create('StudentStats', user_uuid, JSON.stringify({ user_uuid, exams: 1 }));
   }
   return null;
 }
