@@ -15,6 +15,7 @@ const MAX_PATH_SEGMENTS: usize = 16;
 const MAX_SEGMENT_LEN: usize = 64;
 
 /// One node of the flattened tree, as the WIT `condition-node` carries it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     True,
@@ -37,6 +38,7 @@ pub enum Node {
     },
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompareOp {
     Equal,

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// One builder call, as the WIT `saga-operation` carries it.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     Step,
@@ -47,6 +48,7 @@ impl Operation {
 
 /// A command a remote step sends: to `topic`, or where the `prepare` callback says (Minos 0.7's
 /// `on_execute` on a remote step names no topic).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Invocation {
     pub topic: Option<String>,

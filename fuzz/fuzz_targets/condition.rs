@@ -7,66 +7,19 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use saga_core::AggregateRecord;
-use saga_core::condition::{self, CompareOp, Condition, FieldPath, Node, OrderBy};
+use saga_core::condition::{self, Condition, FieldPath, Node, OrderBy};
 use serde_json::Value;
 
 #[derive(Arbitrary, Debug)]
-enum FuzzNode {
-    True,
-    False,
-    And(Vec<u32>),
-    Or(Vec<u32>),
-    Not(u32),
-    Compare {
-        field: String,
-        op: u8,
-        value: String,
-    },
-    In {
-        field: String,
-        values: Vec<String>,
-    },
-    Like {
-        field: String,
-        pattern: String,
-    },
-}
-
-#[derive(Arbitrary, Debug)]
 struct Input {
-    nodes: Vec<FuzzNode>,
+    nodes: Vec<Node>,
     ordering: Vec<(String, bool)>,
     /// JSON texts of the records' data.
     records: Vec<String>,
 }
 
-fn node(fuzzed: FuzzNode) -> Node {
-    match fuzzed {
-        FuzzNode::True => Node::True,
-        FuzzNode::False => Node::False,
-        FuzzNode::And(children) => Node::And(children),
-        FuzzNode::Or(children) => Node::Or(children),
-        FuzzNode::Not(child) => Node::Not(child),
-        FuzzNode::Compare { field, op, value } => Node::Compare {
-            field,
-            op: match op % 6 {
-                0 => CompareOp::Equal,
-                1 => CompareOp::NotEqual,
-                2 => CompareOp::Lower,
-                3 => CompareOp::LowerEqual,
-                4 => CompareOp::Greater,
-                _ => CompareOp::GreaterEqual,
-            },
-            value,
-        },
-        FuzzNode::In { field, values } => Node::In { field, values },
-        FuzzNode::Like { field, pattern } => Node::Like { field, pattern },
-    }
-}
-
 fuzz_target!(|input: Input| {
-    let nodes: Vec<Node> = input.nodes.into_iter().map(node).collect();
-    let Ok(condition) = Condition::parse(&nodes) else {
+    let Ok(condition) = Condition::parse(&input.nodes) else {
         return;
     };
     let mut records: Vec<AggregateRecord> = input

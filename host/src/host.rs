@@ -175,15 +175,17 @@ impl Host {
         host.load_components()
             .await
             .map_err(|e| StartError::Component(e.to_string()))?;
-        let timers = if host.broker.is_shared() {
-            // Sagas of hosts that are alive stay theirs; the membership loop takes over those
-            // whose host dies.
-            crate::cluster::join(&host, &host_id).await?
+        let (timers, queued) = if host.broker.is_shared() {
+            // Sagas of hosts that are alive stay theirs, and so do the messages they are handing
+            // on; joining takes over (and keeps taking over) what dead hosts left.
+            (crate::cluster::join(&host, &host_id).await?, 0)
         } else {
-            // Alone on its database: every saga with a timer is this host's.
-            host.orchestrator.take_over(i64::MAX).await?
+            // Alone on its database: every saga with a timer and every queued message is its.
+            (
+                host.orchestrator.take_over(i64::MAX).await?,
+                host.broker.recover().await?,
+            )
         };
-        let queued = host.broker.recover().await?;
         if queued + timers > 0 {
             tracing::info!(
                 queued,

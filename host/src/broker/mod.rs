@@ -133,7 +133,8 @@ struct Inner {
     nats: Option<Arc<Nats>>,
 }
 
-/// Deliveries handled at once; more wait in memory (they are durable in the queue anyway).
+/// In-process deliveries handled at once; more wait in memory (they are durable in the queue
+/// anyway). NATS deliveries are bounded by what each pull loop takes in hand.
 const MAX_IN_FLIGHT: usize = 512;
 
 /// How a message whose handling fails is tried again.
@@ -485,7 +486,7 @@ impl Broker {
         Ok(found)
     }
 
-    /// Sends on every message left in the queue (after a restart).
+    /// Delivers every message left in the queue (after a restart of a lone host).
     pub async fn recover(&self) -> Result<usize, StorageError> {
         let queued = self.inner.storage.queued_messages().await?;
         let count = queued.len();

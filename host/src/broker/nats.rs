@@ -308,10 +308,8 @@ async fn deliver(broker: Broker, service: String, message: jetstream::Message) {
         message: decoded,
         attempts: delivered - 1,
     };
+    // How many run at once is bounded by what the pull loop takes in hand.
     let handled = {
-        let Ok(_permit) = broker.inner.in_flight.acquire().await else {
-            return;
-        };
         let Some(consumer) = broker.inner.consumer.get().cloned() else {
             return;
         };

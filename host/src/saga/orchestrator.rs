@@ -287,10 +287,6 @@ impl Orchestrator {
         exec: &Execution,
         mut finished: oneshot::Receiver<wit::Execution>,
     ) -> Result<wit::Execution, wit::Error> {
-        if exec.status.is_final() {
-            self.waiters.lock().expect("waiters lock").remove(&exec.id);
-            return Ok(exec.to_wit());
-        }
         loop {
             tokio::select! {
                 done = &mut finished => {
