@@ -269,12 +269,17 @@ async fn minos_reply_semantics_and_compensation_table() {
 #[tokio::test]
 async fn reply_timeouts_resend_once_and_late_work_is_dropped() {
     let dir = TempDir::new("timeouts");
-    let host = Host::start_with(&dir, &COMPONENTS, &["--inline-steps", "false"]);
+    let host = Host::start_with(
+        &dir,
+        &COMPONENTS,
+        &["--inline-steps", "false", "--step-attempts", "4"],
+    );
 
+    // About 0.3 s of work: late for the step timeout of 200 ms, in time for the fourth attempt.
     let late = run(
         &host,
         "SLOW",
-        json!({"key": unique("late"), "behaviors": {"slow": "spin:1000"}}),
+        json!({"key": unique("late"), "behaviors": {"slow": "spin:400"}}),
     )
     .await;
     assert_eq!(late.status(), "finished", "{}", late.execution);
@@ -299,7 +304,7 @@ async fn reply_timeouts_resend_once_and_late_work_is_dropped() {
     )
     .await;
     assert_eq!(never.status(), "errored", "{}", never.execution);
-    assert_eq!(never.error(), "Do did not reply within 0 s, 3 attempts");
+    assert_eq!(never.error(), "Do did not reply within 0 s, 4 attempts");
     assert_eq!(never.execution["error"]["status"], 504);
     // Its own compensation is sent: it may have done the work.
     assert_eq!(never.count("undo:slow"), 1);
@@ -423,6 +428,10 @@ async fn a_poison_message_goes_to_the_dead_letters_and_is_redriven() {
     .await;
     let letter = &letters[0];
     assert_eq!(letter["topic"], "Alarm");
+    assert_eq!(
+        letter["payload"]["key"], key,
+        "the operator sees what failed: {letter}"
+    );
     assert_eq!(letter["consumer"], "participant");
     assert_eq!(letter["attempts"], 3);
     assert!(

@@ -11,6 +11,8 @@
 //! - `saga-bench instantiate`: the cost of one instantiate-and-call of a no-op handler.
 //! - `saga-bench cluster`: `POST /exams` on PostgreSQL + NATS JetStream with one and two host
 //!   processes, next to the embedded default.
+//! - `saga-bench neighbour`: `POST /exams` throughput at 32 clients while another service's
+//!   calls loop without end (until `cpu-ms` stops them), against the same load on a quiet host.
 //! - `saga-bench all`: all of them, with their defaults.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy.
@@ -49,6 +51,8 @@ enum Command {
     Polyglot(Load),
     /// POST /exams on PostgreSQL + NATS with one and two hosts, next to the embedded default.
     Cluster(ClusterArgs),
+    /// POST /exams next to a service whose calls loop, against a quiet host.
+    Neighbour(NeighbourArgs),
     /// Everything, with the defaults.
     All,
 }
@@ -101,6 +105,19 @@ struct SwapArgs {
 }
 
 #[derive(clap::Args, Clone)]
+struct NeighbourArgs {
+    /// Clients posting exams.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Calls of the looping handler in flight at once.
+    #[arg(long, default_value_t = 4)]
+    loops: usize,
+    /// Seconds measured, quiet and with the loops.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+#[derive(clap::Args, Clone)]
 struct InstantiateArgs {
     /// Calls to time (a tenth of that for the Python and JavaScript components).
     #[arg(long, default_value_t = 20_000)]
@@ -121,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
             Command::Polyglot(load) => polyglot(&load).await,
+            Command::Neighbour(args) => neighbour(&args).await,
             Command::Cluster(args) => cluster::run(&args.load, &args.postgres, &args.nats).await,
             Command::All => {
                 let load = Load {
@@ -140,6 +158,12 @@ fn main() -> anyhow::Result<()> {
                     clients: vec![1, 32],
                     seconds: 10,
                     host_args: Vec::new(),
+                })
+                .await?;
+                neighbour(&NeighbourArgs {
+                    clients: 32,
+                    loops: 4,
+                    seconds: 10,
                 })
                 .await
             }
@@ -343,6 +367,72 @@ async fn polyglot(load: &Load) -> anyhow::Result<()> {
         load,
     )
     .await
+}
+
+/// `POST /exams` on a quiet host, then while `loops` calls of the probe's endless loop run at
+/// all times (each stopped by `cpu-ms`, then started again).
+async fn neighbour(args: &NeighbourArgs) -> anyhow::Result<()> {
+    let components = [
+        component("guest_exam")?,
+        component("guest_attempt")?,
+        component("test_probe")?,
+    ];
+    let server = Server::start(&components, &["--cpu-ms", "2000"])?;
+    let duration = Duration::from_secs(args.seconds);
+    let workload = Arc::new(exam_workload());
+    let targets = [server.addr.as_str()];
+    let quiet = load::run(&targets, workload.clone(), args.clients, duration).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loops: Vec<_> = (0..args.loops)
+        .map(|_| {
+            let (stop, url) = (stop.clone(), format!("http://{}/probe/loop", server.addr));
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Full<hyper::body::Bytes>>();
+                let mut stopped = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = hyper::Request::get(url.as_str())
+                        .body(http_body_util::Full::default())
+                        .expect("a valid request");
+                    if let Ok(answer) = client.request(request).await
+                        && answer.status() == 500
+                    {
+                        stopped += 1;
+                    }
+                }
+                stopped
+            })
+        })
+        .collect();
+    let busy = load::run(&targets, workload, args.clients, duration).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut stopped = 0;
+    for task in loops {
+        stopped += task.await?;
+    }
+    println!(
+        "POST /exams at {} clients, quiet and next to {} endless loops of another service (cpu-ms 2000)",
+        args.clients, args.loops
+    );
+    header();
+    for (name, report) in [("quiet", &quiet), ("next to the loops", &busy)] {
+        println!(
+            "{:<26} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            name,
+            args.clients,
+            report.per_second(),
+            report.latency.percentile(50.0).as_secs_f64() * 1e3,
+            report.latency.percentile(99.0).as_secs_f64() * 1e3,
+            report.errors
+        );
+    }
+    println!(
+        "ratio {:.2} (loop calls stopped by cpu-ms meanwhile: {stopped})",
+        busy.per_second() / quiet.per_second()
+    );
+    Ok(())
 }
 
 /// Whether a /run answer reports the saga ended with `status`.

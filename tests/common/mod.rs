@@ -214,6 +214,19 @@ impl Host {
         &self.http
     }
 
+    /// The host's resident memory (VmRSS from /proc), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the host's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in the host's /proc status:\n{status}"));
+        kib << 10
+    }
+
     /// What the host logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log lock").join("\n")

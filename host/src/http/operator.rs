@@ -148,6 +148,9 @@ pub async fn list_dead_letters(State(host): State<Arc<Host>>) -> Response {
                         "kind": message.as_ref().map(|m| m.kind),
                         "topic": message.as_ref().map(|m| m.topic.clone()),
                         "headers": message.as_ref().map(|m| m.headers.clone()),
+                        // The operator needs what failed to decide on a redrive; the list is
+                        // behind the admin token, and payloads never reach the log.
+                        "payload": message.as_ref().map(|m| payload_json(&m.payload)),
                         "attempts": letter.attempts,
                         "error": letter.error,
                         "failed_at": letter.failed_at,
@@ -158,6 +161,11 @@ pub async fn list_dead_letters(State(host): State<Arc<Host>>) -> Response {
         }
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
     }
+}
+
+/// A payload as JSON when it is (it should be), else as the text it is.
+fn payload_json(payload: &str) -> Value {
+    serde_json::from_str(payload).unwrap_or_else(|_| Value::String(payload.to_string()))
 }
 
 /// `POST /admin/dead-letters/{id}/redrive`: queues a dead letter again.

@@ -96,6 +96,9 @@ pub struct CallContext {
     /// Host calls and log lines so far, against the component's limits.
     host_calls: usize,
     log_lines: usize,
+    /// The first limit the call was refused by. The guest got the refusal as an error it may
+    /// ignore; the call fails as a whole anyway when it ends, whatever it returns.
+    pub refused: Option<String>,
     /// The call's place among the service's concurrent handler calls, given up while it waits
     /// for a saga it started (which may need a place of its own).
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -133,6 +136,7 @@ impl CallContext {
             searched: Vec::new(),
             host_calls: 0,
             log_lines: 0,
+            refused: None,
             permit: None,
         }
     }
@@ -211,18 +215,26 @@ impl CallContext {
         }
     }
 
-    fn writable(&self) -> Result<&Arc<CallEnv>, wit_storage::StorageError> {
-        let env = self.env()?;
+    /// Records a refusal on a limit and returns its message for the guest.
+    fn refuse(&mut self, message: String) -> String {
+        if self.refused.is_none() {
+            self.refused = Some(message.clone());
+        }
+        message
+    }
+
+    fn writable(&mut self) -> Result<Arc<CallEnv>, wit_storage::StorageError> {
+        let env = self.env()?.clone();
         if self.access == Access::ReadOnly {
             return Err(wit_storage::StorageError::Denied(
                 "this handler is a query (rest-query or broker-query) and may not write; declare it as a command to write".into(),
             ));
         }
         if self.writes.len() >= self.limits().max_writes {
-            return Err(wit_storage::StorageError::Denied(format!(
-                "a call may write at most {} aggregates (limit max-writes)",
-                self.limits().max_writes
-            )));
+            let max = self.limits().max_writes;
+            return Err(wit_storage::StorageError::Denied(self.refuse(format!(
+                "a call may write at most {max} aggregates (limit max-writes)"
+            ))));
         }
         Ok(env)
     }
@@ -290,7 +302,7 @@ impl CallContext {
     }
 
     fn push_write(&mut self, write: Write) -> Result<(), wit_storage::StorageError> {
-        let env = self.writable()?.clone();
+        let env = self.writable()?;
         let event_topic = format!(
             "{}{}",
             write.aggregate,
@@ -328,13 +340,13 @@ impl CallContext {
         headers
     }
 
-    fn check_size(&self, what: &str, value: &str) -> Result<(), wit_storage::StorageError> {
+    fn check_size(&mut self, what: &str, value: &str) -> Result<(), wit_storage::StorageError> {
         let limit = self.limits().max_value_bytes;
         if value.len() > limit {
-            return Err(wit_storage::StorageError::Denied(format!(
+            return Err(wit_storage::StorageError::Denied(self.refuse(format!(
                 "{what} is {} bytes; the limit is {limit} (limit max-value-kb)",
                 value.len()
-            )));
+            ))));
         }
         Ok(())
     }
@@ -425,6 +437,9 @@ fn parse_uuid(text: &str) -> Result<String, wit_storage::StorageError> {
 pub struct CallState {
     pub ctx: CallContext,
     pub(super) limits: super::Limiter,
+    /// How the call's CPU is counted and paced (see `compute`).
+    pacer: super::compute::Pacer,
+    pub(super) meter: Arc<super::compute::Meter>,
     pub started: Instant,
     pub stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
     wasi: wasmtime_wasi::WasiCtx,
@@ -432,7 +447,12 @@ pub struct CallState {
 }
 
 impl CallState {
-    pub(super) fn new(ctx: CallContext, limits: super::Limiter, stderr_bytes: usize) -> Self {
+    pub(super) fn new(
+        ctx: CallContext,
+        limits: super::Limiter,
+        stderr_bytes: usize,
+        pacing: (super::compute::Pacer, Arc<super::compute::Meter>),
+    ) -> Self {
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(stderr_bytes);
         let mut wasi = wasmtime_wasi::WasiCtx::builder();
         wasi.stderr(stderr.clone());
@@ -444,6 +464,8 @@ impl CallState {
         CallState {
             ctx,
             limits,
+            pacer: pacing.0,
+            meter: pacing.1,
             started: Instant::now(),
             stderr,
             wasi,
@@ -451,7 +473,8 @@ impl CallState {
         }
     }
 
-    /// Wall-clock time spent running the component's own code so far.
+    /// Wall-clock time spent running the component's own code so far: the estimate of its CPU
+    /// time while it is short (see `compute`).
     pub fn cpu_time(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.ctx.host_time)
     }
@@ -728,10 +751,10 @@ impl wit_storage::Host for CallState {
             ctx.host_time += started.elapsed();
             let Found { committed, staged } = found.map_err(unavailable)?;
             if committed.len() > ctx.limits().max_find_results {
-                return Err(wit_storage::StorageError::Denied(format!(
-                    "the condition matches more than {} {aggregate_type} aggregates before filtering (limit max-find); add an equality on an indexed field or a limit",
-                    ctx.limits().max_find_results
-                ))
+                let max = ctx.limits().max_find_results;
+                return Err(wit_storage::StorageError::Denied(ctx.refuse(format!(
+                    "the condition matches more than {max} {aggregate_type} aggregates before filtering (limit max-find); add an equality on an indexed field or a limit"
+                )))
                 .into());
             }
             let mut records: Vec<AggregateRecord> = committed;
@@ -808,7 +831,7 @@ impl broker::Host for CallState {
         self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
-            let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
+            let env = ctx.writable().map_err(|e| format!("{e:?}"))?;
             check_message(ctx, &topic, &payload)?;
             if let Some(owner) = env.broker.aggregate_event_owner(&topic)
                 && owner != ctx.service.manifest.name
@@ -833,7 +856,7 @@ impl broker::Host for CallState {
         self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
-            let env = ctx.writable().map_err(|e| format!("{e:?}"))?.clone();
+            let env = ctx.writable().map_err(|e| format!("{e:?}"))?;
             check_message(ctx, &topic, &payload)?;
             if let Some(reply_topic) = &reply_topic
                 && !ctx.service.handles_command(reply_topic)
@@ -859,24 +882,24 @@ impl broker::Host for CallState {
     }
 }
 
-fn check_message(ctx: &CallContext, topic: &str, payload: &str) -> Result<(), String> {
+fn check_message(ctx: &mut CallContext, topic: &str, payload: &str) -> Result<(), String> {
     if !saga_core::message::valid_topic(topic) {
         return Err(format!(
             "topic {topic:?} is invalid: use 1 to 128 letters, digits, '_', '-' or '.'"
         ));
     }
-    if ctx.messages.len() >= ctx.limits().max_messages {
-        return Err(format!(
-            "a call may send at most {} messages (limit max-messages)",
-            ctx.limits().max_messages
-        ));
+    let limits = ctx.limits();
+    let (max_messages, max_bytes) = (limits.max_messages, limits.max_value_bytes);
+    if ctx.messages.len() >= max_messages {
+        return Err(ctx.refuse(format!(
+            "a call may send at most {max_messages} messages (limit max-messages)"
+        )));
     }
-    if payload.len() > ctx.limits().max_value_bytes {
-        return Err(format!(
-            "the payload is {} bytes; the limit is {} (limit max-value-kb)",
-            payload.len(),
-            ctx.limits().max_value_bytes
-        ));
+    if payload.len() > max_bytes {
+        return Err(ctx.refuse(format!(
+            "the payload is {} bytes; the limit is {max_bytes} (limit max-value-kb)",
+            payload.len()
+        )));
     }
     serde_json::from_str::<serde::de::IgnoredAny>(payload)
         .map(|_| ())
@@ -893,7 +916,7 @@ impl sagas::Host for CallState {
         self.ctx.host_call()?;
         let ctx = &mut self.ctx;
         let env = match ctx.writable() {
-            Ok(env) => env.clone(),
+            Ok(env) => env,
             Err(e) => {
                 return Ok(Err(wit::Error {
                     status: 500,
@@ -922,7 +945,12 @@ impl sagas::Host for CallState {
         };
         let started = Instant::now();
         let gave_up_permit = options.wait && ctx.permit.take().is_some();
+        let waiting = options
+            .wait
+            .then(|| self.pacer.waiting(&self.meter))
+            .flatten();
         let result = env.sagas.run(caller, name, context, options.wait).await;
+        drop(waiting);
         if gave_up_permit {
             self.ctx.permit = self.ctx.service.calls.clone().acquire_owned().await.ok();
         }

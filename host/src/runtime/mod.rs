@@ -3,6 +3,7 @@
 //! instance per call with limits on memory, CPU time and wall-clock time.
 
 pub mod bindings;
+mod compute;
 mod context;
 pub mod limits;
 pub mod manifest;
@@ -10,7 +11,7 @@ pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::Digest;
@@ -59,9 +60,13 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// How much of its standard error a call may write; the tail of it is shown when it traps.
 const STDERR_BYTES: usize = 64 * 1024;
 
+/// Bytes of linear memory a pool slot keeps resident between calls: a small service's whole
+/// memory, reset in place. Beyond it, memory is returned to the kernel when the call ends.
+pub const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
+
 /// How often the engine's epoch advances: the granularity of CPU-time checks and of yielding
 /// a long-running call back to the async scheduler.
-const EPOCH_TICK: Duration = Duration::from_millis(10);
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 pub struct Runtime {
     engine: Engine,
@@ -70,6 +75,8 @@ pub struct Runtime {
     instances: Arc<Semaphore>,
     pooling: bool,
     ticker_stop: Arc<AtomicBool>,
+    /// Where calls that compute for long finish, at a lower priority.
+    long_calls: compute::Pool,
 }
 
 /// A loaded component: one version of one service.
@@ -209,15 +216,17 @@ impl Runtime {
             |state| state,
         )?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticks = Arc::new(AtomicU64::new(0));
         {
             let engine = engine.clone();
-            let stop = ticker_stop.clone();
+            let (stop, ticks) = (ticker_stop.clone(), ticks.clone());
             std::thread::Builder::new()
                 .name("epoch-ticker".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(EPOCH_TICK);
                         engine.increment_epoch();
+                        ticks.fetch_add(1, Ordering::Relaxed);
                     }
                 })
                 .map_err(wasmtime::Error::new)?;
@@ -229,6 +238,7 @@ impl Runtime {
             config,
             pooling,
             ticker_stop,
+            long_calls: compute::Pool::new(ticks),
         })
     }
 
@@ -480,24 +490,45 @@ impl Runtime {
         let limiter = Limiter {
             max_memory: limits.memory_bytes,
         };
-        let mut store = Store::new(&self.engine, CallState::new(context, limiter, STDERR_BYTES));
+        let meter = Arc::new(compute::Meter::default());
+        let pacing = (self.long_calls.pacer(), meter.clone());
+        let state = CallState::new(context, limiter, STDERR_BYTES, pacing);
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let cpu_time = limits.cpu_time;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |store| {
-            let used = store.data().cpu_time();
-            if used > cpu_time {
-                return Err(LimitExceeded(format!(
-                    "it ran for more than {} ms of CPU time in one call (limit cpu-ms)",
-                    cpu_time.as_millis()
-                ))
-                .into());
-            }
-            // Let other calls run while this one computes.
-            Ok(UpdateDeadline::Yield(1))
-        });
-        let run = run_call(&mut store, version, call);
-        let result = match tokio::time::timeout(limits.wall_time, run).await {
+        {
+            let (meter, pacer) = (meter.clone(), self.long_calls.pacer());
+            store.epoch_deadline_callback(move |store| {
+                let used = meter.tick(store.data().cpu_time());
+                if used > cpu_time {
+                    return Err(LimitExceeded(format!(
+                        "it ran for more than {} ms of CPU time in one call (limit cpu-ms)",
+                        cpu_time.as_millis()
+                    ))
+                    .into());
+                }
+                // Let other calls run while this one computes.
+                Ok(match pacer.pause(&meter) {
+                    Some(pause) => UpdateDeadline::YieldCustom(1, pause),
+                    None => UpdateDeadline::Yield(1),
+                })
+            });
+        }
+        let wall_time = limits.wall_time;
+        let owned = version.clone();
+        let run = async move {
+            let returned =
+                tokio::time::timeout(wall_time, run_call(&mut store, &owned, call)).await;
+            (returned, store)
+        };
+        let (returned, store) = self.long_calls.run(run, &meter).await;
+        let result = match returned {
+            // A call refused on a limit fails as a whole, whatever it did with the refusal.
+            Ok(Ok(_)) if store.data().ctx.refused.is_some() => Err(CallError::Limit {
+                service: service.clone(),
+                reason: store.data().ctx.refused.clone().unwrap_or_default(),
+            }),
             Ok(Ok(returned)) => {
                 check_size(returned, limits.max_response_bytes).map_err(|reason| CallError::Limit {
                     service: service.clone(),
@@ -718,12 +749,15 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
             .table_elements(MAX_TABLE_ELEMENTS)
             // A fresh instance per call reuses pool slots all the time: keep the pages a small
             // service touches resident (reset in place) instead of returning them to the kernel
-            // and faulting them in again, and return the rest in batches, so that one TLB
-            // shootdown serves many instances.
-            .linear_memory_keep_resident(2 << 20)
+            // and faulting them in again. Whatever a call touched beyond that goes back to the
+            // kernel as soon as its instance is freed (a batch of one): batching would leave a
+            // quiet host holding the memory of its last calls — up to the memory limit each —
+            // until enough other calls come along. A call that stays within the resident part
+            // has nothing to return, so this costs small calls no system call.
+            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
             .table_keep_resident(64 << 10)
             .async_stack_keep_resident(128 << 10)
-            .decommit_batch_size(64)
+            .decommit_batch_size(1)
             .pagemap_scan(wasmtime::Enabled::Auto);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
@@ -744,8 +778,8 @@ impl wasmtime::ResourceLimiter for Limiter {
     ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
             return Err(LimitExceeded(format!(
-                "it tried to grow its memory to {} MiB; the limit is {} MiB (limit memory-mb)",
-                desired >> 20,
+                "it asked to grow its memory to {} MiB, beyond the limit of {} MiB (limit memory-mb)",
+                desired.div_ceil(1 << 20),
                 self.max_memory >> 20
             ))
             .into());

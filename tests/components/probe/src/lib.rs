@@ -137,6 +137,35 @@ fn stderr_spam(_request: Request) -> Result<Response> {
     Ok(Response::empty())
 }
 
+/// `?limit=KEY`: makes one write and sends one message, then breaks the limit KEY (max-writes,
+/// max-messages, max-find or max-value-kb), ignores the refusal and answers success. The host
+/// must fail the call anyway, taking back the write and the message.
+fn ignore_refusal(request: Request) -> Result<Response> {
+    let limit = request.query("limit").unwrap_or_default().to_string();
+    (Junk { n: 0 }).create()?;
+    broker::send("ProbeNoop", "{}", None).map_err(Error::system)?;
+    let refused = match limit.as_str() {
+        "max-writes" => (1..100_000u64)
+            .map(|n| storage::create("Junk", None, &format!(r#"{{"n":{n}}}"#)))
+            .find_map(Result::err)
+            .map(|e| format!("{e:?}")),
+        "max-messages" => (0..100_000)
+            .map(|_| broker::send("ProbeNoop", "{}", None))
+            .find_map(Result::err),
+        "max-find" => storage::find("Junk", &[storage::ConditionNode::AlwaysTrue], &[], None)
+            .err()
+            .map(|e| format!("{e:?}")),
+        "max-value-kb" => {
+            let big = format!(r#"{{"n":1,"pad":"{}"}}"#, "x".repeat(64 << 10));
+            storage::create("Junk", None, &big)
+                .err()
+                .map(|e| format!("{e:?}"))
+        }
+        other => return Err(Error::business(format!("unknown limit {other:?}"))),
+    };
+    Ok(Response::new(json!({"ignored": refused})))
+}
+
 /// Calls the host without end, ignoring every answer.
 fn host_call_flood(_request: Request) -> Result<Response> {
     let uuid = Uuid::nil().to_string();
@@ -162,6 +191,7 @@ fn service() -> Service {
         .rest_query("GET", "/probe/log", log_spam)
         .rest_query("GET", "/probe/stderr", stderr_spam)
         .rest_query("GET", "/probe/host-calls", host_call_flood)
+        .rest_command("POST", "/probe/ignore-refusal", ignore_refusal)
 }
 
 saga_sdk::export_service!(service);
