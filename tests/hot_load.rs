@@ -157,7 +157,14 @@ async fn bad_updates_are_refused_with_the_reason_and_the_old_version_keeps_servi
             "exam",
             wasm("test_not_a_service"),
             400,
-            "it does not export saga:host/service@0.1.0",
+            "it does not export saga:host/service@0.2.0",
+        ),
+        (
+            "a component for an older contract",
+            "exam",
+            wasm("test_old_wit"),
+            400,
+            "it was built for saga:host@0.1.0, and this host implements saga:host@0.2.0; rebuild it",
         ),
         (
             "a broken saga definition",

@@ -8,8 +8,8 @@
 // Built with @bytecodealliance/componentize-js against ../../wit (world `participant`); see
 // build.sh.
 
-import * as storage from 'saga:host/storage@0.1.0';
-import { log } from 'saga:host/logging@0.1.0';
+import * as storage from 'saga:host/storage@0.2.0';
+import { log } from 'saga:host/logging@0.2.0';
 
 /** A handler's error: 400–499 a business error, 500–599 a system error. */
 function refuse(message, status = 400) {

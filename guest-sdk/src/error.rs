@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::bindings::saga::host::{storage, types};
+use crate::bindings::saga::host::{broker, storage, types};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
@@ -59,6 +59,16 @@ impl From<storage::StorageError> for Error {
             storage::StorageError::Invalid(message)
             | storage::StorageError::Denied(message)
             | storage::StorageError::Unavailable(message) => Error::system(message),
+        }
+    }
+}
+
+impl From<broker::BrokerError> for Error {
+    fn from(error: broker::BrokerError) -> Self {
+        match error {
+            broker::BrokerError::Invalid(message)
+            | broker::BrokerError::Denied(message)
+            | broker::BrokerError::NoConsumer(message) => Error::system(message),
         }
     }
 }

@@ -43,7 +43,7 @@ pub use service::dispatch as __dispatch;
 
 /// Messages to other services; they are sent when the current call succeeds.
 pub mod broker {
-    use crate::{Error, Result};
+    use crate::Result;
     use serde::Serialize;
 
     use crate::bindings::saga::host::broker;
@@ -51,7 +51,7 @@ pub mod broker {
     /// Publishes an event to every service subscribed to `topic`.
     pub fn publish(topic: &str, payload: &impl Serialize) -> Result<()> {
         let payload = serde_json::to_string(payload)?;
-        broker::publish(topic, &payload).map_err(Error::system)
+        Ok(broker::publish(topic, &payload)?)
     }
 
     /// Sends a command to the service that handles `topic`; its reply, if `reply_topic` is
@@ -62,7 +62,7 @@ pub mod broker {
         reply_topic: Option<&str>,
     ) -> Result<String> {
         let payload = serde_json::to_string(payload)?;
-        broker::send(topic, &payload, reply_topic).map_err(Error::system)
+        Ok(broker::send(topic, &payload, reply_topic)?)
     }
 }
 

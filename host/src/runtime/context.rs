@@ -827,18 +827,18 @@ impl broker::Host for CallState {
         &mut self,
         topic: String,
         payload: String,
-    ) -> wasmtime::Result<Result<(), String>> {
+    ) -> wasmtime::Result<Result<(), broker::BrokerError>> {
         self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
-            let env = ctx.writable().map_err(|e| format!("{e:?}"))?;
+            let env = ctx.writable().map_err(denied)?;
             check_message(ctx, &topic, &payload)?;
             if let Some(owner) = env.broker.aggregate_event_owner(&topic)
                 && owner != ctx.service.manifest.name
             {
-                return Err(format!(
+                return Err(broker::BrokerError::Denied(format!(
                     "{topic} reports an aggregate of service {owner}; a service publishes only its own aggregates' events (the host does, when it writes them)"
-                ));
+                )));
             }
             let message = Message::event(&topic, payload, ctx.headers());
             let addressed = env.broker.address_event(&message, ctx.staged_under());
@@ -852,19 +852,19 @@ impl broker::Host for CallState {
         topic: String,
         payload: String,
         reply_topic: Option<String>,
-    ) -> wasmtime::Result<Result<String, String>> {
+    ) -> wasmtime::Result<Result<String, broker::BrokerError>> {
         self.ctx.host_call()?;
         Ok((|| {
             let ctx = &mut self.ctx;
-            let env = ctx.writable().map_err(|e| format!("{e:?}"))?;
+            let env = ctx.writable().map_err(denied)?;
             check_message(ctx, &topic, &payload)?;
             if let Some(reply_topic) = &reply_topic
                 && !ctx.service.handles_command(reply_topic)
             {
-                return Err(format!(
+                return Err(broker::BrokerError::Denied(format!(
                     "the reply topic {reply_topic:?} is not a broker-command of service {}; replies must come back to a topic it handles",
                     ctx.service.manifest.name
-                ));
+                )));
             }
             let reply = reply_topic.map(|topic| crate::broker::ReplyTo::Topic {
                 service: ctx.service.manifest.name.clone(),
@@ -875,35 +875,47 @@ impl broker::Host for CallState {
             let addressed = env
                 .broker
                 .address_command(&message, ctx.staged_under())
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| broker::BrokerError::NoConsumer(e.to_string()))?;
             ctx.messages.push(addressed);
             Ok(id)
         })())
     }
 }
 
-fn check_message(ctx: &mut CallContext, topic: &str, payload: &str) -> Result<(), String> {
+/// A storage refusal (no access, a limit) as the broker's.
+fn denied(error: wit_storage::StorageError) -> broker::BrokerError {
+    match error {
+        wit_storage::StorageError::Denied(message) => broker::BrokerError::Denied(message),
+        other => broker::BrokerError::Denied(format!("{other:?}")),
+    }
+}
+
+fn check_message(
+    ctx: &mut CallContext,
+    topic: &str,
+    payload: &str,
+) -> Result<(), broker::BrokerError> {
     if !saga_core::message::valid_topic(topic) {
-        return Err(format!(
+        return Err(broker::BrokerError::Invalid(format!(
             "topic {topic:?} is invalid: use 1 to 128 letters, digits, '_', '-' or '.'"
-        ));
+        )));
     }
     let limits = ctx.limits();
     let (max_messages, max_bytes) = (limits.max_messages, limits.max_value_bytes);
     if ctx.messages.len() >= max_messages {
-        return Err(ctx.refuse(format!(
+        return Err(broker::BrokerError::Denied(ctx.refuse(format!(
             "a call may send at most {max_messages} messages (limit max-messages)"
-        )));
+        ))));
     }
     if payload.len() > max_bytes {
-        return Err(ctx.refuse(format!(
+        return Err(broker::BrokerError::Denied(ctx.refuse(format!(
             "the payload is {} bytes; the limit is {max_bytes} (limit max-value-kb)",
             payload.len()
-        )));
+        ))));
     }
     serde_json::from_str::<serde::de::IgnoredAny>(payload)
         .map(|_| ())
-        .map_err(|e| format!("the payload is not valid JSON: {e}"))
+        .map_err(|e| broker::BrokerError::Invalid(format!("the payload is not valid JSON: {e}")))
 }
 
 impl sagas::Host for CallState {
@@ -956,6 +968,11 @@ impl sagas::Host for CallState {
         }
         self.ctx.host_time += started.elapsed();
         Ok(result)
+    }
+
+    async fn current(&mut self) -> wasmtime::Result<Option<String>> {
+        self.ctx.host_call()?;
+        Ok(self.ctx.saga_id().map(str::to_string))
     }
 
     async fn get(&mut self, id: String) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {

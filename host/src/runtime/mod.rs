@@ -60,6 +60,9 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// How much of its standard error a call may write; the tail of it is shown when it traps.
 const STDERR_BYTES: usize = 64 * 1024;
 
+/// The version of the WIT package (`wit/saga-host.wit`) this host implements.
+pub const WIT_VERSION: &str = "0.2.0";
+
 /// Bytes of linear memory a pool slot keeps resident between calls: a small service's whole
 /// memory, reset in place. Beyond it, memory is returned to the kernel when the call ends.
 pub const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
@@ -263,16 +266,20 @@ impl Runtime {
         let digest = digest(&bytes);
         let component = self.compile(bytes, &digest).await.map_err(fail)?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            fail(format!(
-                "it cannot be linked against the host: {}; a service may only import the saga:host@0.1.0 interfaces and WASI",
-                root_cause(&e)
-            ))
+            fail(match self.other_wit_version(&component) {
+                Some(theirs) => format!(
+                    "it was built for saga:host@{theirs}, and this host implements saga:host@{WIT_VERSION}; rebuild it against wit/saga-host.wit"
+                ),
+                None => format!(
+                    "it cannot be linked against the host: {}; a service may only import the saga:host@{WIT_VERSION} interfaces and WASI",
+                    root_cause(&e)
+                ),
+            })
         })?;
         let service = service::GuestIndices::new(&pre).map_err(|_| {
-            fail(
-                "it does not export saga:host/service@0.1.0; build it for the `participant` or `orchestrator` world of wit/saga-host.wit"
-                    .into(),
-            )
+            fail(format!(
+                "it does not export saga:host/service@{WIT_VERSION}; build it for the `participant` or `orchestrator` world of wit/saga-host.wit"
+            ))
         })?;
         let callbacks = saga_callbacks::GuestIndices::new(&pre).ok();
         let defaults = self.config.limits.defaults.clone();
@@ -314,6 +321,16 @@ impl Runtime {
             pre,
             exports: Exports { service, callbacks },
         }))
+    }
+
+    /// The version of the saga:host package a component imports, when it is not this host's.
+    fn other_wit_version(&self, component: &Component) -> Option<String> {
+        component
+            .component_type()
+            .imports(&self.engine)
+            .filter_map(|(name, _)| name.strip_prefix("saga:host/"))
+            .filter_map(|interface| interface.split_once('@').map(|(_, v)| v.to_string()))
+            .find(|version| version != WIT_VERSION)
     }
 
     async fn compile(&self, bytes: Vec<u8>, digest: &str) -> Result<Component, String> {
@@ -575,7 +592,7 @@ async fn run_call(
     let callbacks =
         || {
             version.exports.callbacks.as_ref().ok_or_else(|| {
-                wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.1.0"))
+                wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.2.0"))
             })
         };
     Ok(match call {

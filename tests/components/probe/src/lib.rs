@@ -143,7 +143,7 @@ fn stderr_spam(_request: Request) -> Result<Response> {
 fn ignore_refusal(request: Request) -> Result<Response> {
     let limit = request.query("limit").unwrap_or_default().to_string();
     (Junk { n: 0 }).create()?;
-    broker::send("ProbeNoop", "{}", None).map_err(Error::system)?;
+    broker::send("ProbeNoop", "{}", None)?;
     let refused = match limit.as_str() {
         "max-writes" => (1..100_000u64)
             .map(|n| storage::create("Junk", None, &format!(r#"{{"n":{n}}}"#)))
@@ -151,7 +151,8 @@ fn ignore_refusal(request: Request) -> Result<Response> {
             .map(|e| format!("{e:?}")),
         "max-messages" => (0..100_000)
             .map(|_| broker::send("ProbeNoop", "{}", None))
-            .find_map(Result::err),
+            .find_map(Result::err)
+            .map(|e| format!("{e:?}")),
         "max-find" => storage::find("Junk", &[storage::ConditionNode::AlwaysTrue], &[], None)
             .err()
             .map(|e| format!("{e:?}")),
