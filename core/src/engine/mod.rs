@@ -4,9 +4,13 @@
 //! in its history (`Entry`s). The host's driver performs the actions and stores the result; the
 //! rules themselves are unit- and property-tested here, without wasm, storage or time.
 
+mod backward;
+mod commands;
 mod execution;
+mod forward;
 mod io;
 mod machine;
+mod operator;
 
 #[cfg(test)]
 mod tests;
