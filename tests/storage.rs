@@ -7,10 +7,11 @@
 mod common;
 
 use common::{PgDatabase, TempDir};
+use saga_host::saga::Status;
 use saga_host::storage::condition::{CompareOp, Condition, FieldPath, Node};
 use saga_host::storage::{
-    Action, Consumed, Consumes, DeadLettering, NewMessage, Resolve, SagaRow, Storage, StorageError,
-    Transaction, Write, now_ms,
+    Action, Aggregates, Consumed, Consumes, DeadLettering, Executions, Hosts, NewMessage, Queue,
+    Resolve, SagaRow, Storage, StorageError, TopicKind, Transaction, Transactions, Write, now_ms,
 };
 use uuid::Uuid;
 
@@ -125,7 +126,7 @@ fn saga_row(id: &str, status: &str, revision: i64, timer_at: Option<i64>) -> Sag
         service: "exam".into(),
         name: "GET_USER_ATTEMPTS".into(),
         version: "digest-1".into(),
-        status: status.into(),
+        status: Status::parse(status).expect("a saga status"),
         state: "{}".into(),
         created_at: now_ms(),
         updated_at: now_ms(),
@@ -756,7 +757,7 @@ async fn writes_for_a_saga_that_ended_are_dropped(db: Backend) {
 async fn hosts_take_over_the_sagas_of_hosts_that_went_silent(db: Backend) {
     let consumes = vec![Consumes {
         service: "attempt".into(),
-        kind: "command".into(),
+        kind: TopicKind::Command,
         topic: "GetUserAttempts".into(),
     }];
     db.storage

@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::host::Host;
-use crate::storage::{Consumes, StorageError, now_ms};
+use crate::storage::{Consumes, Hosts, StorageError, now_ms};
 
 /// How long a committed message may wait in the queue table before another host hands it on.
 const RELAY_GRACE: Duration = Duration::from_secs(2);

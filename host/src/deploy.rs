@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::host::Host;
 use crate::runtime::ServiceVersion;
+use crate::storage::{Aggregates, Executions};
 
 /// Where a new version comes from.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
-use crate::storage::{Consumed, Storage, Transaction};
+use crate::storage::{Consumed, Queue, Storage, Transaction};
 
 /// Everything the host is configured with.
 #[derive(Debug, Clone)]

@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 pub use saga_core::message::{Kind, Message, ReplyTo};
 
 use crate::storage::{
-    self, Committed, Consumes, DeadLettering, NewMessage, QueuedMessage, Storage, StorageError,
-    Transaction,
+    self, Committed, Consumes, DeadLettering, NewMessage, Queue, QueuedMessage, Storage,
+    StorageError, TopicKind, Transaction, Transactions,
 };
 
 pub mod nats;
@@ -46,13 +46,13 @@ impl Topics {
     pub fn consumes(&self) -> Vec<Consumes> {
         let commands = self.commands.iter().map(|(topic, service)| Consumes {
             service: service.clone(),
-            kind: "command".into(),
+            kind: TopicKind::Command,
             topic: topic.clone(),
         });
         let events = self.events.iter().flat_map(|(topic, services)| {
             services.iter().map(move |service| Consumes {
                 service: service.clone(),
-                kind: "event".into(),
+                kind: TopicKind::Event,
                 topic: topic.clone(),
             })
         });
@@ -65,7 +65,7 @@ impl Topics {
     fn from_consumes(consumes: &[Consumes]) -> Topics {
         let mut topics = Topics::default();
         for entry in consumes {
-            if entry.kind == "command" {
+            if entry.kind == TopicKind::Command {
                 topics
                     .commands
                     .entry(entry.topic.clone())

@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
 use super::{Broker, Delivery, Message, Outcome};
-use crate::storage::{DeadLettering, QueuedMessage, Transaction};
+use crate::storage::{DeadLettering, QueuedMessage, Transaction, Transactions};
 
 /// How long JetStream waits for an acknowledgement before it redelivers (to any host): what a
 /// dead host's messages in hand wait before another host gets them. A long handler keeps its

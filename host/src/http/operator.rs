@@ -18,6 +18,7 @@ use crate::deploy::{DeployError, Origin};
 use crate::host::Host;
 use crate::saga::Status;
 use crate::saga::record::{self, Stored};
+use crate::storage::{Executions, Queue};
 use saga_core::ids::SagaId;
 
 /// Lets a request through only with the admin token; `/admin` is off without a configured one.

@@ -18,7 +18,9 @@ use super::ServiceVersion;
 use super::bindings::{broker, logging, sagas, storage as wit_storage, types as wit};
 use crate::broker::{Broker, Message};
 use crate::storage::condition::{self, Condition, Node, OrderBy};
-use crate::storage::{self, Action, AggregateRecord, Found, NewMessage, Storage, Write};
+use crate::storage::{
+    self, Action, AggregateRecord, Aggregates, Found, NewMessage, Storage, Write,
+};
 
 /// Starts sagas on behalf of a component (implemented by the orchestrator).
 pub trait SagaRunner: Send + Sync + 'static {

@@ -30,7 +30,7 @@ use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Caller, Runtime, SagaRunner, ServiceVersion};
-use crate::storage::{self, Consumed, Storage, StorageError, Transaction};
+use crate::storage::{self, Consumed, Executions, Storage, StorageError, Transaction};
 use driver::{Stop, Transition};
 use record::Stored;
 

@@ -54,7 +54,7 @@ impl Stored {
             service: exec.service.to_string(),
             name: exec.name.clone(),
             version: exec.digest.to_string(),
-            status: exec.status.as_str().to_string(),
+            status: exec.status,
             state: serde_json::to_string(&state).expect("saga state serialises"),
             created_at: exec.created_at,
             updated_at: exec.updated_at,
@@ -70,8 +70,7 @@ impl Stored {
         let unreadable = |e: &dyn std::fmt::Display| format!("saga {} is unreadable: {e}", row.id);
         let state: State<Vec<Frame>, Vec<StepRecord>> =
             serde_json::from_str(&row.state).map_err(|e| unreadable(&e))?;
-        let status = Status::parse(&row.status)
-            .ok_or_else(|| format!("saga {} has an unknown status {:?}", row.id, row.status))?;
+        let status = row.status;
         let id: SagaId = row.id.parse().map_err(|e| unreadable(&e))?;
         let mut exec = Execution::new(
             id,

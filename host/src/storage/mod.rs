@@ -4,12 +4,18 @@
 //! the message it handled commit in one transaction: a transactional outbox).
 //!
 //! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
-//! the few columns it queries by.
+//! the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
+//! `Executions`, `Queue`, `Hosts`, `Transactions` — each a trait, all implemented once over sqlx
+//! for SQLite and PostgreSQL (`sql/`); a part of the host uses the capabilities it needs.
 
 mod sql;
 
 pub use saga_core::{AggregateRecord, condition};
 
+use std::future::Future;
+
+use condition::{FieldPath, Prefilter};
+use saga_core::engine::Status;
 use saga_core::ids::SagaId;
 
 pub use sql::Storage;
@@ -99,7 +105,7 @@ pub struct SagaRow {
     pub name: String,
     /// The digest of the component version it runs on.
     pub version: String,
-    pub status: String,
+    pub status: Status,
     pub state: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -147,13 +153,36 @@ pub struct DeadLettering {
     pub error: String,
 }
 
-/// What a service loaded on some host consumes: `kind` is "command" (commands and queries) or
-/// "event".
+/// What a service loaded on some host consumes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Consumes {
     pub service: String,
-    pub kind: String,
+    pub kind: TopicKind,
     pub topic: String,
+}
+
+/// What a topic carries to its consumers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TopicKind {
+    /// Commands and queries: one consumer.
+    Command,
+    /// Events: every subscribed service.
+    Event,
+}
+
+impl TopicKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TopicKind::Command => "command",
+            TopicKind::Event => "event",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TopicKind> {
+        [TopicKind::Command, TopicKind::Event]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
 }
 
 /// A message whose handling kept failing.
@@ -234,6 +263,158 @@ pub enum StorageError {
     Database(#[from] sqlx::Error),
     #[error("the storage writer has stopped")]
     WriterGone,
+}
+
+/// Reading the services' aggregates (their writes go through `Transactions`).
+pub trait Aggregates {
+    /// The state of one aggregate a reader sees: the saga's staged state when `saga` wrote it,
+    /// else the committed one; deleted or not. One round trip.
+    fn get(
+        &self,
+        service: &str,
+        aggregate: &str,
+        uuid: &str,
+        saga: Option<SagaId>,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StorageError>> + Send;
+
+    /// Aggregates of a type that satisfy the prefilter, in creation order (committed), and,
+    /// for a saga, every aggregate of the type it has staged (to overlay). One round trip. With
+    /// `limit`, the prefilter must be exact and there must be no saga.
+    fn find(
+        &self,
+        service: &str,
+        aggregate: &str,
+        prefilter: &Prefilter,
+        limit: Option<u32>,
+        saga: Option<SagaId>,
+    ) -> impl Future<Output = Result<Found, StorageError>> + Send;
+
+    /// Makes equality conditions on `field` of `aggregate` use an index. The index also holds
+    /// the creation order, so that `find` reads matches already sorted.
+    fn ensure_index(
+        &self,
+        service: &str,
+        aggregate: &str,
+        field: &FieldPath,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// Saga executions and their history as stored (written with the transitions, through `Transactions`).
+pub trait Executions {
+    /// One execution's row.
+    fn load_saga(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<SagaRow>, StorageError>> + Send;
+
+    /// The history of a saga: each stored transition's entries (a JSON array), oldest first.
+    fn saga_history(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
+
+    /// Forgets sagas that ended before `before` (ms since the epoch), with their history, at
+    /// most `limit` of them; returns how many. A saga that has not ended is never forgotten.
+    fn prune_ended_sagas(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Sagas, newest first, optionally of one status.
+    fn list_sagas(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<SagaRow>, StorageError>> + Send;
+
+    /// Takes over the sagas whose owner is not a live host (silent since `alive_since`, or gone
+    /// with a restart) and that have a timer: returns them with when they are due, for `me` to
+    /// schedule. Sagas of live hosts are left to them.
+    fn claim_orphaned_sagas(
+        &self,
+        me: &str,
+        alive_since: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StorageError>> + Send;
+
+    /// Unfinished sagas by the component version they run on: (service, version, count).
+    fn running_versions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String, i64)>, StorageError>> + Send;
+}
+
+/// The in-process broker's queue, the dead letters, and the record of consumed messages.
+pub trait Queue {
+    /// Every message still in the queue, oldest first: what a restarted host must deliver.
+    fn queued_messages(
+        &self,
+    ) -> impl Future<Output = Result<Vec<QueuedMessage>, StorageError>> + Send;
+
+    /// Queued messages enqueued before `before` (ms since the epoch), oldest first, at most
+    /// `limit`: what a relay left behind (a host that died before handing them on).
+    fn queued_before(
+        &self,
+        before: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<QueuedMessage>, StorageError>> + Send;
+
+    /// Removes queue entries that were handed on (to the external broker).
+    fn remove_queued(&self, seqs: &[i64]) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Records a failed attempt at a queued message and when to try again.
+    fn defer_message(
+        &self,
+        seq: i64,
+        attempts: u32,
+        available_at: i64,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Dead letters, oldest first.
+    fn dead_letters(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, StorageError>> + Send;
+
+    /// The reply sent when `consumer` consumed `message_id`, if it consumed it and replied.
+    fn stored_reply(
+        &self,
+        consumer: &str,
+        message_id: &str,
+    ) -> impl Future<Output = Result<Option<NewMessage>, StorageError>> + Send;
+
+    /// Forgets consumed-message records older than `before` (ms since the epoch); returns how
+    /// many.
+    fn prune_consumed(&self, before: i64)
+    -> impl Future<Output = Result<u64, StorageError>> + Send;
+}
+
+/// The hosts of a cluster: heartbeats, and what each one's services consume.
+pub trait Hosts {
+    /// Records that host `me` is alive, and, when given, what its services consume (replacing
+    /// what it said before). One transaction.
+    fn heartbeat(
+        &self,
+        me: &str,
+        consumes: Option<&[Consumes]>,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// What the services of the hosts alive since `alive_since` consume.
+    fn cluster_consumes(
+        &self,
+        alive_since: i64,
+    ) -> impl Future<Output = Result<Vec<Consumes>, StorageError>> + Send;
+
+    /// Forgets the hosts silent since before `before`, and what they consumed.
+    fn forget_hosts(&self, before: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// Committing transactions: writes, messages, consumption records, a saga's transition.
+pub trait Transactions {
+    /// Commits a transaction durably. Many callers' transactions share one database commit.
+    fn commit(
+        &self,
+        transaction: Transaction,
+    ) -> impl Future<Output = Result<Committed, StorageError>> + Send;
 }
 
 /// Milliseconds since the Unix epoch.

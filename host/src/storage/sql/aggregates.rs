@@ -1,0 +1,135 @@
+//! Reading aggregates: one by uuid, many by condition (narrowed in SQL by the condition's
+//! prefilter, answered from indexes on the fields a service declares).
+
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Executor, Row};
+
+use super::{Result, Storage, json_is_string};
+use crate::storage::condition::{FieldPath, Prefilter};
+use crate::storage::{AggregateRecord, Aggregates, Found, Snapshot, StorageError};
+use saga_core::ids::SagaId;
+
+impl Aggregates for Storage {
+    async fn get(
+        &self,
+        service: &str,
+        aggregate: &str,
+        uuid: &str,
+        saga: Option<SagaId>,
+    ) -> Result<Option<Snapshot>> {
+        let rows = sqlx::query(
+            "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
+             WHERE service = $1 AND uuid = $2 AND aggregate = $3 AND saga = $4 \
+             UNION ALL \
+             SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
+             WHERE service = $1 AND uuid = $2 AND aggregate = $3",
+        )
+        .bind(service)
+        .bind(uuid)
+        .bind(aggregate)
+        .bind(saga.map(|s| s.to_string()).unwrap_or_default())
+        .fetch_all(&self.inner.reads)
+        .await?;
+        let preferred = rows
+            .iter()
+            .max_by_key(|row| is_staged(row).unwrap_or(false));
+        preferred.map(snapshot_from_row).transpose()
+    }
+
+    async fn find(
+        &self,
+        service: &str,
+        aggregate: &str,
+        prefilter: &Prefilter,
+        limit: Option<u32>,
+        saga: Option<SagaId>,
+    ) -> Result<Found> {
+        let mut sql = String::from(
+            "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
+             WHERE service = $1 AND aggregate = $2 AND deleted = 0",
+        );
+        let first_equality = if saga.is_some() { 4 } else { 3 };
+        for (i, (field, _)) in prefilter.equalities.iter().enumerate() {
+            let param = i + first_equality;
+            match field.metadata() {
+                Some("uuid") => sql.push_str(&format!(" AND uuid = ${param}")),
+                _ => sql.push_str(&format!(
+                    " AND {} = ${param} AND {}",
+                    self.json_field(field),
+                    json_is_string(self.inner.dialect, field)
+                )),
+            }
+        }
+        sql.push_str(" ORDER BY created_at, uuid");
+        if let Some(limit) = limit {
+            sql.push_str(&format!(" LIMIT {limit}"));
+        }
+        if saga.is_some() {
+            sql = format!(
+                "SELECT * FROM ({sql}) AS committed UNION ALL \
+                 SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
+                 WHERE saga = $3 AND service = $1 AND aggregate = $2"
+            );
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(service)
+            .bind(aggregate);
+        if let Some(saga) = saga {
+            query = query.bind(saga.to_string());
+        }
+        for (_, value) in &prefilter.equalities {
+            query = query.bind(value.as_str());
+        }
+        let rows = query.fetch_all(&self.inner.reads).await?;
+        let mut found = Found::default();
+        for row in &rows {
+            if is_staged(row)? {
+                found.staged.push(snapshot_from_row(row)?);
+            } else {
+                found.committed.push(record_from_row(row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn ensure_index(&self, service: &str, aggregate: &str, field: &FieldPath) -> Result<()> {
+        use sha2::Digest;
+        let key = format!(
+            "{service}\u{0}{aggregate}\u{0}{}",
+            field.segments().join(".")
+        );
+        let digest = sha2::Sha256::digest(key.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        // The field path is validated to [A-Za-z0-9_-] segments, so it is safe in SQL text.
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS ix_field_{name} ON snapshots (service, aggregate, {}, created_at, uuid)",
+            self.json_field(field)
+        );
+        self.inner.reads.execute(AssertSqlSafe(sql)).await?;
+        Ok(())
+    }
+}
+
+fn record_from_row(row: &AnyRow) -> Result<AggregateRecord> {
+    let data: String = row.try_get("data")?;
+    Ok(AggregateRecord {
+        uuid: row.try_get("uuid")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        data: serde_json::from_str(&data)
+            .map_err(|e| StorageError::Corrupt(format!("aggregate data is not JSON: {e}")))?,
+    })
+}
+
+fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot> {
+    Ok(Snapshot {
+        record: record_from_row(row)?,
+        deleted: row.try_get::<i64, _>("deleted")? != 0,
+    })
+}
+
+/// Whether a row of a `UNION` of committed and staged state comes from the saga's staging.
+fn is_staged(row: &AnyRow) -> Result<bool> {
+    Ok(row.try_get::<i64, _>("staged")? == 1)
+}

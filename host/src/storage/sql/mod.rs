@@ -1,0 +1,156 @@
+//! The SQL backend: SQLite (a file, WAL, durable commits) or PostgreSQL, through sqlx's `Any`
+//! driver so that both run the same statements. Reads use a connection pool; writes go through
+//! one writer task that commits many transactions per database commit (group commit), each in
+//! its own savepoint so that one transaction's conflict does not undo the others.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use tokio::sync::mpsc;
+
+mod aggregates;
+mod membership;
+mod queue;
+mod sagas;
+mod writer;
+mod writes;
+
+use super::StorageError;
+use super::condition::FieldPath;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    reads: AnyPool,
+    writer: mpsc::Sender<writer::Job>,
+    dialect: Dialect,
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl Storage {
+    /// Opens (creating if needed) the database at `url` — `sqlite://PATH` or `postgres://…` —
+    /// and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Storage> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StorageError::Open {
+                url: url.to_string(),
+                source: sqlx::Error::Configuration(
+                    "the database URL must start with sqlite:// or postgres://".into(),
+                ),
+            });
+        };
+        let open_error = |source| StorageError::Open {
+            url: url.to_string(),
+            source,
+        };
+        if dialect == Dialect::Sqlite {
+            create_sqlite_parent(url).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        }
+        let options: AnyConnectOptions = url.parse().map_err(open_error)?;
+        let reads = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| Box::pin(async move { configure(conn, dialect).await }))
+            .connect_with(options.clone())
+            .await
+            .map_err(open_error)?;
+        match dialect {
+            Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&reads).await?,
+            Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&reads).await?,
+        }
+        let mut writer_conn = AnyConnection::connect_with(&options)
+            .await
+            .map_err(open_error)?;
+        configure(&mut writer_conn, dialect)
+            .await
+            .map_err(open_error)?;
+        let (writer, jobs) = mpsc::channel(4096);
+        tokio::spawn(writer::write_loop(writer_conn, jobs, dialect));
+        Ok(Storage {
+            inner: Arc::new(Inner {
+                reads,
+                writer,
+                dialect,
+            }),
+        })
+    }
+
+    fn json_field(&self, field: &FieldPath) -> String {
+        json_field(self.inner.dialect, field)
+    }
+}
+
+pub(super) fn json_field(dialect: Dialect, field: &FieldPath) -> String {
+    match dialect {
+        Dialect::Sqlite => {
+            let path: String = field
+                .segments()
+                .iter()
+                .map(|s| format!(".\"{s}\""))
+                .collect();
+            format!("json_extract(data, '${path}')")
+        }
+        Dialect::Postgres => format!("(data::jsonb #>> '{{{}}}')", field.segments().join(",")),
+    }
+}
+
+/// True when the field holds a JSON string: SQL text equality alone would also match numbers
+/// (PostgreSQL) or objects (SQLite) whose text happens to be equal.
+pub(super) fn json_is_string(dialect: Dialect, field: &FieldPath) -> String {
+    match dialect {
+        Dialect::Sqlite => {
+            let path: String = field
+                .segments()
+                .iter()
+                .map(|s| format!(".\"{s}\""))
+                .collect();
+            format!("json_type(data, '${path}') = 'text'")
+        }
+        Dialect::Postgres => format!(
+            "jsonb_typeof(data::jsonb #> '{{{}}}') = 'string'",
+            field.segments().join(",")
+        ),
+    }
+}
+
+fn create_sqlite_parent(url: &str) -> std::io::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if let Some(parent) = Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)?;
+    }
+    Ok(())
+}
+
+async fn configure(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
+    if dialect == Dialect::Sqlite {
+        // WAL lets readers run beside the writer; synchronous=FULL makes every commit durable
+        // (fsync of the WAL) before the host reports success.
+        conn.execute(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
+        )
+        .await?;
+    }
+    Ok(())
+}
