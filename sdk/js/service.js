@@ -12,7 +12,7 @@
 // refuse, it throws a `BusinessError` (4xx) or a `SystemError` (5xx); anything else it throws is
 // a system error that names the handler.
 
-import { ServiceError } from './errors.js';
+import { BusinessError, ServiceError } from './errors.js';
 import { toJson } from './json.js';
 import { SagaReply, SagaRequest } from './saga.js';
 
@@ -37,7 +37,7 @@ export class Request {
   /** The body or payload, parsed. */
   content() {
     if (this.raw === 'null') {
-      throw new ServiceError('the request has no content: send a JSON body', 400);
+      throw new BusinessError('the request has no content: send a JSON body');
     }
     return JSON.parse(this.raw);
   }

@@ -51,7 +51,7 @@ class SagaContext(dict):
 
 class SagaStatus(enum.Enum):
     """Where a saga execution is (Minos's names; `Compensating` and `CompensationFailed` are
-    saga-host's)."""
+    saga-host's). The values are the WIT enum's names."""
 
     Created = "CREATED"
     Running = "RUNNING"
@@ -94,13 +94,9 @@ class SagaExecution:
     def __init__(self, execution: "host.Execution"):
         self.uuid = execution.id
         self.name = execution.name
-        self.status = SagaStatus[_status_name(execution.status)]
+        self.status = SagaStatus(execution.status)
         self.context = SagaContext(execution.context)
         self.error = execution.error
-
-
-def _status_name(wit_name: str) -> str:
-    return "".join(part.capitalize() for part in wit_name.split("_"))
 
 
 # Every saga built so far, in order; `definitions()` names them.
