@@ -53,6 +53,7 @@ examples:
 	examples/python-grader/build.sh
 	examples/python-tutorial/build.sh
 	examples/js-notifier/build.sh
+	examples/js-tutorial/build.sh
 
 ## The unit tests of the Python and JavaScript SDKs, on the machine's CPython and Node.
 sdk-test:
