@@ -64,7 +64,7 @@ class _Handler:
 class Microservice:
     """One service: its `name` (it scopes the service's aggregates), the aggregate classes it
     stores, and the service classes whose `@enroute` methods handle its requests. Sagas are
-    found on their own (see `saga_host.sagas`)."""
+    found on their own (see `saga_host.sagas`). Python's `logging` goes to the host's log."""
 
     def __init__(self, name: str, *, aggregates=(), services=()):
         self.name = name
@@ -75,7 +75,8 @@ class Microservice:
         for service in services:
             self._collect_handlers(service)
         self.sagas = definitions()
-        self.saga_manager = SagaManager({saga: name for name, saga in self.sagas.items()})
+        self.saga_names = {saga: name for name, saga in self.sagas.items()}
+        self.saga_manager = SagaManager(self.saga_names)
         for service in services:
             service.saga_manager = self.saga_manager
         root = logging.getLogger()
@@ -131,8 +132,10 @@ class Microservice:
 
     def _resolved(self, operations: list) -> list:
         """The operations with inner sagas given by name."""
-        names = {saga: name for name, saga in self.sagas.items()}
-        return [tuple(names[part] if isinstance(part, Saga) else part for part in operation) for operation in operations]
+        return [
+            tuple(self.saga_names[part] if isinstance(part, Saga) else part for part in operation)
+            for operation in operations
+        ]
 
     def handle(self, request):
         handler = self.handlers.get(request.handler)
