@@ -10,35 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::sagas::{Rng, Started, check_all_ended_once, seed, start_sagas};
-use common::{Host, NatsCluster, PgDatabase, TempDir, component, components_dir_of, example};
+use common::{NatsCluster, PgDatabase, TempDir, cluster_host, component, example};
 use serde_json::json;
 use uuid::Uuid;
-
-/// One host of a cluster, on its own data directory.
-fn cluster_host(
-    dir: &TempDir,
-    components: &[std::path::PathBuf],
-    database: &PgDatabase,
-    nats: &NatsCluster,
-    extra: &[&str],
-) -> Host {
-    let components = components_dir_of(dir, components);
-    let mut args = vec![
-        "--database",
-        database.url.as_str(),
-        "--broker",
-        nats.url.as_str(),
-        "--lease-s",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    Host::launch(dir, &components, &args).unwrap_or_else(|failure| {
-        panic!(
-            "a cluster host did not start ({:?}):\n{}",
-            failure.status, failure.stderr
-        )
-    })
-}
 
 #[tokio::test]
 async fn the_exam_flow_runs_on_two_hosts_where_only_one_loads_attempt() {

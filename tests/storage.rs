@@ -108,7 +108,7 @@ fn write(uuid: &str, action: Action, version: u64, data: serde_json::Value) -> W
 }
 
 fn staged(mut write: Write, saga: &str) -> Write {
-    write.staged_under = Some(saga.into());
+    write.staged_under = Some(saga.parse().expect("a saga id"));
     write
 }
 
@@ -132,12 +132,21 @@ fn saga_row(id: &str, status: &str, revision: i64, timer_at: Option<i64>) -> Sag
         revision,
         timer_at,
         owner: Some("host-a".into()),
+        history: Some(format!(
+            r#"[{{"at":{},"event":"ignored","what":"r{revision}","why":""}}]"#,
+            now_ms()
+        )),
     }
 }
 
 async fn data_of(storage: &Storage, uuid: &str, saga: Option<&str>) -> Option<serde_json::Value> {
     storage
-        .get("exam", "Exam", uuid, saga)
+        .get(
+            "exam",
+            "Exam",
+            uuid,
+            saga.map(|s| s.parse().expect("a saga id")),
+        )
         .await
         .expect("get")
         .filter(|s| !s.deleted)
@@ -284,7 +293,7 @@ async fn staged_writes_hold_the_aggregate_until_the_saga_ends(db: Backend) {
                 &saga,
             )],
             saga: Some(saga_row(&saga, "finished", 1, None)),
-            resolve: Some(Resolve::Promote(saga.clone())),
+            resolve: Some(Resolve::Promote(saga.parse().unwrap())),
             ..Transaction::default()
         })
         .await
@@ -308,7 +317,7 @@ async fn a_failed_saga_leaves_no_trace(db: Backend) {
         id: uuid(),
         consumer: "attempt".into(),
         body: "{}".into(),
-        staged_under: Some(saga.clone()),
+        staged_under: Some(saga.parse().unwrap()),
     };
     db.storage
         .commit(Transaction {
@@ -327,7 +336,7 @@ async fn a_failed_saga_leaves_no_trace(db: Backend) {
         .storage
         .commit(Transaction {
             saga: Some(saga_row(&saga, "errored", 1, None)),
-            resolve: Some(Resolve::Discard(saga.clone())),
+            resolve: Some(Resolve::Discard(saga.parse().unwrap())),
             ..Transaction::default()
         })
         .await
@@ -665,7 +674,7 @@ async fn find_narrows_in_sql_and_overlays_the_saga(db: Backend) {
         .unwrap();
     let found = db
         .storage
-        .find("exam", "Exam", &u1, None, Some(&saga))
+        .find("exam", "Exam", &u1, None, Some(saga.parse().unwrap()))
         .await
         .unwrap();
     assert_eq!(found.committed.len(), 1);

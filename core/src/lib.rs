@@ -1,10 +1,13 @@
 //! The model of saga-host that needs no I/O: conditions on aggregates, saga definitions,
-//! messages, and the checks an HTTP request passes before it reaches a component. Everything
-//! here takes untrusted input and must refuse it with a reason, never panic — the fuzz targets
-//! in `fuzz/` hold it to that.
+//! messages, the checks an HTTP request passes before it reaches a component, the ids that
+//! travel between the host's parts, and the saga engine's rules (`engine`, a pure state
+//! machine). What takes untrusted input must refuse it with a reason, never panic — the fuzz
+//! targets in `fuzz/` hold it to that.
 
 pub mod condition;
 pub mod definition;
+pub mod engine;
+pub mod ids;
 pub mod message;
 pub mod request;
 

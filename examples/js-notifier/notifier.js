@@ -56,9 +56,9 @@ function notifyStudent(request) {
   return { notification: notification.uuid };
 }
 
-/** `RetractNotification {user_uuid, exam_uuid}`: the compensation of `NotifyStudent`. The
- * notification itself vanished with the failed saga's writes; what stays is the record that
- * the student was told it was retracted. */
+/** `RetractNotification {user_uuid, exam_uuid}`: the compensation of `NotifyStudent`. A
+ * compensation runs inside the failed saga, so this record vanishes with the saga's other
+ * writes, the notification among them; the saga's history shows the retraction was done. */
 function retractNotification(request) {
   const content = body(request);
   const user_uuid = uuidField(content, 'user_uuid');

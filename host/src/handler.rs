@@ -7,10 +7,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use saga_core::ids::SagaId;
+
 use crate::broker::{Broker, Kind, Message};
+use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
-use crate::saga::SagaEnds;
 use crate::storage::{Consumed, StorageError, Transaction};
 
 pub struct Handlers {
@@ -60,8 +62,11 @@ pub fn request_for(
     message: &Message,
 ) -> Option<(wit::Request, Scope, Access)> {
     let (handler, trigger) = service.handler_for(message.kind, &message.topic)?;
-    let scope = match (message.header("saga"), message.header("step")) {
-        (Some(saga), Some(_)) if message.kind != Kind::Event => Scope::Saga(saga.to_string()),
+    // A saga's own command (a step's or a compensation's) works within the saga: its writes
+    // are staged under it, and vanish if it fails. Anything else a saga sent arrives only once
+    // the saga finished, and commits directly.
+    let scope = match message.saga {
+        Some(saga) if saga.target.is_some() && message.kind != Kind::Event => Scope::Saga(saga.id),
         _ => Scope::Direct,
     };
     let access = if matches!(trigger, wit::Trigger::BrokerQuery(_)) {
@@ -76,12 +81,9 @@ pub fn request_for(
         params: Vec::new(),
         query: Vec::new(),
         headers: message
-            .headers
-            .iter()
-            .map(|(name, value)| wit::Header {
-                name: name.clone(),
-                value: value.clone(),
-            })
+            .visible_headers()
+            .into_iter()
+            .map(|(name, value)| wit::Header { name, value })
             .collect(),
         user: message.header("user").map(str::to_string),
     };
@@ -125,7 +127,7 @@ impl Handlers {
                 invocation.access,
             );
             context.user = invocation.user.clone();
-            context.message_id = invocation.message.as_ref().map(|(_, m)| m.id.clone());
+            context.message_id = invocation.message.as_ref().map(|(_, m)| m.id);
             // At most `concurrency` calls of one service at once: a flood of one service's
             // requests or messages waits here instead of taking every instance.
             context.permit = invocation.service.calls.clone().acquire_owned().await.ok();
@@ -135,7 +137,7 @@ impl Handlers {
                 .await;
             if let Err(CallError::Raced { holder, .. }) = &result {
                 drop(context);
-                self.wait_to_retry(holder.clone(), given_up).await?;
+                self.wait_to_retry(*holder, given_up).await?;
                 continue;
             }
             // A failure nobody is told about (no reply requested) must not consume the message:
@@ -163,7 +165,7 @@ impl Handlers {
                 let reply = self.broker.address_reply(message, status, payload);
                 tx.consumed.push(Consumed {
                     consumer: invocation.service.name().to_string(),
-                    message_id: message.id.clone(),
+                    message_id: message.id.to_string(),
                     reply: reply.clone(),
                 });
                 tx.messages.extend(reply);
@@ -179,12 +181,17 @@ impl Handlers {
                     // Consumed before: settle this copy, change nothing else.
                     if let Some((queued, message)) = &invocation.message {
                         self.broker
-                            .settle_duplicate(*queued, invocation.service.name(), &message.id)
+                            .settle_duplicate(
+                                *queued,
+                                invocation.service.name(),
+                                &message.id.to_string(),
+                            )
                             .await;
                     }
                     return Ok(Handled::Duplicate);
                 }
                 Err(StorageError::Conflict { holder, .. }) => {
+                    let holder = holder.and_then(|h| h.parse().ok());
                     self.wait_to_retry(holder, given_up).await?
                 }
                 Err(error) => return Err(HandleError::Storage(error)),
@@ -196,14 +203,14 @@ impl Handlers {
     /// holding what it wants ends, or briefly. Gives up at `given_up`.
     async fn wait_to_retry(
         &self,
-        holder: Option<String>,
+        holder: Option<SagaId>,
         given_up: Instant,
     ) -> Result<(), HandleError> {
         if Instant::now() >= given_up {
             return Err(HandleError::Blocked(self.lock_wait.as_secs()));
         }
         match holder {
-            Some(saga) => self.ends.wait(&saga, Duration::from_millis(100)).await,
+            Some(saga) => self.ends.wait(saga, Duration::from_millis(100)).await,
             None => tokio::task::yield_now().await,
         }
         Ok(())

@@ -10,10 +10,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome, RetryPolicy};
+use crate::ends::SagaEnds;
 use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
-use crate::saga::{Orchestrator, Runner, SagaConfig, SagaEnds};
+use crate::saga::{Orchestrator, Runner, SagaConfig};
 use crate::storage::{Consumed, Storage, Transaction};
 
 /// Everything the host is configured with.
@@ -252,7 +253,7 @@ impl Host {
                 ack: delivery.queued,
                 consumed: vec![Consumed {
                     consumer: delivery.consumer.clone(),
-                    message_id: message.id.clone(),
+                    message_id: message.id.to_string(),
                     reply: reply.clone(),
                 }],
                 messages: reply.into_iter().collect(),
@@ -262,7 +263,11 @@ impl Host {
                 Ok(()) => Outcome::Done,
                 Err(crate::storage::StorageError::Duplicate(_)) => {
                     self.broker
-                        .settle_duplicate(delivery.queued, &delivery.consumer, &message.id)
+                        .settle_duplicate(
+                            delivery.queued,
+                            &delivery.consumer,
+                            &message.id.to_string(),
+                        )
                         .await
                 }
                 Err(error) => Outcome::Retry(error.to_string()),
@@ -322,8 +327,10 @@ impl Deliver for Consumer {
     fn saga_ended(&self, id: String) -> BoxFuture<'static, ()> {
         let host = self.0.upgrade();
         async move {
-            if let Some(host) = host {
-                host.orchestrator.ended_elsewhere(&id).await;
+            if let Some(host) = host
+                && let Ok(id) = id.parse()
+            {
+                host.orchestrator.ended_elsewhere(id).await;
             }
         }
         .boxed()

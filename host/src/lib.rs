@@ -5,6 +5,7 @@
 pub mod broker;
 pub mod cluster;
 pub mod deploy;
+pub mod ends;
 pub mod handler;
 pub mod host;
 pub mod http;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use saga_host::broker::RetryPolicy;
 use saga_host::runtime::{LimitTable, Limits, RuntimeConfig, limits};
-use saga_host::saga::SagaConfig;
+use saga_host::saga::{Rules, SagaConfig};
 use saga_host::{Config, Host};
 
 #[derive(Parser)]
@@ -174,13 +174,15 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         lease: Duration::from_secs(serve.lease_s.max(1)),
         sagas: SagaConfig {
             inline_steps: serve.inline_steps,
-            step_timeout: Duration::from_secs(serve.step_timeout_s),
-            saga_timeout: (serve.saga_timeout_s > 0)
-                .then(|| Duration::from_secs(serve.saga_timeout_s)),
-            max_attempts: serve.step_attempts.max(1),
-            first_retry_delay: Duration::from_millis(serve.retry_delay_ms),
             lock_wait: Duration::from_secs(serve.lock_wait_s),
-            ..SagaConfig::default()
+            rules: Rules {
+                step_timeout: Duration::from_secs(serve.step_timeout_s),
+                saga_timeout: (serve.saga_timeout_s > 0)
+                    .then(|| Duration::from_secs(serve.saga_timeout_s)),
+                max_attempts: serve.step_attempts.max(1),
+                first_retry_delay: Duration::from_millis(serve.retry_delay_ms),
+                ..Rules::default()
+            },
         },
         delivery: RetryPolicy {
             max_attempts: serve.delivery_attempts.max(1),

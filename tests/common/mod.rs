@@ -514,6 +514,33 @@ impl PgDatabase {
     }
 }
 
+/// One host of a cluster on `database` and `nats`, on its own data directory, with these
+/// component files (and a short lease, so that tests see take-overs quickly).
+pub fn cluster_host(
+    dir: &TempDir,
+    components: &[PathBuf],
+    database: &PgDatabase,
+    nats: &NatsCluster,
+    extra: &[&str],
+) -> Host {
+    let components = components_dir_of(dir, components);
+    let mut args = vec![
+        "--database",
+        database.url.as_str(),
+        "--broker",
+        nats.url.as_str(),
+        "--lease-s",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    Host::launch(dir, &components, &args).unwrap_or_else(|failure| {
+        panic!(
+            "a cluster host did not start ({:?}):\n{}",
+            failure.status, failure.stderr
+        )
+    })
+}
+
 /// The local NATS server with JetStream (`SAGA_TEST_NATS` overrides it).
 fn nats_server() -> String {
     std::env::var("SAGA_TEST_NATS").unwrap_or_else(|_| "127.0.0.1:4222".to_string())

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
+use saga_core::ids::{MessageId, SagaId};
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
 pub use saga_core::message::{Kind, Message, ReplyTo};
 
@@ -267,7 +267,7 @@ impl Broker {
     pub fn address_command(
         &self,
         message: &Message,
-        staged_under: Option<String>,
+        staged_under: Option<SagaId>,
     ) -> Result<NewMessage, BrokerError> {
         let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
         let consumer = local
@@ -282,7 +282,7 @@ impl Broker {
     pub fn address_event(
         &self,
         message: &Message,
-        staged_under: Option<String>,
+        staged_under: Option<SagaId>,
     ) -> Vec<NewMessage> {
         let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
         let mut subscribers: Vec<&String> = [&local, &remote]
@@ -297,10 +297,10 @@ impl Broker {
             .map(|service| {
                 // Each subscriber's copy is its own message, deduplicated on its own.
                 let copy = Message {
-                    id: Uuid::new_v4().to_string(),
+                    id: MessageId::random(),
                     ..message.clone()
                 };
-                addressed(&copy, service, staged_under.clone())
+                addressed(&copy, service, staged_under)
             })
             .collect()
     }
@@ -411,7 +411,7 @@ impl Broker {
                         let tx = Transaction {
                             dead_letter: Some(DeadLettering {
                                 queued: delivery.queued,
-                                message_id: delivery.message.id.clone(),
+                                message_id: delivery.message.id.to_string(),
                                 consumer: delivery.consumer.clone(),
                                 body: delivery.message.encode(),
                                 attempts: delivery.attempts,
@@ -504,9 +504,9 @@ async fn relay(nats: &Nats, storage: &Storage, queued: &[QueuedMessage]) {
     }
 }
 
-fn addressed(message: &Message, consumer: &str, staged_under: Option<String>) -> NewMessage {
+fn addressed(message: &Message, consumer: &str, staged_under: Option<SagaId>) -> NewMessage {
     NewMessage {
-        id: message.id.clone(),
+        id: message.id.to_string(),
         consumer: consumer.to_string(),
         body: message.encode(),
         staged_under,

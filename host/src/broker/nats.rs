@@ -341,7 +341,7 @@ async fn deliver(broker: Broker, service: String, message: jetstream::Message) {
                 let letter = Transaction {
                     dead_letter: Some(DeadLettering {
                         queued: None,
-                        message_id: delivery.message.id.clone(),
+                        message_id: delivery.message.id.to_string(),
                         consumer: delivery.consumer.clone(),
                         body: delivery.message.encode(),
                         attempts: delivered,

@@ -24,6 +24,7 @@ pub fn router(host: Arc<Host>) -> Router {
     let operator = Router::new()
         .route("/sagas", get(operator::list_sagas))
         .route("/sagas/{id}", get(operator::get_saga))
+        .route("/sagas/{id}/history", get(operator::get_history))
         .route("/admin/dead-letters", get(operator::list_dead_letters))
         .route("/admin/dead-letters/{id}/redrive", post(operator::redrive))
         .route(
@@ -81,7 +82,30 @@ async fn health(State(host): State<Arc<Host>>) -> Response {
 
 /// A JSON error response.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(json!({"error": message.into()}))).into_response()
+    ApiError::new(status, message).into_response()
+}
+
+/// What the host's own API answers when it refuses or fails: a status and words that say what
+/// was wrong, as JSON `{"error": "…"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({"error": self.message}))).into_response()
+    }
 }
 
 async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Response {

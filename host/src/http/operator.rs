@@ -12,11 +12,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error;
+use super::{ApiError, error};
 use crate::broker::Message;
 use crate::deploy::{DeployError, Origin};
 use crate::host::Host;
-use crate::saga::execution::{Execution, Status};
+use crate::saga::Status;
+use crate::saga::record::{self, Stored};
+use saga_core::ids::SagaId;
 
 /// Lets a request through only with the admin token; `/admin` is off without a configured one.
 pub async fn require_token(
@@ -104,17 +106,8 @@ pub async fn list_sagas(
         Ok(rows) => {
             let sagas: Vec<Value> = rows
                 .iter()
-                .map(|row| match Execution::from_row(row) {
-                    Ok(exec) => json!({
-                        "id": exec.id,
-                        "service": exec.service,
-                        "name": exec.name,
-                        "status": exec.status.as_str(),
-                        "error": exec.error,
-                        "steps": exec.steps.len(),
-                        "created_at": exec.created_at,
-                        "updated_at": exec.updated_at,
-                    }),
+                .map(|row| match Stored::from_row(row) {
+                    Ok(stored) => record::to_summary(&stored.exec),
                     Err(problem) => json!({"id": row.id, "status": row.status, "error": problem}),
                 })
                 .collect();
@@ -126,11 +119,42 @@ pub async fn list_sagas(
 
 /// `GET /sagas/{id}`: one execution with its steps.
 pub async fn get_saga(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
-    match host.orchestrator.inspect(&id).await {
-        Ok(Some(exec)) => Json(exec.to_json()).into_response(),
+    let saga = match saga_id(&id) {
+        Ok(saga) => saga,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match host.orchestrator.inspect(saga).await {
+        Ok(Some(stored)) => Json(record::to_json(&stored.exec)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
         Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
     }
+}
+
+/// `GET /sagas/{id}/history`: everything that happened to a saga, oldest first.
+pub async fn get_history(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+    let saga = match saga_id(&id) {
+        Ok(saga) => saga,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match host.orchestrator.inspect(saga).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
+        Err(problem) => return error(StatusCode::INTERNAL_SERVER_ERROR, problem),
+    }
+    match host.orchestrator.history(saga).await {
+        Ok(entries) => Json(entries).into_response(),
+        Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
+    }
+}
+
+/// A saga id from a path, or a 404 that says why it cannot be one.
+fn saga_id(id: &str) -> Result<SagaId, ApiError> {
+    id.parse().map_err(|e: saga_core::ids::IdError| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no saga execution {id}: {e}"),
+        )
+    })
 }
 
 /// `GET /admin/dead-letters`: messages whose handling kept failing, oldest first.

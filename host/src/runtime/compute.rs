@@ -44,9 +44,7 @@ impl Meter {
     /// the CPU time used so far.
     pub fn tick(&self, estimate: Duration) -> Duration {
         if self.long.load(Ordering::Relaxed) {
-            return Duration::from_nanos(
-                self.before_ns.load(Ordering::Relaxed) + self.pooled_ns.load(Ordering::Relaxed),
-            );
+            return self.cpu_time(estimate);
         }
         if estimate > LONG_CALL {
             self.before_ns
@@ -54,6 +52,17 @@ impl Meter {
             self.long.store(true, Ordering::Relaxed);
         }
         estimate
+    }
+
+    /// The call's CPU time so far, given its estimate while it is short.
+    pub fn cpu_time(&self, estimate: Duration) -> Duration {
+        if self.long.load(Ordering::Relaxed) {
+            Duration::from_nanos(
+                self.before_ns.load(Ordering::Relaxed) + self.pooled_ns.load(Ordering::Relaxed),
+            )
+        } else {
+            estimate
+        }
     }
 
     fn is_long(&self) -> bool {

@@ -10,6 +10,10 @@ use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use saga_core::engine::{Context, Cost};
+use saga_core::ids::{MessageId, SagaId};
+use saga_core::message::SagaRef;
+
 use super::ServiceVersion;
 use super::bindings::{broker, logging, sagas, storage as wit_storage, types as wit};
 use crate::broker::{Broker, Message};
@@ -22,7 +26,7 @@ pub trait SagaRunner: Send + Sync + 'static {
         &self,
         caller: Caller,
         name: String,
-        context: Map<String, Value>,
+        context: Context,
         wait: bool,
     ) -> BoxFuture<'static, Result<wit::Execution, wit::Error>>;
 
@@ -54,7 +58,7 @@ pub enum Scope {
     /// Commit when the call ends.
     Direct,
     /// Stage under this saga until it ends.
-    Saga(String),
+    Saga(SagaId),
 }
 
 /// What the call may do.
@@ -77,7 +81,7 @@ pub struct CallContext {
     /// On whose behalf (propagated to the messages the call sends).
     pub user: Option<String>,
     /// The message being handled, for logs.
-    pub message_id: Option<String>,
+    pub message_id: Option<MessageId>,
     /// Writes made earlier in the transaction this call joins (a saga transition runs several
     /// calls before it commits): the call sees them as if they were stored.
     pub prior: Vec<Write>,
@@ -86,6 +90,8 @@ pub struct CallContext {
     pub messages: Vec<NewMessage>,
     /// Time spent waiting on the host inside imports: not counted against the CPU budget.
     pub host_time: Duration,
+    /// What the call cost, once it has ended.
+    pub cost: Cost,
     /// What the call has seen: the version of every aggregate it read, the uuids it found
     /// absent, and the conditions it searched with. A conflict on something the call saw
     /// otherwise is a race (another writer committed while the call ran): the call is run again.
@@ -110,7 +116,7 @@ pub struct CallContext {
 pub struct Raced {
     pub reason: String,
     /// The saga holding what the call wants, if that is the cause.
-    pub holder: Option<String>,
+    pub holder: Option<SagaId>,
 }
 
 impl CallContext {
@@ -131,6 +137,7 @@ impl CallContext {
             writes: Vec::new(),
             messages: Vec::new(),
             host_time: Duration::ZERO,
+            cost: Cost::default(),
             observed: HashMap::new(),
             absent: HashSet::new(),
             searched: Vec::new(),
@@ -139,6 +146,11 @@ impl CallContext {
             refused: None,
             permit: None,
         }
+    }
+
+    /// The call's wall-clock time since `started` less the time it waited on the host.
+    pub(super) fn cpu_estimate(&self, started: Instant) -> Duration {
+        started.elapsed().saturating_sub(self.host_time)
     }
 
     fn limits(&self) -> &super::Limits {
@@ -195,15 +207,15 @@ impl CallContext {
         )))
     }
 
-    pub fn saga_id(&self) -> Option<&str> {
+    pub fn saga_id(&self) -> Option<SagaId> {
         match &self.scope {
-            Scope::Saga(id) => Some(id),
+            Scope::Saga(id) => Some(*id),
             Scope::Direct => None,
         }
     }
 
-    fn staged_under(&self) -> Option<String> {
-        self.saga_id().map(str::to_string)
+    fn staged_under(&self) -> Option<SagaId> {
+        self.saga_id()
     }
 
     fn env(&self) -> Result<&Arc<CallEnv>, wit_storage::StorageError> {
@@ -271,8 +283,7 @@ impl CallContext {
             .iter()
             .rev()
             .chain(self.prior.iter().rev().filter(move |w| {
-                w.service == service
-                    && (w.staged_under.is_none() || w.staged_under.as_deref() == saga)
+                w.service == service && (w.staged_under.is_none() || w.staged_under == saga)
             }))
     }
 
@@ -321,7 +332,11 @@ impl CallContext {
             "data": raw_json(&write.data),
             "at": write.updated_at,
         });
-        let message = Message::event(&event_topic, payload.to_string(), self.headers());
+        let message = self.outgoing(Message::event(
+            &event_topic,
+            payload.to_string(),
+            self.headers(),
+        ));
         self.messages
             .extend(env.broker.address_event(&message, self.staged_under()));
         self.writes.push(write);
@@ -330,14 +345,16 @@ impl CallContext {
 
     /// Headers the call's outgoing messages carry.
     fn headers(&self) -> Vec<(String, String)> {
-        let mut headers = Vec::new();
-        if let Some(user) = &self.user {
-            headers.push(("user".to_string(), user.clone()));
-        }
-        if let Some(saga) = self.saga_id() {
-            headers.push(("saga".to_string(), saga.to_string()));
-        }
-        headers
+        self.user
+            .iter()
+            .map(|user| ("user".to_string(), user.clone()))
+            .collect()
+    }
+
+    /// An outgoing message, marked with the saga the call works for.
+    fn outgoing(&self, mut message: Message) -> Message {
+        message.saga = self.saga_id().map(SagaRef::within);
+        message
     }
 
     fn check_size(&mut self, what: &str, value: &str) -> Result<(), wit_storage::StorageError> {
@@ -476,7 +493,7 @@ impl CallState {
     /// Wall-clock time spent running the component's own code so far: the estimate of its CPU
     /// time while it is short (see `compute`).
     pub fn cpu_time(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.ctx.host_time)
+        self.ctx.cpu_estimate(self.started)
     }
 }
 
@@ -840,7 +857,7 @@ impl broker::Host for CallState {
                     "{topic} reports an aggregate of service {owner}; a service publishes only its own aggregates' events (the host does, when it writes them)"
                 )));
             }
-            let message = Message::event(&topic, payload, ctx.headers());
+            let message = ctx.outgoing(Message::event(&topic, payload, ctx.headers()));
             let addressed = env.broker.address_event(&message, ctx.staged_under());
             ctx.messages.extend(addressed);
             Ok(())
@@ -870,8 +887,8 @@ impl broker::Host for CallState {
                 service: ctx.service.manifest.name.clone(),
                 topic,
             });
-            let message = Message::command(&topic, payload, ctx.headers(), reply);
-            let id = message.id.clone();
+            let message = ctx.outgoing(Message::command(&topic, payload, ctx.headers(), reply));
+            let id = message.id.to_string();
             let addressed = env
                 .broker
                 .address_command(&message, ctx.staged_under())
@@ -936,18 +953,12 @@ impl sagas::Host for CallState {
                 }));
             }
         };
-        let context = match parse_object("the saga context", &context) {
+        let context = match Context::parse(context) {
             Ok(context) => context,
-            Err(wit_storage::StorageError::Invalid(message)) => {
+            Err(problem) => {
                 return Ok(Err(wit::Error {
                     status: 400,
-                    message,
-                }));
-            }
-            Err(other) => {
-                return Ok(Err(wit::Error {
-                    status: 400,
-                    message: format!("{other:?}"),
+                    message: format!("the saga context is invalid: {problem}"),
                 }));
             }
         };
@@ -972,7 +983,7 @@ impl sagas::Host for CallState {
 
     async fn current(&mut self) -> wasmtime::Result<Option<String>> {
         self.ctx.host_call()?;
-        Ok(self.ctx.saga_id().map(str::to_string))
+        Ok(self.ctx.saga_id().map(|id| id.to_string()))
     }
 
     async fn get(&mut self, id: String) -> wasmtime::Result<Result<wit::Execution, wit::Error>> {
@@ -1007,8 +1018,9 @@ impl logging::Host for CallState {
             return Ok(());
         }
         let service = ctx.service.manifest.name.as_str();
-        let saga = ctx.saga_id().unwrap_or("");
-        let message_id = ctx.message_id.as_deref().unwrap_or("");
+        let saga = ctx.saga_id().map(|id| id.to_string()).unwrap_or_default();
+        let message_id = ctx.message_id.map(|id| id.to_string()).unwrap_or_default();
+        let (saga, message_id) = (saga.as_str(), message_id.as_str());
         // Bounded, so that a component cannot flood the host's log with one call.
         let message: String = message.chars().take(4096).collect();
         match level {

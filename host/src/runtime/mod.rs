@@ -153,7 +153,7 @@ pub enum CallError {
     Raced {
         service: String,
         reason: String,
-        holder: Option<String>,
+        holder: Option<saga_core::ids::SagaId>,
     },
 }
 
@@ -565,7 +565,13 @@ impl Runtime {
             Err(error) => tracing::warn!(service, %error, "component call failed"),
             Ok(_) => {}
         }
-        (result, store.into_data().ctx)
+        let state = store.into_data();
+        let mut ctx = state.ctx;
+        ctx.cost = saga_core::engine::Cost {
+            wall_us: state.started.elapsed().as_micros() as u64,
+            cpu_us: meter.cpu_time(ctx.cpu_estimate(state.started)).as_micros() as u64,
+        };
+        (result, ctx)
     }
 }
 
@@ -689,7 +695,7 @@ fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallEr
         return CallError::Raced {
             service: service.to_string(),
             reason: raced.reason.clone(),
-            holder: raced.holder.clone(),
+            holder: raced.holder,
         };
     }
     if let Some(missing) = error.downcast_ref::<MissingExport>() {

@@ -10,6 +10,8 @@ mod sql;
 
 pub use saga_core::{AggregateRecord, condition};
 
+use saga_core::ids::SagaId;
+
 pub use sql::Storage;
 
 /// The stored state of one aggregate, including a deletion (a deleted aggregate's uuid is never
@@ -61,7 +63,7 @@ pub struct Write {
     pub created_at: i64,
     pub updated_at: i64,
     /// Staged under this saga instead of committed.
-    pub staged_under: Option<String>,
+    pub staged_under: Option<SagaId>,
 }
 
 /// A message to put in the queue once the transaction commits.
@@ -73,7 +75,7 @@ pub struct NewMessage {
     /// The message itself, as the broker serialises it.
     pub body: String,
     /// Held until this saga finishes (and dropped if it fails), instead of queued now.
-    pub staged_under: Option<String>,
+    pub staged_under: Option<SagaId>,
 }
 
 /// A message in the queue.
@@ -108,15 +110,18 @@ pub struct SagaRow {
     pub timer_at: Option<i64>,
     /// The host that stores this transition, which keeps the saga's timers.
     pub owner: Option<String>,
+    /// What happened in this transition, for the saga's history: a JSON array, appended in the
+    /// same transaction under the revision the transition stores.
+    pub history: Option<String>,
 }
 
 /// How a saga's staged writes and messages end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resolve {
     /// The saga finished: its writes become visible and its messages are sent.
-    Promote(String),
+    Promote(SagaId),
     /// The saga failed: its writes and messages vanish.
-    Discard(String),
+    Discard(SagaId),
 }
 
 /// A message a transaction consumes: recorded with it, so that a second delivery of the same

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use saga_core::ids::SagaId;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection, Executor, Row};
 use tokio::sync::{mpsc, oneshot};
@@ -117,7 +118,7 @@ impl Storage {
         service: &str,
         aggregate: &str,
         uuid: &str,
-        saga: Option<&str>,
+        saga: Option<SagaId>,
     ) -> Result<Option<Snapshot>> {
         let rows = sqlx::query(
             "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
@@ -129,7 +130,7 @@ impl Storage {
         .bind(service)
         .bind(uuid)
         .bind(aggregate)
-        .bind(saga.unwrap_or(""))
+        .bind(saga.map(|s| s.to_string()).unwrap_or_default())
         .fetch_all(&self.inner.reads)
         .await?;
         let preferred = rows
@@ -147,7 +148,7 @@ impl Storage {
         aggregate: &str,
         prefilter: &Prefilter,
         limit: Option<u32>,
-        saga: Option<&str>,
+        saga: Option<SagaId>,
     ) -> Result<Found> {
         let mut sql = String::from(
             "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
@@ -180,7 +181,7 @@ impl Storage {
             .bind(service)
             .bind(aggregate);
         if let Some(saga) = saga {
-            query = query.bind(saga);
+            query = query.bind(saga.to_string());
         }
         for (_, value) in &prefilter.equalities {
             query = query.bind(value.as_str());
@@ -229,6 +230,40 @@ impl Storage {
         .fetch_optional(&self.inner.reads)
         .await?;
         row.map(|row| saga_from_row(&row)).transpose()
+    }
+
+    /// The history of a saga: each stored transition's entries (a JSON array), oldest first.
+    pub async fn saga_history(&self, id: &str) -> Result<Vec<String>> {
+        let rows =
+            sqlx::query("SELECT entries FROM saga_history WHERE saga = $1 ORDER BY revision")
+                .bind(id)
+                .fetch_all(&self.inner.reads)
+                .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    /// Forgets sagas that ended before `before` (ms since the epoch), with their history, at
+    /// most `limit` of them; returns how many. A saga that has not ended is never forgotten.
+    pub async fn prune_ended_sagas(&self, before: i64, limit: u32) -> Result<u64> {
+        let mut tx = self.inner.reads.begin().await?;
+        let ended = format!(
+            "SELECT id FROM sagas WHERE status IN ('finished', 'errored', 'compensation-failed') \
+             AND updated_at < $1 ORDER BY updated_at LIMIT {limit}"
+        );
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM saga_history WHERE saga IN ({ended})"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let pruned = sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM sagas WHERE id IN ({ended})"
+        )))
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(pruned.rows_affected())
     }
 
     /// Sagas, newest first, optionally of one status.
@@ -682,9 +717,8 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
             committed.queued.push(enqueue(conn, &message).await?);
         }
     }
-    // A failed saga's staged writes go first: its compensations may write the same aggregates.
     if let Some(Resolve::Discard(saga)) = &tx.resolve {
-        discard(conn, saga, true).await?;
+        discard(conn, &saga.to_string(), true).await?;
     }
     let ended = ended_sagas(conn, tx).await?;
     for write in &tx.writes {
@@ -693,46 +727,53 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
             // A participant answering after its saga ended: what it staged would never be
             // promoted or discarded, so it is dropped (the saga's outcome is decided).
             Some(saga) if ended.contains(saga) => {}
-            Some(saga) => stage_write(conn, write, saga).await?,
+            Some(saga) => stage_write(conn, write, &saga.to_string()).await?,
         }
     }
     for message in &tx.messages {
         match &message.staged_under {
             None => committed.queued.push(enqueue(conn, message).await?),
             Some(saga) if ended.contains(saga) => {}
-            Some(saga) => stage_message(conn, message, saga).await?,
+            Some(saga) => stage_message(conn, message, &saga.to_string()).await?,
         }
     }
     if let Some(saga) = &tx.saga {
         save_saga(conn, saga).await?;
     }
     if let Some(Resolve::Promote(saga)) = &tx.resolve {
-        promote(conn, saga, dialect, &mut committed).await?;
+        promote(conn, &saga.to_string(), dialect, &mut committed).await?;
     }
     Ok(committed)
 }
 
-/// The sagas this transaction stages writes or messages under that have already ended (or
-/// started failing): nothing may be staged under them any more.
-async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<String>> {
-    let mut sagas: Vec<&str> = tx
+/// The sagas this transaction stages writes or messages under that have already ended: nothing
+/// may be staged under them any more.
+async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<SagaId>> {
+    let mut sagas: Vec<SagaId> = tx
         .writes
         .iter()
-        .filter_map(|w| w.staged_under.as_deref())
-        .chain(tx.messages.iter().filter_map(|m| m.staged_under.as_deref()))
+        .filter_map(|w| w.staged_under)
+        .chain(tx.messages.iter().filter_map(|m| m.staged_under))
         .collect();
     sagas.sort_unstable();
     sagas.dedup();
     let mut ended = Vec::new();
     for saga in sagas {
         let status: Option<String> = sqlx::query("SELECT status FROM sagas WHERE id = $1")
-            .bind(saga)
+            .bind(saga.to_string())
             .fetch_optional(&mut *conn)
             .await?
             .map(|row| row.try_get(0))
             .transpose()?;
-        if status.is_some_and(|s| !matches!(s.as_str(), "created" | "running" | "paused")) {
-            ended.push(saga.to_string());
+        // A failing saga stays open while it compensates: its compensations' writes are staged
+        // under it too (and vanish with the rest when it ends).
+        if status.is_some_and(|s| {
+            !matches!(
+                s.as_str(),
+                "created" | "running" | "paused" | "compensating"
+            )
+        }) {
+            ended.push(saga);
         }
     }
     Ok(ended)
@@ -773,6 +814,14 @@ async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
     };
     if saved.rows_affected() == 0 {
         return Err(StorageError::SagaChanged(saga.id.clone()));
+    }
+    if let Some(entries) = &saga.history {
+        sqlx::query("INSERT INTO saga_history (saga, revision, entries) VALUES ($1, $2, $3)")
+            .bind(&saga.id)
+            .bind(saga.revision + 1)
+            .bind(entries)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -1110,6 +1159,7 @@ fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
         timer_at: row.try_get(8)?,
         version: row.try_get(9)?,
         owner: row.try_get(10)?,
+        history: None,
     })
 }
 

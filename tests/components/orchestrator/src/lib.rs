@@ -159,6 +159,49 @@ fn conflict() -> Saga {
         .commit_empty()
 }
 
+/// Enrolls a student: reserves a seat (released if a later step fails), then charges the fee.
+/// A refusal fails its step (`on_error`). The context says how each participant behaves:
+/// `reserve`, `release` (the participant's behaviors), `fee` ("ok", "declined", "system").
+fn enroll(step_timeout: Option<Duration>) -> Saga {
+    let saga = Saga::new()
+        .step()
+        .invoke_participant("ReserveSeat", |context| {
+            Ok(json!({
+                "course": context.get::<String>("course")?,
+                "behavior": context["reserve"].as_str().unwrap_or("ok"),
+            }))
+        })
+        .with_compensation("ReleaseSeat", |context| {
+            Ok(json!({
+                "course": context.get::<String>("course")?,
+                "behavior": context["release"].as_str().unwrap_or("ok"),
+            }))
+        })
+        .on_error(|_context, reply| Err(Error::business(reply.message())))
+        .step()
+        .invoke_participant("Do", |context| {
+            let behavior = match context["fee"].as_str() {
+                Some("declined") => "business",
+                Some("system") => "system",
+                _ => "noop",
+            };
+            Ok(json!({
+                "key": context.get::<String>("course")?,
+                "name": "fee",
+                "behavior": behavior,
+            }))
+        })
+        .with_compensation("Undo", |context| {
+            Ok(json!({"key": context.get::<String>("course")?, "name": "fee", "behavior": "noop"}))
+        })
+        .on_error(|_context, reply| Err(Error::business(reply.message())))
+        .commit_empty();
+    match step_timeout {
+        Some(timeout) => saga.step_timeout(timeout),
+        None => saga,
+    }
+}
+
 fn status_name(status: SagaStatus) -> &'static str {
     match status {
         SagaStatus::Created => "created",
@@ -225,6 +268,8 @@ fn service() -> Service {
         .saga("NINE", chain(9))
         .saga("SLOW", slow())
         .saga("CONFLICT", conflict())
+        .saga("ENROLL", enroll(None))
+        .saga("ENROLL_HURRIED", enroll(Some(Duration::from_millis(300))))
         .saga(
             "SLOW_COMMIT",
             remote(Saga::new(), "slow", true, false).commit(commit),

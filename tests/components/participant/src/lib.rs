@@ -254,12 +254,129 @@ fn fix_switch(_request: Request) -> Result<Response> {
     Ok(Response::empty())
 }
 
+/// A course's seats, counted the tutorial's way: `+1` when one is reserved, `-1` when one is
+/// released, and a reservation refused once `taken` reaches the capacity.
+#[derive(Serialize, Deserialize)]
+struct Course {
+    course: String,
+    taken: i64,
+    /// What the course heard: `SeatReserved` events and `NoteSeat` commands sent while seats
+    /// were reserved — only for sagas that finished, since a failed saga's messages vanish.
+    events: i64,
+    notes: i64,
+}
+
+impl Aggregate for Course {
+    const NAME: &'static str = "Course";
+}
+
+const CAPACITY: i64 = 2;
+
+#[derive(Deserialize)]
+struct Seat {
+    course: String,
+    #[serde(default)]
+    behavior: String,
+}
+
+fn course_uuid(course: &str) -> Uuid {
+    name_uuid(&["course", course])
+}
+
+/// The course, created empty the first time (a name-based uuid: concurrent first reservations
+/// collide, and the loser is run again).
+fn course(name: &str) -> Result<Stored<Course>> {
+    match Course::get(course_uuid(name)) {
+        Err(error) if error.status == 404 => Course {
+            course: name.into(),
+            taken: 0,
+            events: 0,
+            notes: 0,
+        }
+        .create_with_uuid(course_uuid(name)),
+        found => found,
+    }
+}
+
+/// `ReserveSeat {course}`: `+1`, refused when the course is full; announces it (an event and a
+/// command to itself), which only a finished saga's reservation gets to do.
+fn reserve_seat(request: Request) -> Result<Response> {
+    let seat: Seat = request.content()?;
+    let order = Order {
+        key: seat.course.clone(),
+        name: "reserve".into(),
+        behavior: seat.behavior,
+        expected_version: None,
+    };
+    behave(&order, attempt(&request))?;
+    let mut course = course(&seat.course)?;
+    if course.taken >= CAPACITY {
+        return Err(Error::business(format!("course {} is full", seat.course)));
+    }
+    course.taken += 1;
+    course.save()?;
+    saga_sdk::broker::publish("SeatReserved", &json!({"course": seat.course}))?;
+    saga_sdk::broker::send("NoteSeat", &json!({"course": seat.course}), None)?;
+    Ok(Response::new(json!({"taken": course.taken})))
+}
+
+/// `ReleaseSeat {course}`: `-1`, the obvious compensation of a reservation.
+fn release_seat(request: Request) -> Result<Response> {
+    let seat: Seat = request.content()?;
+    let order = Order {
+        key: seat.course.clone(),
+        name: "release".into(),
+        behavior: seat.behavior,
+        expected_version: None,
+    };
+    behave(&order, attempt(&request))?;
+    let mut course = course(&seat.course)?;
+    course.taken -= 1;
+    course.save()?;
+    Ok(Response::new(json!({"taken": course.taken})))
+}
+
+/// `SeatReserved`: a reservation of a finished saga was announced.
+fn heard_event(request: Request) -> Result<Response> {
+    let seat: Seat = request.content()?;
+    let mut course = course(&seat.course)?;
+    course.events += 1;
+    course.save()?;
+    Ok(Response::empty())
+}
+
+/// `NoteSeat`: a finished saga's reservation sent a note.
+fn heard_note(request: Request) -> Result<Response> {
+    let seat: Seat = request.content()?;
+    let mut course = course(&seat.course)?;
+    course.notes += 1;
+    course.save()?;
+    Ok(Response::empty())
+}
+
+fn get_course(request: Request) -> Result<Response> {
+    let name = request.param("course")?;
+    Ok(Response::new(match Course::get(course_uuid(name)) {
+        Ok(course) => {
+            json!({"taken": course.taken, "events": course.events, "notes": course.notes})
+        }
+        Err(error) if error.status == 404 => json!({"taken": 0, "events": 0, "notes": 0}),
+        Err(error) => return Err(error),
+    }))
+}
+
 fn service() -> Service {
     Service::new("participant")
         .aggregate::<Effect>()
         .aggregate::<Journal>()
         .aggregate::<Counter>()
         .aggregate::<Switch>()
+        .aggregate::<Course>()
+        .broker_command("ReserveSeat", reserve_seat)
+        .broker_command("ReleaseSeat", release_seat)
+        .broker_event("SeatReserved", heard_event)
+        .broker_command("NoteSeat", heard_note)
+        .rest_query("GET", "/courses/{course}", get_course)
         .broker_command("Do", do_it)
         .broker_command("Undo", undo)
         .broker_command("Bump", bump)
