@@ -18,7 +18,7 @@ VARIANTS := guest_exam test_orchestrator
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test setup components test-components examples lint fuzz bench clean-data
+.PHONY: run test setup components test-components examples sdk-test lint fuzz bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -26,7 +26,7 @@ run: components
 	$(CARGO) run --release -p saga-host -- serve
 
 ## Sets up, builds everything and runs every test (lints first).
-test: test-components examples lint
+test: test-components examples sdk-test lint
 	$(CARGO) test --release
 
 setup:
@@ -47,11 +47,18 @@ test-components: setup
 	@mkdir -p components
 	@for c in $(BUNDLED); do cp $(WASM_DIR)/$$c.wasm components/; done
 
-## Builds the participants written in other languages (examples/); each build script installs
-## its pinned tool into its own folder first.
+## Builds the services written in other languages (examples/); each build script installs its
+## pinned tool into its own folder first.
 examples:
 	examples/python-grader/build.sh
+	examples/python-tutorial/build.sh
 	examples/js-notifier/build.sh
+	examples/js-tutorial/build.sh
+
+## The unit tests of the Python and JavaScript SDKs, on the machine's CPython and Node.
+sdk-test:
+	cd sdk/python && python3 -m unittest discover -s tests
+	node --test sdk/js/test/
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds notifier.wasm from notifier.js against the repo's WIT (world `participant`).
+# Builds notifier.wasm from notifier.js and the SDK in ../../sdk/js against the repo's WIT
+# (world `participant`).
 # componentize-js (pinned in package.json and package-lock.json) is installed once into
 # ./node_modules; after that the build needs no network.
 set -euo pipefail

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod exam_flow;
 pub mod sagas;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,1 @@
+"""The Attempt microservice of the Minos saga tutorial."""

@@ -1,0 +1,3 @@
+from .services import AttemptCommandService
+
+__all__ = ["AttemptCommandService"]

@@ -1,0 +1,3 @@
+from .services import AttemptQueryService
+
+__all__ = ["AttemptQueryService"]

@@ -1,0 +1,1 @@
+"""The Exam microservice of the Minos saga tutorial."""

@@ -1,0 +1,3 @@
+from .services import ExamCommandService
+
+__all__ = ["ExamCommandService"]

@@ -1,0 +1,3 @@
+from .services import ExamQueryService
+
+__all__ = ["ExamQueryService"]
