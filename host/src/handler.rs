@@ -126,8 +126,8 @@ impl Handlers {
                 invocation.scope.clone(),
                 invocation.access,
             );
-            context.user = invocation.user.clone();
-            context.message_id = invocation.message.as_ref().map(|(_, m)| m.id);
+            context.who.user = invocation.user.clone();
+            context.who.message_id = invocation.message.as_ref().map(|(_, m)| m.id);
             // At most `concurrency` calls of one service at once: a flood of one service's
             // requests or messages waits here instead of taking every instance.
             context.permit = invocation.service.calls.clone().acquire_owned().await.ok();
@@ -156,8 +156,8 @@ impl Handlers {
             }
             let mut tx = Transaction::default();
             if matches!(&result, Ok(Ok(_))) {
-                tx.writes = context.writes;
-                tx.messages = context.messages;
+                tx.writes = context.effects.writes;
+                tx.messages = context.effects.messages;
             }
             if let Some((queued, message)) = &invocation.message {
                 tx.ack = *queued;

@@ -3,8 +3,9 @@
 //! instance per call with limits on memory, CPU time and wall-clock time.
 
 pub mod bindings;
+mod call;
 mod compute;
-mod context;
+mod imports;
 pub mod limits;
 pub mod manifest;
 pub mod registry;
@@ -16,15 +17,17 @@ use std::time::Duration;
 
 use sha2::Digest;
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Instance, InstancePre, Linker};
+use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
 use bindings::{saga_callbacks, service, types as wit};
-pub use context::{
-    Access, CallContext, CallEnv, CallState, Caller, Raced, SagaRunner, Scope, json_kind,
+pub use call::{
+    Access, Budget, CallContext, CallEnv, CallState, Caller, Effects, Identity, RaceTrap,
+    SagaRunner, Scope,
 };
+pub use imports::json_kind;
 use manifest::Manifest;
 
 pub use limits::{LimitTable, Limits};
@@ -213,11 +216,7 @@ impl Runtime {
             }
         };
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        bindings::Orchestrator::add_to_linker::<CallState, HasSelf<CallState>>(
-            &mut linker,
-            |state| state,
-        )?;
+        imports::add_to_linker(&mut linker)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticks = Arc::new(AtomicU64::new(0));
         {
@@ -542,9 +541,9 @@ impl Runtime {
         let (returned, store) = self.long_calls.run(run, &meter).await;
         let result = match returned {
             // A call refused on a limit fails as a whole, whatever it did with the refusal.
-            Ok(Ok(_)) if store.data().ctx.refused.is_some() => Err(CallError::Limit {
+            Ok(Ok(_)) if store.data().ctx.budget.refused.is_some() => Err(CallError::Limit {
                 service: service.clone(),
-                reason: store.data().ctx.refused.clone().unwrap_or_default(),
+                reason: store.data().ctx.budget.refused.clone().unwrap_or_default(),
             }),
             Ok(Ok(returned)) => {
                 check_size(returned, limits.max_response_bytes).map_err(|reason| CallError::Limit {
@@ -691,7 +690,7 @@ fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallEr
             reason: limit.0.clone(),
         };
     }
-    if let Some(raced) = error.downcast_ref::<Raced>() {
+    if let Some(raced) = error.downcast_ref::<RaceTrap>() {
         return CallError::Raced {
             service: service.to_string(),
             reason: raced.reason.clone(),

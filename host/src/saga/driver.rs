@@ -127,8 +127,8 @@ impl<'a> Transition<'a> {
             Scope::Saga(exec.id),
             access,
         );
-        context.user = exec.user.clone();
-        context.prior = self.tx.writes.clone();
+        context.who.user = exec.user.clone();
+        context.effects.prior = self.tx.writes.clone();
         context
     }
 
@@ -185,8 +185,8 @@ impl<'a> Transition<'a> {
         let (result, context) = called;
         Ok(match result {
             Ok(Ok(value)) => {
-                self.tx.writes.extend(context.writes);
-                self.tx.messages.extend(context.messages);
+                self.tx.writes.extend(context.effects.writes);
+                self.tx.messages.extend(context.effects.messages);
                 Ok(value)
             }
             Ok(Err(error)) => Err(ErrorInfo::new(
@@ -231,7 +231,7 @@ impl<'a> Transition<'a> {
             && let Some((request, _, access)) = handler::request_for(&participant, &message)
         {
             let mut context = self.call_context(participant.clone(), access);
-            context.message_id = Some(message.id);
+            context.who.message_id = Some(message.id);
             let (result, called) = self
                 .orchestrator
                 .runtime
@@ -241,8 +241,8 @@ impl<'a> Transition<'a> {
                 return Err(Stop::Raced(*holder));
             }
             if matches!(result, Ok(Ok(_))) {
-                self.tx.writes.extend(called.writes);
-                self.tx.messages.extend(called.messages);
+                self.tx.writes.extend(called.effects.writes);
+                self.tx.messages.extend(called.effects.messages);
             }
             // No consumed record: a fresh message handled inline is answered at once, so no
             // copy of it is ever queued (only a missing reply makes the same id go out again,

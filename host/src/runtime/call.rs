@@ -1,0 +1,305 @@
+//! The state of one component call: who calls and within what (`Identity`), what it wrote and
+//! sent until it ends (`Effects`), what it used of its limits (`Budget`), what it saw of storage
+//! (`Seen`) — and the wasmtime store data that carries them with WASI (granting nothing). The
+//! host imports (`imports/`) each work on the parts they need.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use saga_core::engine::{Context, Cost};
+use saga_core::ids::{MessageId, SagaId};
+
+use super::ServiceVersion;
+use super::bindings::types as wit;
+use super::compute::{Meter, Pacer};
+use crate::broker::Broker;
+use crate::storage::condition::Condition;
+use crate::storage::{NewMessage, Storage, Write};
+
+/// Starts sagas on behalf of a component (implemented by the orchestrator).
+pub trait SagaRunner: Send + Sync + 'static {
+    /// Starts saga `name` of the caller's service; with `wait`, returns once it has ended.
+    fn run(
+        &self,
+        caller: Caller,
+        name: String,
+        context: Context,
+        wait: bool,
+    ) -> BoxFuture<'static, Result<wit::Execution, wit::Error>>;
+
+    /// An execution of `service`, by id.
+    fn get(
+        &self,
+        service: String,
+        id: String,
+    ) -> BoxFuture<'static, Result<wit::Execution, wit::Error>>;
+}
+
+/// Who starts a saga: the service version (sagas stay on the version they start with) and the
+/// user the request came from.
+#[derive(Clone)]
+pub struct Caller {
+    pub service: Arc<ServiceVersion>,
+    pub user: Option<String>,
+}
+
+/// What the host gives every call: storage, the broker, and sagas.
+pub struct CallEnv {
+    pub storage: Storage,
+    pub broker: Broker,
+    pub sagas: Arc<dyn SagaRunner>,
+}
+
+/// Whose writes these are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Commit when the call ends.
+    Direct,
+    /// Stage under this saga until it ends.
+    Saga(SagaId),
+}
+
+/// What the call may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Commands and saga callbacks.
+    ReadWrite,
+    /// Queries: reads only.
+    ReadOnly,
+    /// `describe`: nothing at all.
+    Nothing,
+}
+
+/// Who calls and within what; fixed for the call.
+pub struct Identity {
+    pub service: Arc<ServiceVersion>,
+    pub scope: Scope,
+    pub access: Access,
+    /// On whose behalf (propagated to the messages the call sends).
+    pub user: Option<String>,
+    /// The message being handled, for logs.
+    pub message_id: Option<MessageId>,
+}
+
+impl Identity {
+    /// The saga the call works for, if any.
+    pub fn saga_id(&self) -> Option<SagaId> {
+        match &self.scope {
+            Scope::Saga(id) => Some(*id),
+            Scope::Direct => None,
+        }
+    }
+
+    /// What one call of the service may use.
+    pub fn limits(&self) -> &super::Limits {
+        &self.service.limits
+    }
+
+    /// The service's name.
+    pub fn service_name(&self) -> &str {
+        &self.service.manifest.name
+    }
+}
+
+/// What the call wrote and sent, committed (or staged) when it succeeds.
+#[derive(Default)]
+pub struct Effects {
+    /// Writes made earlier in the transaction this call joins (a saga transition runs several
+    /// calls before it commits): the call sees them as if they were stored.
+    pub prior: Vec<Write>,
+    pub writes: Vec<Write>,
+    pub messages: Vec<NewMessage>,
+}
+
+/// What the call used of its limits.
+#[derive(Default)]
+pub struct Budget {
+    /// Host calls and log lines so far.
+    pub(super) host_calls: usize,
+    pub(super) log_lines: usize,
+    /// Time spent waiting on the host inside imports: not counted against the CPU budget.
+    pub host_time: Duration,
+    /// The first limit the call was refused by. The guest got the refusal as an error it may
+    /// ignore; the call fails as a whole anyway when it ends, whatever it returns.
+    pub refused: Option<String>,
+}
+
+impl Budget {
+    /// Counts a host call; past the component's limit the call is stopped.
+    pub(super) fn host_call(&mut self, who: &Identity) -> wasmtime::Result<()> {
+        self.host_calls += 1;
+        let max = who.limits().max_host_calls;
+        if self.host_calls > max {
+            return Err(super::LimitExceeded(format!(
+                "it made more than {max} host calls in one call (limit max-host-calls)"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Records a refusal on a limit and returns its message for the guest.
+    pub(super) fn refuse(&mut self, message: String) -> String {
+        if self.refused.is_none() {
+            self.refused = Some(message.clone());
+        }
+        message
+    }
+
+    /// Runs `work` as time spent waiting on the host.
+    pub(super) async fn waiting<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = work.await;
+        self.host_time += started.elapsed();
+        result
+    }
+}
+
+/// What the call has seen of storage: the version of every aggregate it read, the uuids it found
+/// absent, and the conditions it searched with. A conflict on something the call saw otherwise
+/// is a race (another writer committed while the call ran): the call is run again. A conflict on
+/// something it never looked at is the component's to handle.
+#[derive(Default)]
+pub struct Seen {
+    pub(super) observed: HashMap<String, u64>,
+    pub(super) absent: HashSet<String>,
+    pub(super) searched: Vec<(String, Condition)>,
+}
+
+/// The state of one call.
+pub struct CallContext {
+    pub who: Identity,
+    /// What the host gives the call; none for `describe`.
+    pub env: Option<Arc<CallEnv>>,
+    pub effects: Effects,
+    pub budget: Budget,
+    pub seen: Seen,
+    /// What the call cost, once it has ended.
+    pub cost: Cost,
+    /// The call's place among the service's concurrent handler calls, given up while it waits
+    /// for a saga it started (which may need a place of its own).
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A call acted on data another writer changed while it ran: raised inside the call to stop it,
+/// after which the host runs it again.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct RaceTrap {
+    pub reason: String,
+    /// The saga holding what the call wants, if that is the cause.
+    pub holder: Option<SagaId>,
+}
+
+impl CallContext {
+    pub fn new(
+        service: Arc<ServiceVersion>,
+        env: Option<Arc<CallEnv>>,
+        scope: Scope,
+        access: Access,
+    ) -> Self {
+        CallContext {
+            who: Identity {
+                service,
+                scope,
+                access,
+                user: None,
+                message_id: None,
+            },
+            env,
+            effects: Effects::default(),
+            budget: Budget::default(),
+            seen: Seen::default(),
+            cost: Cost::default(),
+            permit: None,
+        }
+    }
+
+    /// The call's wall-clock time since `started` less the time it waited on the host.
+    pub(super) fn cpu_estimate(&self, started: Instant) -> Duration {
+        started.elapsed().saturating_sub(self.budget.host_time)
+    }
+}
+
+/// The host state of a wasmtime store: the call's context plus WASI (granting nothing).
+pub struct CallState {
+    pub ctx: CallContext,
+    pub(super) limits: super::Limiter,
+    /// How the call's CPU is counted and paced (see `compute`).
+    pub(super) pacer: Pacer,
+    pub(super) meter: Arc<Meter>,
+    pub started: Instant,
+    pub stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    wasi: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl CallState {
+    pub(super) fn new(
+        ctx: CallContext,
+        limits: super::Limiter,
+        stderr_bytes: usize,
+        (pacer, meter): (Pacer, Arc<Meter>),
+    ) -> Self {
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(stderr_bytes);
+        let mut wasi = wasmtime_wasi::WasiCtx::builder();
+        wasi.stderr(stderr.clone());
+        if !ctx.who.service.limits.clock {
+            // No clock unless granted: time is the Unix epoch and stands still.
+            wasi.wall_clock(NoClock).monotonic_clock(NoClock);
+        }
+        let wasi = wasi.build();
+        CallState {
+            ctx,
+            limits,
+            pacer,
+            meter,
+            started: Instant::now(),
+            stderr,
+            wasi,
+            table: wasmtime::component::ResourceTable::new(),
+        }
+    }
+
+    /// Wall-clock time spent running the component's own code so far: the estimate of its CPU
+    /// time while it is short (see `compute`).
+    pub fn cpu_time(&self) -> Duration {
+        self.ctx.cpu_estimate(self.started)
+    }
+}
+
+/// The clock of a component not granted one.
+struct NoClock;
+
+impl wasmtime_wasi::HostWallClock for NoClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for NoClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl wasmtime_wasi::WasiView for CallState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl wit::Host for CallState {}
