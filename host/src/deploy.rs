@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::host::Host;
-use crate::runtime::ServiceVersion;
-use crate::storage::{Aggregates, Executions};
+use crate::runtime::registry::Registry;
+use crate::runtime::{Runtime, ServiceVersion};
+use crate::storage::{Aggregates, Executions, Storage};
 
 /// Where a new version comes from.
 #[derive(Debug, Clone)]
@@ -23,6 +23,7 @@ pub enum Origin {
     Api(Option<String>),
 }
 
+/// Why a deploy (or removal) was refused or failed; the service keeps its current version.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     /// Not a valid component of ours: not wasm, another world, a broken manifest or saga.
@@ -89,12 +90,43 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(partial, path)
 }
 
-impl Host {
+/// The one path every new version of a service takes — at start, from the directory watcher,
+/// from the admin API — and the record of which file provides which service.
+pub struct Deployer {
+    runtime: Arc<Runtime>,
+    registry: Arc<Registry>,
+    storage: Storage,
+    /// Where the bytes of versions with sagas are kept (`DATA/versions`).
+    versions_dir: PathBuf,
+    /// The watched components directory.
+    components_dir: PathBuf,
+    /// Which component file provides which service.
+    sources: std::sync::Mutex<Sources>,
+    /// Deploys happen one at a time.
+    deploying: tokio::sync::Mutex<()>,
+}
+
+impl Deployer {
+    pub fn new(
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        storage: Storage,
+        data_dir: &Path,
+        components_dir: PathBuf,
+    ) -> Self {
+        Deployer {
+            runtime,
+            registry,
+            storage,
+            versions_dir: data_dir.join("versions"),
+            components_dir,
+            sources: Default::default(),
+            deploying: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn version_store(&self, digest: &str) -> PathBuf {
-        self.config
-            .data_dir
-            .join("versions")
-            .join(format!("{digest}.wasm"))
+        self.versions_dir.join(format!("{digest}.wasm"))
     }
 
     /// Validates a component completely and installs it, replacing its service's current
@@ -157,8 +189,8 @@ impl Host {
         let file = match origin {
             Origin::File(path) => path,
             Origin::Api(_) => {
-                let path = owner
-                    .unwrap_or_else(|| self.config.components_dir.join(format!("{name}.wasm")));
+                let path =
+                    owner.unwrap_or_else(|| self.components_dir.join(format!("{name}.wasm")));
                 if let Err(error) = write_atomically(&path, &bytes) {
                     tracing::warn!(path = %path.display(), %error, "deployed, but could not write the component file; a restart will load the previous one");
                 }
@@ -235,8 +267,8 @@ impl Host {
 
     /// At start: loads every component of the directory (any failure stops the start), then
     /// the older versions that unfinished sagas were started on.
-    pub(crate) async fn load_components(&self) -> Result<(), DeployError> {
-        let dir = &self.config.components_dir;
+    pub async fn load_components(&self) -> Result<(), DeployError> {
+        let dir = &self.components_dir;
         let files = component_files(dir).map_err(|e| {
             DeployError::Io(format!(
                 "components directory {}: {e}; build the bundled components with `make components` or pass --components DIR",
@@ -282,17 +314,19 @@ impl Host {
 
     /// Watches the components directory: a new or changed file is deployed, a removed one
     /// undeployed; a refused one is logged and the old version keeps serving.
-    pub(crate) async fn watch_components(host: std::sync::Weak<Host>, every: Duration) {
+    pub async fn watch(deployer: std::sync::Weak<Deployer>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(host) = host.upgrade() else { return };
-            let Ok(files) = component_files(&host.config.components_dir) else {
+            let Some(this) = deployer.upgrade() else {
+                return;
+            };
+            let Ok(files) = component_files(&this.components_dir) else {
                 continue;
             };
             let (known, refused) = {
-                let sources = host.sources.lock().expect("sources lock");
+                let sources = this.sources.lock().expect("sources lock");
                 (sources.by_path.clone(), sources.refused.clone())
             };
             for path in &files {
@@ -310,7 +344,7 @@ impl Host {
                     .is_some_and(|source| source.digest == crate::runtime::digest(&bytes))
                 {
                     // Touched, not changed.
-                    if let Some(source) = host
+                    if let Some(source) = this
                         .sources
                         .lock()
                         .expect("sources lock")
@@ -321,9 +355,9 @@ impl Host {
                     }
                     continue;
                 }
-                match host.deploy(bytes, Origin::File(path.clone())).await {
+                match this.deploy(bytes, Origin::File(path.clone())).await {
                     Ok(_) => {
-                        host.sources
+                        this.sources
                             .lock()
                             .expect("sources lock")
                             .refused
@@ -331,7 +365,7 @@ impl Host {
                     }
                     Err(error) => {
                         tracing::error!(file = %path.display(), "the component was refused; the loaded version keeps serving: {error}");
-                        host.sources
+                        this.sources
                             .lock()
                             .expect("sources lock")
                             .refused
@@ -340,13 +374,13 @@ impl Host {
                 }
             }
             for (path, source) in known {
-                let still_current = host
+                let still_current = this
                     .registry
                     .service(&source.service)
                     .is_some_and(|v| v.digest == source.digest);
                 if !files.contains(&path)
                     && still_current
-                    && let Err(error) = host.undeploy(&source.service).await
+                    && let Err(error) = this.undeploy(&source.service).await
                 {
                     tracing::warn!(file = %path.display(), "{error}");
                 }

@@ -15,6 +15,7 @@ use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
 use crate::storage::{Consumed, StorageError, Transaction};
 
+/// Runs handler calls of every service, each as one transaction (see the module).
 pub struct Handlers {
     runtime: Arc<Runtime>,
     broker: Broker,
@@ -46,6 +47,7 @@ pub enum Handled {
     Duplicate,
 }
 
+/// Why a handler call could not be made or stored at all.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
     #[error("the aggregates this request writes stayed held by running sagas for {0} s; try again")]

@@ -1,5 +1,7 @@
-//! The host process: wires storage, broker, runtime, registry, orchestrator and HTTP together,
-//! loads the components, delivers queued messages, and serves.
+//! The host process: builds the parts — storage, broker, runtime, registry, orchestrator,
+//! handlers, deployer, cluster membership, the HTTP front — and wires them together, loads the
+//! components, resumes what was left, routes queued messages to their consumer, and serves.
+//! This is the only module that knows every part.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,13 +11,16 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use crate::broker::{Broker, Deliver, Delivery, Kind, Outcome, RetryPolicy};
+use crate::broker::{Broker, Consume, Delivery, Kind, Outcome, RetryPolicy};
+use crate::cluster::Membership;
+use crate::deploy::Deployer;
 use crate::ends::SagaEnds;
 use crate::handler::{self, Handled, Handlers, Invocation};
+use crate::http::{Api, Settings};
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
-use crate::storage::{Consumed, Queue, Storage, Transaction};
+use crate::storage::{Consumed, Executions, Queue, Storage, StorageError, Transaction};
 
 /// Everything the host is configured with.
 #[derive(Debug, Clone)]
@@ -29,13 +34,8 @@ pub struct Config {
     pub sagas: SagaConfig,
     /// How often, and how far apart, a failing delivery is tried before it is dead-lettered.
     pub delivery: RetryPolicy,
-    pub max_body_bytes: usize,
-    /// How long one HTTP request may take before it is answered 504.
-    pub request_timeout: Duration,
-    /// Largest component the admin API accepts.
-    pub max_component_bytes: usize,
-    /// The bearer token of the operator API (`/admin`, `/sagas`); none: `/admin` is off.
-    pub admin_token: Option<String>,
+    /// How the HTTP front behaves (body and component sizes, timeout, admin token).
+    pub http: Settings,
     /// How often to look for changed files in the components directory; none: never.
     pub watch: Option<Duration>,
     /// `nats://…` to share the work with other hosts through NATS JetStream; none: the
@@ -44,6 +44,8 @@ pub struct Config {
     /// How long a host may stay silent before the others count it dead and take its sagas over
     /// (with the NATS broker).
     pub lease: Duration,
+    /// How long an ended saga and its history are kept.
+    pub history_retention: Duration,
 }
 
 impl Config {
@@ -57,26 +59,11 @@ impl Config {
     }
 }
 
-pub struct Host {
-    pub config: Config,
-    pub storage: Storage,
-    pub broker: Broker,
-    pub runtime: Arc<Runtime>,
-    pub registry: Arc<Registry>,
-    pub orchestrator: Arc<Orchestrator>,
-    pub handlers: Handlers,
-    /// Which component file provides which service.
-    pub(crate) sources: std::sync::Mutex<crate::deploy::Sources>,
-    /// Deploys happen one at a time.
-    pub(crate) deploying: tokio::sync::Mutex<()>,
-    /// Kept here: the orchestrator and broker only hold weak references to it.
-    _env: Arc<CallEnv>,
-}
-
+/// Why the host did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(#[from] StorageError),
     #[error("{0}")]
     Broker(#[from] crate::broker::BrokerError),
     #[error("the WebAssembly engine could not start: {0}")]
@@ -92,13 +79,20 @@ pub enum StartError {
 
 /// A started host.
 pub struct Running {
-    pub host: Arc<Host>,
     pub addr: SocketAddr,
+    registry: Arc<Registry>,
+    /// Keeps the parts the broker reaches only weakly alive while the host runs.
+    _router: Arc<Router>,
     shutdown: tokio::sync::oneshot::Sender<()>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Running {
+    /// The services loaded, by name.
+    pub fn services(&self) -> Vec<String> {
+        self.registry.current().by_name.keys().cloned().collect()
+    }
+
     /// Waits for the server to stop (on a signal, when `stop` was not called).
     pub async fn stopped(self) -> std::io::Result<()> {
         let Running {
@@ -120,158 +114,176 @@ impl Running {
     }
 }
 
-impl Host {
-    /// Opens storage, loads every component of the components directory (any failure stops the
-    /// start with the file and the cause), delivers what is queued, and starts serving.
-    pub async fn start(config: Config) -> Result<Running, StartError> {
-        let storage = Storage::open(&config.database_url()).await?;
-        let broker = Broker::connect(
-            storage.clone(),
-            config.delivery.clone(),
-            config.broker_url.as_deref(),
-        )
-        .await?;
-        let host_id = uuid::Uuid::new_v4().to_string();
-        let runtime = Arc::new(
-            Runtime::new(config.runtime.clone()).map_err(|e| StartError::Engine(e.to_string()))?,
-        );
-        let registry = Arc::new(Registry::new(broker.clone()));
-        let ends = SagaEnds::default();
-        let orchestrator = Orchestrator::new(
-            host_id.clone(),
-            runtime.clone(),
-            registry.clone(),
-            broker.clone(),
-            storage.clone(),
-            ends.clone(),
-            config.sagas.clone(),
-        );
-        let env = Arc::new(CallEnv {
+/// Opens storage, loads every component of the components directory (any failure stops the
+/// start with the file and the cause), resumes what was left, and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let storage = Storage::open(&config.database_url()).await?;
+    let broker = Broker::connect(
+        storage.clone(),
+        config.delivery.clone(),
+        config.broker_url.as_deref(),
+    )
+    .await?;
+    let host_id = uuid::Uuid::new_v4().to_string();
+    let runtime = Arc::new(
+        Runtime::new(config.runtime.clone()).map_err(|e| StartError::Engine(e.to_string()))?,
+    );
+    let registry = Arc::new(Registry::new(broker.clone()));
+    let ends = SagaEnds::default();
+    let orchestrator = Orchestrator::new(
+        host_id.clone(),
+        runtime.clone(),
+        registry.clone(),
+        broker.clone(),
+        storage.clone(),
+        ends.clone(),
+        config.sagas.clone(),
+    );
+    let env = Arc::new(CallEnv {
+        storage: storage.clone(),
+        broker: broker.clone(),
+        sagas: Arc::new(Runner(orchestrator.clone())),
+    });
+    orchestrator.set_env(&env);
+    let handlers = Arc::new(Handlers::new(
+        runtime.clone(),
+        broker.clone(),
+        env,
+        ends,
+        config.sagas.lock_wait,
+    ));
+    let router = Arc::new(Router {
+        orchestrator: orchestrator.clone(),
+        registry: registry.clone(),
+        handlers: handlers.clone(),
+        broker: broker.clone(),
+    });
+    broker.set_consumer(Arc::new(Consumer(Arc::downgrade(&router))));
+    let deployer = Arc::new(Deployer::new(
+        runtime,
+        registry.clone(),
+        storage.clone(),
+        &config.data_dir,
+        config.components_dir.clone(),
+    ));
+    deployer
+        .load_components()
+        .await
+        .map_err(|e| StartError::Component(e.to_string()))?;
+    resume(&config, &host_id, &storage, &broker, &orchestrator).await?;
+    tokio::spawn(prune(
+        storage.clone(),
+        config.history_retention,
+        Arc::downgrade(&orchestrator),
+    ));
+    if let Some(every) = config.watch {
+        tokio::spawn(Deployer::watch(Arc::downgrade(&deployer), every));
+    }
+    let api = Arc::new(Api {
+        handlers,
+        orchestrator,
+        deployer,
+        registry: registry.clone(),
+        storage,
+        broker,
+        settings: config.http.clone(),
+    });
+    let (addr, shutdown, server) = serve(config.listen, api).await?;
+    Ok(Running {
+        addr,
+        registry,
+        _router: router,
+        shutdown,
+        server,
+    })
+}
+
+/// Takes up what was left: alone on its database, every saga with a timer and every queued
+/// message is this host's; in a cluster, sagas and messages of hosts that are alive stay theirs,
+/// and joining takes over (and keeps taking over) what dead hosts left.
+async fn resume(
+    config: &Config,
+    host_id: &str,
+    storage: &Storage,
+    broker: &Broker,
+    orchestrator: &Arc<Orchestrator>,
+) -> Result<(), StartError> {
+    let (timers, queued) = if broker.is_shared() {
+        let membership = Membership {
+            id: host_id.to_string(),
             storage: storage.clone(),
             broker: broker.clone(),
-            sagas: Arc::new(Runner(orchestrator.clone())),
-        });
-        orchestrator.set_env(&env);
-        let handlers = Handlers::new(
-            runtime.clone(),
-            broker.clone(),
-            env.clone(),
-            ends,
-            config.sagas.lock_wait,
-        );
-        let host = Arc::new(Host {
-            config: config.clone(),
-            storage,
-            broker: broker.clone(),
-            runtime,
-            registry,
-            orchestrator,
-            handlers,
-            sources: Default::default(),
-            deploying: tokio::sync::Mutex::new(()),
-            _env: env,
-        });
-        broker.set_consumer(Arc::new(Consumer(Arc::downgrade(&host))));
-
-        host.load_components()
-            .await
-            .map_err(|e| StartError::Component(e.to_string()))?;
-        let (timers, queued) = if host.broker.is_shared() {
-            // Sagas of hosts that are alive stay theirs, and so do the messages they are handing
-            // on; joining takes over (and keeps taking over) what dead hosts left.
-            (crate::cluster::join(&host, &host_id).await?, 0)
-        } else {
-            // Alone on its database: every saga with a timer and every queued message is its.
-            (
-                host.orchestrator.take_over(i64::MAX).await?,
-                host.broker.recover().await?,
-            )
+            orchestrator: Arc::downgrade(orchestrator),
+            lease: config.lease,
         };
-        if queued + timers > 0 {
-            tracing::info!(
-                queued,
-                timers,
-                "resuming what was left: queued messages and saga timers"
-            );
-        }
-        tokio::spawn(prune_consumed(Arc::downgrade(&host)));
-        if let Some(every) = config.watch {
-            tokio::spawn(Host::watch_components(Arc::downgrade(&host), every));
-        }
-
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::http::router(host.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.await;
-                })
-                .await
-        });
-        Ok(Running {
-            host,
-            addr,
-            shutdown,
-            server,
-        })
+        (membership.join().await?, 0)
+    } else {
+        (
+            orchestrator.take_over(i64::MAX).await?,
+            broker.recover().await?,
+        )
+    };
+    if queued + timers > 0 {
+        tracing::info!(
+            queued,
+            timers,
+            "resuming what was left: queued messages and saga timers"
+        );
     }
+    Ok(())
+}
 
-    /// Hands a queued message to the orchestrator (replies) or to its service's handler.
-    async fn deliver(&self, delivery: Delivery) -> Outcome {
+type Server = tokio::task::JoinHandle<std::io::Result<()>>;
+
+async fn serve(
+    listen: SocketAddr,
+    api: Arc<Api>,
+) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), StartError> {
+    let listen_error = |source| StartError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+    let app = crate::http::router(api);
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.await;
+            })
+            .await
+    });
+    Ok((addr, shutdown, server))
+}
+
+/// Where a queued message goes: replies to the orchestrator, everything else to its service's
+/// handler.
+struct Router {
+    orchestrator: Arc<Orchestrator>,
+    registry: Arc<Registry>,
+    handlers: Arc<Handlers>,
+    broker: Broker,
+}
+
+impl Router {
+    async fn route(&self, delivery: Delivery) -> Outcome {
         if delivery.message.kind == Kind::Reply {
             return self.orchestrator.on_reply(delivery).await;
         }
         let Some(service) = self.registry.service(&delivery.consumer) else {
             return Outcome::Retry(format!("service {} is not loaded", delivery.consumer));
         };
-        let message = delivery.message;
-        let Some((request, scope, access)) = handler::request_for(&service, &message) else {
-            // The loaded version no longer handles this topic: say so to whoever waits for a
-            // reply rather than retrying for ever.
+        let Some((request, scope, access)) = handler::request_for(&service, &delivery.message)
+        else {
             let problem = format!(
                 "service {} has no handler for {:?}",
                 service.name(),
-                message.topic
+                delivery.message.topic
             );
-            tracing::warn!(message_id = %message.id, "{problem}; the message is dropped");
-            let reply = self.broker.address_reply(
-                &message,
-                500,
-                serde_json::Value::String(problem).to_string(),
-            );
-            let tx = Transaction {
-                ack: delivery.queued,
-                consumed: vec![Consumed {
-                    consumer: delivery.consumer.clone(),
-                    message_id: message.id.to_string(),
-                    reply: reply.clone(),
-                }],
-                messages: reply.into_iter().collect(),
-                ..Transaction::default()
-            };
-            return match self.broker.commit(tx).await {
-                Ok(()) => Outcome::Done,
-                Err(crate::storage::StorageError::Duplicate(_)) => {
-                    self.broker
-                        .settle_duplicate(
-                            delivery.queued,
-                            &delivery.consumer,
-                            &message.id.to_string(),
-                        )
-                        .await
-                }
-                Err(error) => Outcome::Retry(error.to_string()),
-            };
+            return self.refuse(delivery, problem).await;
         };
         let invocation = Invocation {
             service,
@@ -279,7 +291,7 @@ impl Host {
             request,
             scope,
             access,
-            message: Some((delivery.queued, message)),
+            message: Some((delivery.queued, delivery.message)),
         };
         match self.handlers.run(invocation).await {
             Ok(Handled::Answered(Ok(_)) | Handled::Duplicate) => Outcome::Done,
@@ -289,35 +301,49 @@ impl Host {
             Err(error) => Outcome::Retry(error.to_string()),
         }
     }
-}
 
-/// How long consumed-message records are kept: longer than any redelivery takes.
-const CONSUMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Forgets old consumed-message records, hourly, while the host runs.
-async fn prune_consumed(host: Weak<Host>) {
-    let mut every_hour = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        every_hour.tick().await;
-        let Some(host) = host.upgrade() else { return };
-        let before = crate::storage::now_ms() - CONSUMED_RETENTION.as_millis() as i64;
-        match host.storage.prune_consumed(before).await {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "forgot old consumed-message records"),
-            Err(error) => tracing::warn!(%error, "could not prune consumed-message records"),
+    /// A message the loaded version of its service no longer handles: whoever waits for a reply
+    /// is told why, rather than the message being retried for ever.
+    async fn refuse(&self, delivery: Delivery, problem: String) -> Outcome {
+        let message = delivery.message;
+        tracing::warn!(message_id = %message.id, "{problem}; the message is dropped");
+        let reply = self.broker.address_reply(
+            &message,
+            500,
+            serde_json::Value::String(problem).to_string(),
+        );
+        let tx = Transaction {
+            ack: delivery.queued,
+            consumed: vec![Consumed {
+                consumer: delivery.consumer.clone(),
+                message_id: message.id.to_string(),
+                reply: reply.clone(),
+            }],
+            messages: reply.into_iter().collect(),
+            ..Transaction::default()
+        };
+        match self.broker.commit(tx).await {
+            Ok(()) => Outcome::Done,
+            Err(StorageError::Duplicate(_)) => {
+                let id = message.id.to_string();
+                self.broker
+                    .settle_duplicate(delivery.queued, &delivery.consumer, &id)
+                    .await
+            }
+            Err(error) => Outcome::Retry(error.to_string()),
         }
     }
 }
 
 /// The broker's consumer; weak, so that a stopped host is freed even with messages in flight.
-struct Consumer(Weak<Host>);
+struct Consumer(Weak<Router>);
 
-impl Deliver for Consumer {
-    fn deliver(&self, delivery: Delivery) -> BoxFuture<'static, Outcome> {
-        let host = self.0.upgrade();
+impl Consume for Consumer {
+    fn consume(&self, delivery: Delivery) -> BoxFuture<'static, Outcome> {
+        let router = self.0.upgrade();
         async move {
-            match host {
-                Some(host) => host.deliver(delivery).await,
+            match router {
+                Some(router) => router.route(delivery).await,
                 None => Outcome::Stopping,
             }
         }
@@ -325,14 +351,58 @@ impl Deliver for Consumer {
     }
 
     fn saga_ended(&self, id: String) -> BoxFuture<'static, ()> {
-        let host = self.0.upgrade();
+        let router = self.0.upgrade();
         async move {
-            if let Some(host) = host
+            if let Some(router) = router
                 && let Ok(id) = id.parse()
             {
-                host.orchestrator.ended_elsewhere(id).await;
+                router.orchestrator.ended_elsewhere(id).await;
             }
         }
         .boxed()
+    }
+}
+
+/// How long consumed-message records are kept: longer than any redelivery takes.
+const CONSUMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Ended sagas forgotten per round at most, so that one round never holds the writer long.
+const PRUNE_BATCH: u32 = 10_000;
+
+/// Forgets, hourly while the host runs, old consumed-message records and the sagas (with their
+/// history) that ended longer than `history_retention` ago. A saga that has not ended is never
+/// forgotten.
+async fn prune(storage: Storage, history_retention: Duration, host: Weak<Orchestrator>) {
+    // The first round a minute after the start, out of the way of the start's own work.
+    let first = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut every_hour = tokio::time::interval_at(first, Duration::from_secs(3600));
+    loop {
+        every_hour.tick().await;
+        if host.strong_count() == 0 {
+            return;
+        }
+        let now = crate::storage::now_ms();
+        let before = now - CONSUMED_RETENTION.as_millis() as i64;
+        match storage.prune_consumed(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "forgot old consumed-message records"),
+            Err(error) => tracing::warn!(%error, "could not prune consumed-message records"),
+        }
+        let before = now - history_retention.as_millis() as i64;
+        loop {
+            match storage.prune_ended_sagas(before, PRUNE_BATCH).await {
+                Ok(0) => break,
+                Ok(pruned) => {
+                    tracing::info!(pruned, "forgot sagas that ended before their retention");
+                    if pruned < PRUNE_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not prune ended sagas");
+                    break;
+                }
+            }
+        }
     }
 }

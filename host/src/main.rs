@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use saga_host::Config;
 use saga_host::broker::RetryPolicy;
+use saga_host::http::Settings;
 use saga_host::runtime::{LimitTable, Limits, RuntimeConfig, limits};
 use saga_host::saga::{Rules, SagaConfig};
-use saga_host::{Config, Host};
 
 #[derive(Parser)]
 #[command(
@@ -108,6 +109,10 @@ struct Serve {
     /// milliseconds (0: never).
     #[arg(long, env = "SAGA_HOST_WATCH_MS", default_value_t = 1000)]
     watch_ms: u64,
+    /// How long ended sagas and their history are kept, in days (running sagas are kept until
+    /// they end).
+    #[arg(long, env = "SAGA_HOST_HISTORY_DAYS", default_value_t = 7)]
+    history_days: u64,
     /// Largest component the admin API accepts, in MiB.
     #[arg(long, env = "SAGA_HOST_MAX_COMPONENT_MB", default_value_t = 64)]
     max_component_mb: usize,
@@ -189,23 +194,19 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             first_delay: Duration::from_millis(serve.retry_delay_ms),
             ..RetryPolicy::default()
         },
-        max_body_bytes: serve.max_body,
-        request_timeout: Duration::from_secs(serve.request_timeout_s),
-        max_component_bytes: serve.max_component_mb << 20,
-        admin_token: serve.admin_token.filter(|token| !token.is_empty()),
+        http: Settings {
+            max_body_bytes: serve.max_body,
+            request_timeout: Duration::from_secs(serve.request_timeout_s),
+            max_component_bytes: serve.max_component_mb << 20,
+            admin_token: serve.admin_token.filter(|token| !token.is_empty()),
+        },
         watch: (serve.watch_ms > 0).then(|| Duration::from_millis(serve.watch_ms)),
+        history_retention: Duration::from_secs(serve.history_days * 24 * 3600),
     };
-    let running = Host::start(config)
+    let running = saga_host::start(config)
         .await
         .context("saga-host could not start")?;
-    let services: Vec<String> = running
-        .host
-        .registry
-        .current()
-        .by_name
-        .keys()
-        .cloned()
-        .collect();
+    let services = running.services();
     println!(
         "saga-host listening on http://{} (services: {})",
         running.addr,

@@ -81,6 +81,7 @@ impl Topics {
     }
 }
 
+/// Why the broker could not address a message or reach its transport.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("no loaded service handles the command {0:?}; deploy the service that declares it")]
@@ -100,6 +101,7 @@ pub struct Delivery {
     pub attempts: u32,
 }
 
+/// How the handling of a delivery ended, for the broker to acknowledge, retry or dead-letter it.
 pub enum Outcome {
     /// Handled: the handler's transaction recorded it as consumed.
     Done,
@@ -110,12 +112,15 @@ pub enum Outcome {
 }
 
 /// What consumes deliveries (the host: handlers and saga orchestration).
-pub trait Deliver: Send + Sync + 'static {
-    fn deliver(&self, delivery: Delivery) -> BoxFuture<'static, Outcome>;
+pub trait Consume: Send + Sync + 'static {
+    /// Handles one message.
+    fn consume(&self, delivery: Delivery) -> BoxFuture<'static, Outcome>;
     /// A saga ended on another host.
     fn saga_ended(&self, id: String) -> BoxFuture<'static, ()>;
 }
 
+/// The broker: addresses messages, commits them with their transaction, hands them to their
+/// consumer; cheap to clone.
 #[derive(Clone)]
 pub struct Broker {
     inner: Arc<Inner>,
@@ -127,7 +132,7 @@ struct Inner {
     topics: ArcSwap<Topics>,
     /// What the services of other hosts consume (NATS transport).
     remote: ArcSwap<Topics>,
-    consumer: OnceLock<Arc<dyn Deliver>>,
+    consumer: OnceLock<Arc<dyn Consume>>,
     in_flight: Semaphore,
     retry: RetryPolicy,
     nats: Option<Arc<Nats>>,
@@ -205,7 +210,7 @@ impl Broker {
     }
 
     /// Sets who consumes deliveries; done once, when the host starts.
-    pub fn set_consumer(&self, consumer: Arc<dyn Deliver>) {
+    pub fn set_consumer(&self, consumer: Arc<dyn Consume>) {
         if self.inner.consumer.set(consumer).is_err() {
             panic!("the broker's consumer is set once");
         }
@@ -376,11 +381,13 @@ impl Broker {
             let delay =
                 Duration::from_millis((entry.available_at - storage::now_ms()).max(0) as u64);
             let broker = self.clone();
-            tokio::spawn(async move { broker.deliver(delivery, delay).await });
+            tokio::spawn(async move { broker.hand_over(delivery, delay).await });
         }
     }
 
-    async fn deliver(self, mut delivery: Delivery, mut delay: Duration) {
+    /// Hands a message to the consumer after `delay`, again and again while it fails, until
+    /// the attempts are used up and it goes to the dead letters.
+    async fn hand_over(self, mut delivery: Delivery, mut delay: Duration) {
         let Some(consumer) = self.inner.consumer.get().cloned() else {
             tracing::error!("a message arrived before the host set its consumer");
             return;
@@ -393,7 +400,7 @@ impl Broker {
                 let Ok(_permit) = self.inner.in_flight.acquire().await else {
                     return;
                 };
-                consumer.deliver(delivery.clone()).await
+                consumer.consume(delivery.clone()).await
             };
             match outcome {
                 Outcome::Done | Outcome::Stopping => return,

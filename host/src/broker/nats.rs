@@ -98,6 +98,7 @@ impl NatsUrl {
     }
 }
 
+/// The NATS JetStream transport: one connection, the stream, and this host's pull consumers.
 pub struct Nats {
     client: async_nats::Client,
     stream: stream::Stream,
@@ -277,7 +278,7 @@ impl Nats {
             let message = message.map_err(|e| e.to_string())?;
             let (broker, service) = (broker.clone(), service.to_string());
             tokio::spawn(async move {
-                deliver(broker, service, message).await;
+                consume_pulled(broker, service, message).await;
                 drop(permit);
             });
         }
@@ -285,7 +286,7 @@ impl Nats {
 }
 
 /// Hands one pulled message to the host and settles it with JetStream by the outcome.
-async fn deliver(broker: Broker, service: String, message: jetstream::Message) {
+async fn consume_pulled(broker: Broker, service: String, message: jetstream::Message) {
     let delivered = message
         .info()
         .map(|info| info.delivered)
@@ -313,7 +314,7 @@ async fn deliver(broker: Broker, service: String, message: jetstream::Message) {
         let Some(consumer) = broker.inner.consumer.get().cloned() else {
             return;
         };
-        let handling = consumer.deliver(delivery.clone());
+        let handling = consumer.consume(delivery.clone());
         tokio::pin!(handling);
         loop {
             tokio::select! {

@@ -15,12 +15,40 @@ use axum::routing::{get, post};
 use saga_core::request::Incoming;
 use serde_json::json;
 
-use crate::handler::{HandleError, Handled, Invocation};
-use crate::host::Host;
+use crate::broker::Broker;
+use crate::deploy::Deployer;
+use crate::handler::{HandleError, Handled, Handlers, Invocation};
 use crate::runtime::bindings::types as wit;
+use crate::runtime::registry::Registry;
 use crate::runtime::{Access, Scope};
+use crate::saga::Orchestrator;
+use crate::storage::Storage;
 
-pub fn router(host: Arc<Host>) -> Router {
+/// What the HTTP front serves with: the parts of the host it reaches, and its settings.
+pub struct Api {
+    pub handlers: Arc<Handlers>,
+    pub orchestrator: Arc<Orchestrator>,
+    pub deployer: Arc<Deployer>,
+    pub registry: Arc<Registry>,
+    pub storage: Storage,
+    pub broker: Broker,
+    pub settings: Settings,
+}
+
+/// How the HTTP front behaves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long one request may take before it is answered 504.
+    pub request_timeout: std::time::Duration,
+    /// Largest component the admin API accepts, in bytes.
+    pub max_component_bytes: usize,
+    /// The bearer token of the operator API; none: `/admin` is off.
+    pub admin_token: Option<String>,
+}
+
+pub fn router(api: Arc<Api>) -> Router {
     let operator = Router::new()
         .route("/sagas", get(operator::list_sagas))
         .route("/sagas/{id}", get(operator::get_saga))
@@ -36,7 +64,7 @@ pub fn router(host: Arc<Host>) -> Router {
             axum::routing::put(operator::put_component).delete(operator::delete_component),
         )
         .route_layer(axum::middleware::from_fn_with_state(
-            host.clone(),
+            api.clone(),
             operator::require_token,
         ));
     Router::new()
@@ -44,21 +72,21 @@ pub fn router(host: Arc<Host>) -> Router {
         .merge(operator)
         .fallback(component_route)
         .layer(axum::middleware::from_fn_with_state(
-            host.clone(),
+            api.clone(),
             request_timeout,
         ))
-        .with_state(host)
+        .with_state(api)
 }
 
 /// Answers 504 to a request not finished within the configured time, reading its body included
 /// (so that a slow client cannot hold a connection's work forever). What the request started
 /// may still complete: the answer says so.
 async fn request_timeout(
-    State(host): State<Arc<Host>>,
+    State(api): State<Arc<Api>>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let limit = host.config.request_timeout;
+    let limit = api.settings.request_timeout;
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => error(
@@ -71,8 +99,8 @@ async fn request_timeout(
     }
 }
 
-async fn health(State(host): State<Arc<Host>>) -> Response {
-    let services: Vec<String> = host.registry.current().by_name.keys().cloned().collect();
+async fn health(State(api): State<Arc<Api>>) -> Response {
+    let services: Vec<String> = api.registry.current().by_name.keys().cloned().collect();
     (
         StatusCode::OK,
         axum::Json(json!({"status": "ok", "services": services})),
@@ -108,11 +136,11 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Response {
+async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let method = parts.method.as_str().to_string();
     let path = parts.uri.path().to_string();
-    let services = host.registry.current();
+    let services = api.registry.current();
     let Some(matched) = services.route(&method, &path) else {
         let allowed = services.methods_at(&path);
         if allowed.is_empty() {
@@ -133,7 +161,7 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
         }
         return response;
     };
-    let limit = host.config.max_body_bytes;
+    let limit = api.settings.max_body_bytes;
     let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => {
@@ -195,7 +223,7 @@ async fn component_route(State(host): State<Arc<Host>>, request: Request) -> Res
         message: None,
     };
     drop(services);
-    match host.handlers.run(invocation).await {
+    match api.handlers.run(invocation).await {
         Ok(Handled::Answered(Ok(response))) => {
             if !(200..=299).contains(&response.status) {
                 return error(

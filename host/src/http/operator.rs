@@ -12,23 +12,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{ApiError, error};
+use super::{Api, ApiError, error};
 use crate::broker::Message;
 use crate::deploy::{DeployError, Origin};
-use crate::host::Host;
 use crate::saga::Status;
 use crate::saga::record::{self, Stored};
 use crate::storage::{Executions, Queue};
 use saga_core::ids::SagaId;
 
 /// Lets a request through only with the admin token; `/admin` is off without a configured one.
-pub async fn require_token(
-    State(host): State<Arc<Host>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn require_token(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let admin = request.uri().path().starts_with("/admin");
-    let refusal = match host.config.admin_token.as_deref() {
+    let refusal = match api.settings.admin_token.as_deref() {
         None if admin => error(
             StatusCode::FORBIDDEN,
             "the admin API is off: start the host with --admin-token TOKEN (or SAGA_HOST_ADMIN_TOKEN)",
@@ -53,7 +48,7 @@ pub async fn require_token(
     };
     // Read the body (a component upload, say) before answering, so that the client gets the
     // refusal rather than a connection closed under its upload.
-    let _ = axum::body::to_bytes(request.into_body(), host.config.max_component_bytes).await;
+    let _ = axum::body::to_bytes(request.into_body(), api.settings.max_component_bytes).await;
     refusal
 }
 
@@ -73,7 +68,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `GET /sagas?status=…&limit=…`: executions, newest first.
 pub async fn list_sagas(
-    State(host): State<Arc<Host>>,
+    State(api): State<Arc<Api>>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let status = query.get("status");
@@ -99,7 +94,7 @@ pub async fn list_sagas(
             ),
         );
     }
-    match host
+    match api
         .storage
         .list_sagas(status.map(String::as_str), limit)
         .await
@@ -119,12 +114,12 @@ pub async fn list_sagas(
 }
 
 /// `GET /sagas/{id}`: one execution with its steps.
-pub async fn get_saga(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+pub async fn get_saga(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let saga = match saga_id(&id) {
         Ok(saga) => saga,
         Err(refusal) => return refusal.into_response(),
     };
-    match host.orchestrator.inspect(saga).await {
+    match api.orchestrator.inspect(saga).await {
         Ok(Some(stored)) => Json(record::to_json(&stored.exec)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
         Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
@@ -132,17 +127,17 @@ pub async fn get_saga(State(host): State<Arc<Host>>, Path(id): Path<String>) -> 
 }
 
 /// `GET /sagas/{id}/history`: everything that happened to a saga, oldest first.
-pub async fn get_history(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+pub async fn get_history(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let saga = match saga_id(&id) {
         Ok(saga) => saga,
         Err(refusal) => return refusal.into_response(),
     };
-    match host.orchestrator.inspect(saga).await {
+    match api.orchestrator.inspect(saga).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
         Err(problem) => return error(StatusCode::INTERNAL_SERVER_ERROR, problem),
     }
-    match host.orchestrator.history(saga).await {
+    match api.orchestrator.history(saga).await {
         Ok(entries) => Json(entries).into_response(),
         Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
     }
@@ -159,8 +154,8 @@ fn saga_id(id: &str) -> Result<SagaId, ApiError> {
 }
 
 /// `GET /admin/dead-letters`: messages whose handling kept failing, oldest first.
-pub async fn list_dead_letters(State(host): State<Arc<Host>>) -> Response {
-    match host.storage.dead_letters(1000).await {
+pub async fn list_dead_letters(State(api): State<Arc<Api>>) -> Response {
+    match api.storage.dead_letters(1000).await {
         Ok(letters) => {
             let letters: Vec<Value> = letters
                 .iter()
@@ -194,14 +189,14 @@ fn payload_json(payload: &str) -> Value {
 }
 
 /// `POST /admin/dead-letters/{id}/redrive`: queues a dead letter again.
-pub async fn redrive(State(host): State<Arc<Host>>, Path(id): Path<String>) -> Response {
+pub async fn redrive(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     let Ok(seq) = id.parse::<i64>() else {
         return error(
             StatusCode::BAD_REQUEST,
             format!("dead letter id {id:?} is not a number"),
         );
     };
-    match host.broker.redrive(seq).await {
+    match api.broker.redrive(seq).await {
         Ok(true) => Json(json!({"redriven": seq})).into_response(),
         Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {seq}")),
         Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
@@ -210,8 +205,8 @@ pub async fn redrive(State(host): State<Arc<Host>>, Path(id): Path<String>) -> R
 
 /// `GET /admin/components`: each service's current version, its routes, topics and sagas, and
 /// every version sagas still run on.
-pub async fn list_components(State(host): State<Arc<Host>>) -> Response {
-    let running = match host.storage.running_versions().await {
+pub async fn list_components(State(api): State<Arc<Api>>) -> Response {
+    let running = match api.storage.running_versions().await {
         Ok(running) => running,
         Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
     };
@@ -221,8 +216,8 @@ pub async fn list_components(State(host): State<Arc<Host>>) -> Response {
             .find(|(s, v, _)| s == service && v == digest)
             .map_or(0, |(_, _, count)| *count)
     };
-    let retired = host.registry.retired();
-    let services = host.registry.current();
+    let retired = api.registry.retired();
+    let services = api.registry.current();
     let list: Vec<Value> = services
         .by_name
         .values()
@@ -268,21 +263,21 @@ pub async fn list_components(State(host): State<Arc<Host>>) -> Response {
 }
 
 /// `POST /admin/components`: deploys the component in the body under the name it gives itself.
-pub async fn post_component(State(host): State<Arc<Host>>, request: Request) -> Response {
-    deploy(host, None, request).await
+pub async fn post_component(State(api): State<Arc<Api>>, request: Request) -> Response {
+    deploy(api, None, request).await
 }
 
 /// `PUT /admin/components/{name}`: deploys the component in the body as service `name`.
 pub async fn put_component(
-    State(host): State<Arc<Host>>,
+    State(api): State<Arc<Api>>,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    deploy(host, Some(name), request).await
+    deploy(api, Some(name), request).await
 }
 
-async fn deploy(host: Arc<Host>, name: Option<String>, request: Request) -> Response {
-    let limit = host.config.max_component_bytes;
+async fn deploy(api: Arc<Api>, name: Option<String>, request: Request) -> Response {
+    let limit = api.settings.max_component_bytes;
     let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -294,9 +289,9 @@ async fn deploy(host: Arc<Host>, name: Option<String>, request: Request) -> Resp
     };
     let replaced = name
         .as_deref()
-        .and_then(|name| host.registry.service(name))
+        .and_then(|name| api.registry.service(name))
         .map(|v| v.digest.clone());
-    match host.deploy(bytes.to_vec(), Origin::Api(name)).await {
+    match api.deployer.deploy(bytes.to_vec(), Origin::Api(name)).await {
         Ok(version) => {
             let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
             sagas.sort();
@@ -317,8 +312,8 @@ async fn deploy(host: Arc<Host>, name: Option<String>, request: Request) -> Resp
 }
 
 /// `DELETE /admin/components/{name}`: removes a service.
-pub async fn delete_component(State(host): State<Arc<Host>>, Path(name): Path<String>) -> Response {
-    match host.undeploy(&name).await {
+pub async fn delete_component(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
+    match api.deployer.undeploy(&name).await {
         Ok(version) => {
             Json(json!({"removed": version.name(), "digest": version.digest})).into_response()
         }

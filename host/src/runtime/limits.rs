@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+/// What one call of a service may use (`--component-limits`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Linear memory one instance may grow to.

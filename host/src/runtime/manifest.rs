@@ -5,13 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::bindings::types as wit;
-use crate::saga::definition::{self, Invocation, Operation, SagaDefinition};
 use crate::storage::condition::FieldPath;
+use saga_core::definition::{self, Invocation, Operation, SagaDefinition};
 use saga_core::message::valid_topic;
 
 /// Path prefixes that belong to the host's own API.
 pub const RESERVED_PATHS: [&str; 3] = ["/admin", "/sagas", "/health"];
 
+/// A component's self-description, checked: its name, handlers, aggregate types and sagas.
 #[derive(Debug, Clone)]
 pub struct Manifest {
     pub name: String,
@@ -20,18 +21,21 @@ pub struct Manifest {
     pub sagas: HashMap<String, Arc<SagaDefinition>>,
 }
 
+/// A handler a component exports, and the triggers that reach it.
 #[derive(Debug, Clone)]
 pub struct Handler {
     pub name: String,
     pub triggers: Vec<wit::Trigger>,
 }
 
+/// An aggregate type a service stores, with the fields it indexes.
 #[derive(Debug, Clone)]
 pub struct AggregateType {
     pub name: String,
     pub indexes: Vec<FieldPath>,
 }
 
+/// What is wrong with a manifest, in words a service author can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ManifestError(pub String);

@@ -74,6 +74,7 @@ pub const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
 /// a long-running call back to the async scheduler.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
+/// The WebAssembly runtime: loads components and makes calls (see the module).
 pub struct Runtime {
     engine: Engine,
     linker: Linker<CallState>,

@@ -27,9 +27,9 @@ use crate::storage::{self, Resolve, Transaction};
 
 /// Why a transition stopped before it could be stored.
 pub(super) enum Stop {
-    /// A call raced with another writer (or wants aggregates saga `holder` holds): run the
+    /// A call collided with another writer (or wants aggregates saga `holder` holds): run the
     /// transition again from the stored state.
-    Raced(Option<SagaId>),
+    Collided(Option<SagaId>),
     /// An operator's request that does not fit the saga's state.
     Rejected(Rejected),
 }
@@ -197,7 +197,7 @@ impl<'a> Transition<'a> {
                 },
                 error.message,
             )),
-            Err(CallError::Raced { holder, .. }) => return Err(Stop::Raced(holder)),
+            Err(CallError::Raced { holder, .. }) => return Err(Stop::Collided(holder)),
             Err(error) => Err(ErrorInfo::new(500, error.to_string())),
         })
     }
@@ -238,7 +238,7 @@ impl<'a> Transition<'a> {
                 .handle(&participant, context, request)
                 .await;
             if let Err(CallError::Raced { holder, .. }) = &result {
-                return Err(Stop::Raced(*holder));
+                return Err(Stop::Collided(*holder));
             }
             if matches!(result, Ok(Ok(_))) {
                 self.tx.writes.extend(called.effects.writes);

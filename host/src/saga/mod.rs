@@ -485,7 +485,7 @@ impl Orchestrator {
             }
             let holder = match transition.apply(event.clone()).await {
                 Err(Stop::Rejected(rejected)) => return Err(TransitionError::Rejected(rejected)),
-                Err(Stop::Raced(holder)) => holder,
+                Err(Stop::Collided(holder)) => holder,
                 Ok(()) if transition.is_idle() => {
                     // Nothing was due (an early or repeated timer): store nothing.
                     let stored = transition.stored;

@@ -35,6 +35,7 @@ pub struct Found {
     pub staged: Vec<Snapshot>,
 }
 
+/// What a write does to an aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Create,
@@ -225,6 +226,7 @@ pub struct Committed {
     pub queued: Vec<QueuedMessage>,
 }
 
+/// Why storage refused or failed an operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// Another writer changed or holds the aggregate; retry after it is done.

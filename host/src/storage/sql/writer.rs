@@ -83,13 +83,29 @@ fn fail_all(batch: &[Job], error: &sqlx::Error) -> Vec<Result<Committed>> {
         .collect()
 }
 
+/// Begins the writer's transaction. On SQLite it takes the write lock at once (`IMMEDIATE`):
+/// a deferred transaction that read first could not wait for a maintenance write on another
+/// connection (its snapshot would be stale) and would fail with "database is locked"; this one
+/// waits its turn (`busy_timeout`).
+async fn begin(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
+    match dialect {
+        Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Dialect::Postgres => conn.begin().await,
+    }
+}
+
 /// All jobs in one transaction; `Err` (nothing committed) as soon as one fails.
 async fn commit_whole(
     conn: &mut AnyConnection,
     batch: &[Job],
     dialect: Dialect,
 ) -> Result<Vec<Result<Committed>>, Vec<Result<Committed>>> {
-    let mut tx = conn.begin().await.map_err(|e| fail_all(batch, &e))?;
+    let mut tx = begin(conn, dialect)
+        .await
+        .map_err(|e| fail_all(batch, &e))?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         match apply(&mut tx, &job.transaction, dialect).await {
@@ -112,7 +128,7 @@ async fn commit_isolated(
     batch: &[Job],
     dialect: Dialect,
 ) -> Vec<Result<Committed>> {
-    let mut tx = match conn.begin().await {
+    let mut tx = match begin(conn, dialect).await {
         Ok(tx) => tx,
         Err(error) => return fail_all(batch, &error),
     };
