@@ -14,6 +14,7 @@ use saga_sdk::prelude::*;
 pub const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Attempt {
     user: Uuid,
     exam: Uuid,
@@ -26,6 +27,7 @@ impl Aggregate for Attempt {
 }
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct AttemptQuery {
     user: Uuid,
     exam: Uuid,

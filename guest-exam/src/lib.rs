@@ -21,6 +21,7 @@ const BUILD: Option<&str> = if cfg!(feature = "variant-b") {
 };
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Exam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -40,6 +41,7 @@ impl Aggregate for Exam {
 
 /// The body of `POST /exams`.
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct SubmitExam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -47,6 +49,7 @@ struct SubmitExam {
 
 /// The body of `POST /exams/graded`.
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct SubmitGradedExam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -55,6 +58,7 @@ struct SubmitGradedExam {
 
 /// The payload of the `GetUserAttempts` command.
 #[derive(Serialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct AttemptQuery {
     user: Uuid,
     exam: Uuid,

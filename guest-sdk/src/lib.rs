@@ -19,6 +19,15 @@
 //! Build it with `cargo build --target wasm32-wasip2 --release`; the `.wasm` is the component
 //! saga-host loads. The host makes a fresh instance for every call, so keep no state in
 //! globals: store it in aggregates.
+//!
+//! `saga-sdk` is the only dependency a service needs. Payloads, aggregates and saga contexts are
+//! serde types; the SDK re-exports [`serde`], and a derive names it with one attribute:
+//!
+//! ```ignore
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "saga_sdk::serde")]
+//! struct Exam { user_uuid: Uuid, exam_uuid: Uuid, attempt: u32 }
+//! ```
 
 mod aggregate;
 #[doc(hidden)]
@@ -34,6 +43,10 @@ pub use condition::{Condition, Op, Ordering};
 pub use error::{Error, Result};
 pub use request::{Request, Response};
 pub use saga::{Reply, Saga, SagaContext, SagaExecution, SagaManager, SagaStatus};
+/// The serde the SDK is built with. serde's derives refer to a crate named `serde`; with
+/// `#[serde(crate = "saga_sdk::serde")]` they use this one instead, so a service needs no
+/// serde dependency of its own.
+pub use serde;
 pub use serde_json::{Value, json};
 pub use service::Service;
 pub use uuid::Uuid;

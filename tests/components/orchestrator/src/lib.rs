@@ -17,6 +17,7 @@ use std::time::Duration;
 use saga_sdk::prelude::*;
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Note {
     key: String,
     text: String,

@@ -7,9 +7,12 @@
 //! "system" (a 500), "trap" (a panic), "flaky:N" (a 500 on attempts 1 to N), "spin:N" (N
 //! million iterations of busy work first, to be late).
 
+use std::collections::BTreeMap;
+
 use saga_sdk::prelude::*;
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Effect {
     key: String,
     name: String,
@@ -23,6 +26,7 @@ impl Aggregate for Effect {
 
 /// The order in which effects happened, per key.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Journal {
     key: String,
     entries: Vec<String>,
@@ -33,6 +37,7 @@ impl Aggregate for Journal {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Counter {
     key: String,
     value: u64,
@@ -43,6 +48,7 @@ impl Aggregate for Counter {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Switch {
     fixed: bool,
 }
@@ -52,6 +58,7 @@ impl Aggregate for Switch {
 }
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Order {
     key: String,
     name: String,
@@ -207,10 +214,10 @@ fn get_counter(request: Request) -> Result<Response> {
 
 fn effects(request: Request) -> Result<Response> {
     let key = request.param("key")?;
-    let mut counts = serde_json::Map::new();
-    for effect in Effect::find(Condition::equal("key", key), None)? {
-        counts.insert(effect.name.clone(), json!(effect.count));
-    }
+    let counts: BTreeMap<String, u32> = Effect::find(Condition::equal("key", key), None)?
+        .into_iter()
+        .map(|effect| (effect.data.name, effect.data.count))
+        .collect();
     let journal = Journal::get(name_uuid(&[key]))
         .map(|j| j.data.entries)
         .unwrap_or_default();
@@ -257,6 +264,7 @@ fn fix_switch(_request: Request) -> Result<Response> {
 /// A course's seats, counted the tutorial's way: `+1` when one is reserved, `-1` when one is
 /// released, and a reservation refused once `taken` reaches the capacity.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Course {
     course: String,
     taken: i64,
@@ -273,6 +281,7 @@ impl Aggregate for Course {
 const CAPACITY: i64 = 2;
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Seat {
     course: String,
     #[serde(default)]

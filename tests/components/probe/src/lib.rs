@@ -7,6 +7,7 @@ use saga_sdk::prelude::*;
 
 /// What the write flood stores.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Junk {
     n: u64,
 }
