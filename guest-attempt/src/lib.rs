@@ -97,7 +97,11 @@ fn service() -> Service {
     Service::new("attempt")
         .aggregate::<Attempt>()
         .broker_command("GetUserAttempts", get_user_attempts)
-        .rest_query("GET", "/attempts/{user_uuid}/{exam_uuid}", count_attempts)
+        .rest_query(
+            Method::Get,
+            "/attempts/{user_uuid}/{exam_uuid}",
+            count_attempts,
+        )
 }
 
 saga_sdk::export_service!(service);

@@ -224,11 +224,11 @@ fn list_exams(request: Request) -> Result<Response> {
 fn service() -> Service {
     Service::new("exam")
         .aggregate::<Exam>()
-        .rest_command("POST", "/exams", submit_exam)
-        .rest_command("POST", "/exams/graded", submit_graded_exam)
+        .rest_command(Method::Post, "/exams", submit_exam)
+        .rest_command(Method::Post, "/exams/graded", submit_graded_exam)
         .broker_command("CreateExam", submit_exam)
-        .rest_query("GET", "/exams/{uuid}", get_exam)
-        .rest_query("GET", "/exams", list_exams)
+        .rest_query(Method::Get, "/exams/{uuid}", get_exam)
+        .rest_query(Method::Get, "/exams", list_exams)
         .saga(GET_USER_ATTEMPTS, get_user_attempts())
         .saga(GRADED_EXAM, graded_exam())
 }

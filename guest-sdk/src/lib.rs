@@ -9,7 +9,7 @@
 //! fn service() -> Service {
 //!     Service::new("exam")
 //!         .aggregate::<Exam>()
-//!         .rest_command("POST", "/exams", submit_exam)
+//!         .rest_command(Method::Post, "/exams", submit_exam)
 //!         .saga(GET_USER_ATTEMPTS, get_user_attempts())
 //! }
 //!
@@ -48,7 +48,7 @@ pub use saga::{Reply, Saga, SagaContext, SagaExecution, SagaManager, SagaStatus}
 /// serde dependency of its own.
 pub use serde;
 pub use serde_json::{Value, json};
-pub use service::Service;
+pub use service::{Method, Service};
 pub use uuid::Uuid;
 
 #[doc(hidden)]
@@ -103,8 +103,8 @@ pub mod log {
 /// Everything a service usually needs.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Condition, Error, Ordering, Reply, Request, Response, Result, Saga, SagaContext,
-        SagaExecution, SagaManager, SagaStatus, Service, Stored, Uuid, Value, json,
+        Aggregate, Condition, Error, Method, Ordering, Reply, Request, Response, Result, Saga,
+        SagaContext, SagaExecution, SagaManager, SagaStatus, Service, Stored, Uuid, Value, json,
     };
     pub use serde::{Deserialize, Serialize};
 }

@@ -2,6 +2,7 @@
 //! one in a function and export it with [`crate::export_service!`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::bindings::saga::host::types;
 use crate::saga::Callback;
@@ -49,32 +50,30 @@ impl Service {
         self
     }
 
-    /// An HTTP route that may write, e.g. `rest_command("POST", "/exams", submit_exam)`.
+    /// An HTTP route that may write, e.g. `rest_command(Method::Post, "/exams", submit_exam)`.
     pub fn rest_command(
         self,
-        method: &str,
+        method: Method,
         path: &str,
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
-        let route = rest_route(method, path);
         self.handler(
             format!("{method} {path}"),
-            types::Trigger::RestCommand(route),
+            types::Trigger::RestCommand(rest_route(method, path)),
             handler,
         )
     }
 
-    /// An HTTP route that only reads, e.g. `rest_query("GET", "/exams/{uuid}", get_exam)`.
+    /// An HTTP route that only reads, e.g. `rest_query(Method::Get, "/exams/{uuid}", get_exam)`.
     pub fn rest_query(
         self,
-        method: &str,
+        method: Method,
         path: &str,
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
-        let route = rest_route(method, path);
         self.handler(
             format!("{method} {path}"),
-            types::Trigger::RestQuery(route),
+            types::Trigger::RestQuery(rest_route(method, path)),
             handler,
         )
     }
@@ -143,19 +142,39 @@ impl Service {
     }
 }
 
-fn rest_route(method: &str, path: &str) -> types::RestRoute {
-    let method = match method.to_ascii_uppercase().as_str() {
-        "GET" => types::HttpMethod::Get,
-        "POST" => types::HttpMethod::Post,
-        "PUT" => types::HttpMethod::Put,
-        "PATCH" => types::HttpMethod::Patch,
-        "DELETE" => types::HttpMethod::Delete,
-        other => panic!(
-            "unknown HTTP method {other:?} for route {path}; use GET, POST, PUT, PATCH or DELETE"
-        ),
-    };
+/// The HTTP methods a REST route may use: the WIT's `http-method`. An enum rather than text so
+/// that a misspelt method is a compile error, not a component that fails when it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl fmt::Display for Method {
+    /// The method as HTTP spells it ("POST"); it starts the handler's name ("POST /exams").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        })
+    }
+}
+
+fn rest_route(method: Method, path: &str) -> types::RestRoute {
     types::RestRoute {
-        method,
+        method: match method {
+            Method::Get => types::HttpMethod::Get,
+            Method::Post => types::HttpMethod::Post,
+            Method::Put => types::HttpMethod::Put,
+            Method::Patch => types::HttpMethod::Patch,
+            Method::Delete => types::HttpMethod::Delete,
+        },
         path: path.to_string(),
     }
 }

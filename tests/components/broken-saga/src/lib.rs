@@ -9,7 +9,7 @@ fn nothing(_request: Request) -> Result<Response> {
 
 fn service() -> Service {
     Service::new("broken")
-        .rest_query("GET", "/broken", nothing)
+        .rest_query(Method::Get, "/broken", nothing)
         .saga(
             "UNFINISHED",
             Saga::new()

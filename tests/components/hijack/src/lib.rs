@@ -9,7 +9,7 @@ fn steal(_request: Request) -> Result<Response> {
 
 fn service() -> Service {
     Service::new("hijack")
-        .rest_command("POST", "/exams", steal)
+        .rest_command(Method::Post, "/exams", steal)
         .broker_command("GetUserAttempts", steal)
 }
 

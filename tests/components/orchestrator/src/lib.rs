@@ -252,9 +252,9 @@ fn notes(request: Request) -> Result<Response> {
 fn service() -> Service {
     Service::new("orchestrator")
         .aggregate::<Note>()
-        .rest_command("POST", "/run/{saga}", run)
-        .rest_command("POST", "/start/{saga}", start)
-        .rest_query("GET", "/notes/{key}", notes)
+        .rest_command(Method::Post, "/run/{saga}", run)
+        .rest_command(Method::Post, "/start/{saga}", start)
+        .rest_query(Method::Get, "/notes/{key}", notes)
         .saga("MAIN", main_saga())
         .saga(
             "BRANCH_X",

@@ -385,16 +385,16 @@ fn service() -> Service {
         .broker_command("ReleaseSeat", release_seat)
         .broker_event("SeatReserved", heard_event)
         .broker_command("NoteSeat", heard_note)
-        .rest_query("GET", "/courses/{course}", get_course)
+        .rest_query(Method::Get, "/courses/{course}", get_course)
         .broker_command("Do", do_it)
         .broker_command("Undo", undo)
         .broker_command("Bump", bump)
         .broker_event("Alarm", on_alarm)
-        .rest_query("GET", "/effects/{key}", effects)
-        .rest_command("POST", "/counters/{key}", create_counter)
-        .rest_query("GET", "/counters/{key}", get_counter)
-        .rest_command("POST", "/alarm", raise_alarm)
-        .rest_command("POST", "/switch", fix_switch)
+        .rest_query(Method::Get, "/effects/{key}", effects)
+        .rest_command(Method::Post, "/counters/{key}", create_counter)
+        .rest_query(Method::Get, "/counters/{key}", get_counter)
+        .rest_command(Method::Post, "/alarm", raise_alarm)
+        .rest_command(Method::Post, "/switch", fix_switch)
 }
 
 saga_sdk::export_service!(service);
