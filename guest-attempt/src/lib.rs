@@ -104,4 +104,4 @@ fn service() -> Service {
         )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

@@ -221,7 +221,7 @@ fn list_exams(request: Request) -> Result<Response> {
     Ok(Response::new(exams))
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("exam")
         .aggregate::<Exam>()
         .rest_command(Method::Post, "/exams", submit_exam)
@@ -233,4 +233,4 @@ fn service() -> Service {
         .saga(GRADED_EXAM, graded_exam())
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::bindings::saga::host::{sagas, types};
+use crate::bindings::orchestrator::saga::host::sagas;
+use crate::bindings::saga::host::types;
 use crate::{Error, Result};
 
 /// The data a saga carries from step to step: a JSON object.

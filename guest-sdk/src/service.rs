@@ -1,8 +1,10 @@
 //! A service: its name, handlers and the triggers that reach them, aggregates and sagas. Build
-//! one in a function and export it with [`crate::export_service!`].
+//! one in a function and export it with [`crate::export_participant!`], or with
+//! [`crate::export_orchestrator!`] once it has sagas.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 
 use crate::bindings::saga::host::types;
 use crate::saga::Callback;
@@ -15,12 +17,23 @@ struct Handler {
     function: HandlerFn,
 }
 
-/// A service definition.
-pub struct Service {
+/// A service that orchestrates no saga: [`crate::export_participant!`] builds it for the WIT
+/// world `participant`, which neither imports `sagas` nor exports `saga-callbacks`.
+pub enum Participant {}
+
+/// A service with sagas of its own ([`Service::saga`] makes one): [`crate::export_orchestrator!`]
+/// builds it for the WIT world `orchestrator`, which runs sagas and exports their callbacks.
+pub enum Orchestrator {}
+
+/// A service definition: a `Service` (a participant) until [`Service::saga`] registers a saga,
+/// a `Service<Orchestrator>` from then on. The world is in the type so that exporting a service
+/// with the wrong macro is a type error, not a component the host refuses when it loads.
+pub struct Service<World = Participant> {
     name: String,
     handlers: Vec<(String, Handler)>,
     aggregates: Vec<types::AggregateType>,
     sagas: BTreeMap<String, Saga>,
+    world: PhantomData<World>,
 }
 
 impl Service {
@@ -31,9 +44,12 @@ impl Service {
             handlers: Vec::new(),
             aggregates: Vec::new(),
             sagas: BTreeMap::new(),
+            world: PhantomData,
         }
     }
+}
 
+impl<World> Service<World> {
     fn handler(
         mut self,
         name: String,
@@ -126,12 +142,22 @@ impl Service {
         self
     }
 
-    /// Registers a saga under the name `SagaManager::run` starts it by.
-    pub fn saga(mut self, name: &str, saga: Saga) -> Self {
-        self.sagas.insert(name.to_string(), saga);
-        self
+    /// Registers a saga under the name `SagaManager::run` starts it by; the service becomes an
+    /// orchestrator.
+    pub fn saga(self, name: &str, saga: Saga) -> Service<Orchestrator> {
+        let mut sagas = self.sagas;
+        sagas.insert(name.to_string(), saga);
+        Service {
+            name: self.name,
+            handlers: self.handlers,
+            aggregates: self.aggregates,
+            sagas,
+            world: PhantomData,
+        }
     }
+}
 
+impl Service<Orchestrator> {
     fn saga_callback(&self, saga: &str, callback: &str) -> Result<&Callback> {
         self.sagas
             .get(saga)
@@ -179,7 +205,7 @@ fn rest_route(method: Method, path: &str) -> types::RestRoute {
     }
 }
 
-/// What the `export_service!` glue calls; not for service code.
+/// What the export macros' glue calls; not for service code.
 #[doc(hidden)]
 pub mod dispatch {
     use super::*;
@@ -189,7 +215,7 @@ pub mod dispatch {
         duration.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
     }
 
-    pub fn describe(service: &Service) -> types::Manifest {
+    pub fn describe<World>(service: &Service<World>) -> types::Manifest {
         types::Manifest {
             name: service.name.clone(),
             handlers: service
@@ -214,8 +240,8 @@ pub mod dispatch {
         }
     }
 
-    pub fn handle(
-        service: &Service,
+    pub fn handle<World>(
+        service: &Service<World>,
         request: types::Request,
     ) -> Result<types::Response, types::Error> {
         let Some((_, handler)) = service
@@ -238,7 +264,7 @@ pub mod dispatch {
     }
 
     pub fn prepare(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -258,7 +284,7 @@ pub mod dispatch {
     }
 
     pub fn on_reply(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -282,7 +308,7 @@ pub mod dispatch {
     }
 
     pub fn execute(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -299,7 +325,7 @@ pub mod dispatch {
     }
 
     pub fn condition(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,

@@ -7,7 +7,7 @@ fn nothing(_request: Request) -> Result<Response> {
     Ok(Response::empty())
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("broken")
         .rest_query(Method::Get, "/broken", nothing)
         .saga(
@@ -18,4 +18,4 @@ fn service() -> Service {
         )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

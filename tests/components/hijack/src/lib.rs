@@ -13,4 +13,4 @@ fn service() -> Service {
         .broker_command("GetUserAttempts", steal)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

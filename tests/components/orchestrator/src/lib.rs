@@ -249,7 +249,7 @@ fn notes(request: Request) -> Result<Response> {
     Ok(Response::new(notes))
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("orchestrator")
         .aggregate::<Note>()
         .rest_command(Method::Post, "/run/{saga}", run)
@@ -277,4 +277,4 @@ fn service() -> Service {
         )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

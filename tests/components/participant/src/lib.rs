@@ -397,4 +397,4 @@ fn service() -> Service {
         .rest_command(Method::Post, "/switch", fix_switch)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

@@ -196,4 +196,4 @@ fn service() -> Service {
         .rest_command(Method::Post, "/probe/ignore-refusal", ignore_refusal)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);
