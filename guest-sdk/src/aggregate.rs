@@ -32,7 +32,7 @@ pub trait Aggregate: Serialize + DeserializeOwned + Sized {
         Stored::from_wit(storage::create(Self::NAME, Some(&uuid.to_string()), &data)?)
     }
 
-    /// Reads one aggregate (404 when it does not exist).
+    /// Reads one aggregate; when there is none, an error whose [`Error::is_not_found`] holds.
     fn get(uuid: Uuid) -> Result<Stored<Self>> {
         Stored::from_wit(storage::get(Self::NAME, &uuid.to_string())?)
     }
@@ -86,8 +86,10 @@ impl<T: Aggregate> Stored<T> {
         })
     }
 
-    /// Writes the changed fields as an update event. Fails with 409 if the aggregate changed
-    /// since it was read.
+    /// Writes the changed fields as an update event, if the aggregate is still at the version
+    /// it was read at. When another writer changed it since this call read it, the host runs
+    /// the call again; otherwise a changed aggregate is an error whose [`Error::is_conflict`]
+    /// holds.
     pub fn save(&mut self) -> Result<()> {
         let fields = serde_json::to_string(&self.data)?;
         let updated =

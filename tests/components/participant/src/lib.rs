@@ -127,7 +127,7 @@ fn record(key: &str, name: &str) -> Result<u32> {
             effect.save()?;
             effect.count
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Effect {
                 key: key.into(),
                 name: name.into(),
@@ -143,7 +143,7 @@ fn record(key: &str, name: &str) -> Result<u32> {
             journal.entries.push(name.to_string());
             journal.save()?;
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Journal {
                 key: key.into(),
                 entries: vec![name.to_string()],
@@ -182,13 +182,10 @@ fn bump(request: Request) -> Result<Response> {
     if let Some(expected) = order.expected_version
         && counter.version != expected
     {
-        return Err(Error::with_status(
-            409,
-            format!(
-                "counter {} is at version {}, not {expected}",
-                order.key, counter.version
-            ),
-        ));
+        return Err(Error::conflict(format!(
+            "counter {} is at version {}, not {expected}",
+            order.key, counter.version
+        )));
     }
     counter.value += 1;
     counter.save()?;
@@ -253,7 +250,7 @@ fn fix_switch(_request: Request) -> Result<Response> {
             switch.fixed = true;
             switch.save()?;
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Switch { fixed: true }.create_with_uuid(switch_uuid())?;
         }
         Err(error) => return Err(error),
@@ -296,7 +293,7 @@ fn course_uuid(course: &str) -> Uuid {
 /// collide, and the loser is run again).
 fn course(name: &str) -> Result<Stored<Course>> {
     match Course::get(course_uuid(name)) {
-        Err(error) if error.status == 404 => Course {
+        Err(error) if error.is_not_found() => Course {
             course: name.into(),
             taken: 0,
             events: 0,
@@ -369,7 +366,7 @@ fn get_course(request: Request) -> Result<Response> {
         Ok(course) => {
             json!({"taken": course.taken, "events": course.events, "notes": course.notes})
         }
-        Err(error) if error.status == 404 => json!({"taken": 0, "events": 0, "notes": 0}),
+        Err(error) if error.is_not_found() => json!({"taken": 0, "events": 0, "notes": 0}),
         Err(error) => return Err(error),
     }))
 }
