@@ -406,6 +406,17 @@ impl SagaManager {
         SagaExecution::from_wit(sagas::get(&uuid.to_string())?)
     }
 
+    /// The saga this call works for: in a saga callback, the execution it is a callback of (an
+    /// inner saga's callbacks belong to the execution that runs it), to name what it creates
+    /// after the saga, say; in a handler of a saga step's command or compensation, the saga
+    /// that sent it; otherwise none.
+    ///
+    /// A participant reads the saga of a step's command from [`crate::Request::saga`] instead:
+    /// this asks the host through the `sagas` interface, which only orchestrators import.
+    pub fn current() -> Option<Uuid> {
+        sagas::current().map(|id| Uuid::parse_str(&id).expect("the host names sagas by UUID"))
+    }
+
     fn start(name: &str, context: SagaContext, wait: bool) -> Result<SagaExecution> {
         let execution = sagas::run(name, &context.to_json(), sagas::RunOptions { wait })?;
         SagaExecution::from_wit(execution)
