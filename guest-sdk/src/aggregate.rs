@@ -24,9 +24,12 @@ pub trait Aggregate: Serialize + DeserializeOwned + Sized {
         Stored::from_wit(storage::create(Self::NAME, None, &data)?)
     }
 
-    /// Stores a new aggregate under a chosen uuid (refused with 409 if it is taken). A
-    /// name-based uuid (`Uuid::new_v5`) makes concurrent creators of the same logical
-    /// aggregate collide, so that only one succeeds.
+    /// Stores a new aggregate under a chosen uuid. A name-based uuid (`Uuid::new_v5`) makes
+    /// concurrent creators of the same logical aggregate collide, so that only one succeeds:
+    /// when the uuid was created by another writer while this call ran (the call had found it
+    /// absent), the host runs the call again rather than answer it. A plain duplicate — a uuid
+    /// the call never looked for, or a deleted aggregate's (a uuid is never reused) — is
+    /// refused with an error whose [`Error::is_conflict`] holds.
     fn create_with_uuid(self, uuid: Uuid) -> Result<Stored<Self>> {
         let data = serde_json::to_string(&self)?;
         Stored::from_wit(storage::create(Self::NAME, Some(&uuid.to_string()), &data)?)
