@@ -14,6 +14,7 @@ use saga_sdk::prelude::*;
 pub const MAX_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Attempt {
     user: Uuid,
     exam: Uuid,
@@ -26,13 +27,15 @@ impl Aggregate for Attempt {
 }
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct AttemptQuery {
     user: Uuid,
     exam: Uuid,
 }
 
-/// One Attempt per (user, exam): a name-based uuid makes concurrent first attempts create the
-/// same aggregate, so that the storage lets only one of them through at a time.
+/// One Attempt per (user, exam), under a name-based uuid: it is read by that uuid, and
+/// concurrent first attempts create the same aggregate, so that the storage lets only one of
+/// them through at a time (the host runs the others again, and they find it).
 fn attempt_uuid(user: Uuid, exam: Uuid) -> Uuid {
     Uuid::new_v5(
         &Uuid::NAMESPACE_OID,
@@ -40,20 +43,11 @@ fn attempt_uuid(user: Uuid, exam: Uuid) -> Uuid {
     )
 }
 
-fn by_user_and_exam(user: Uuid, exam: Uuid) -> Condition {
-    Condition::and([
-        Condition::equal("user", user),
-        Condition::equal("exam", exam),
-    ])
-}
-
 fn get_user_attempts(request: Request) -> Result<Response> {
     let AttemptQuery { user, exam } = request.content()?;
-    match Attempt::find(by_user_and_exam(user, exam), Some(1))?
-        .into_iter()
-        .next()
-    {
-        Some(mut attempt) => {
+    let uuid = attempt_uuid(user, exam);
+    match Attempt::get(uuid) {
+        Ok(mut attempt) => {
             if attempt.quantity >= MAX_ATTEMPTS {
                 return Err(Error::business(
                     "The maximum number of attempts has been exceeded.",
@@ -64,15 +58,16 @@ fn get_user_attempts(request: Request) -> Result<Response> {
             attempt.save()?;
             Ok(Response::new(before))
         }
-        None => {
+        Err(error) if error.is_not_found() => {
             Attempt {
                 user,
                 exam,
                 quantity: 1,
             }
-            .create_with_uuid(attempt_uuid(user, exam))?;
+            .create_with_uuid(uuid)?;
             Ok(Response::new(0))
         }
+        Err(error) => Err(error),
     }
 }
 
@@ -80,9 +75,11 @@ fn get_user_attempts(request: Request) -> Result<Response> {
 fn count_attempts(request: Request) -> Result<Response> {
     let user: Uuid = request.param_as("user_uuid")?;
     let exam: Uuid = request.param_as("exam_uuid")?;
-    let quantity = Attempt::find(by_user_and_exam(user, exam), Some(1))?
-        .first()
-        .map_or(0, |attempt| attempt.quantity);
+    let quantity = match Attempt::get(attempt_uuid(user, exam)) {
+        Ok(attempt) => attempt.quantity,
+        Err(error) if error.is_not_found() => 0,
+        Err(error) => return Err(error),
+    };
     Ok(Response::new(json!({
         "user_uuid": user,
         "exam_uuid": exam,
@@ -95,7 +92,11 @@ fn service() -> Service {
     Service::new("attempt")
         .aggregate::<Attempt>()
         .broker_command("GetUserAttempts", get_user_attempts)
-        .rest_query("GET", "/attempts/{user_uuid}/{exam_uuid}", count_attempts)
+        .rest_query(
+            Method::Get,
+            "/attempts/{user_uuid}/{exam_uuid}",
+            count_attempts,
+        )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

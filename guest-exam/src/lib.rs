@@ -21,6 +21,7 @@ const BUILD: Option<&str> = if cfg!(feature = "variant-b") {
 };
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Exam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -40,6 +41,7 @@ impl Aggregate for Exam {
 
 /// The body of `POST /exams`.
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct SubmitExam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -47,6 +49,7 @@ struct SubmitExam {
 
 /// The body of `POST /exams/graded`.
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct SubmitGradedExam {
     user_uuid: Uuid,
     exam_uuid: Uuid,
@@ -55,6 +58,7 @@ struct SubmitGradedExam {
 
 /// The payload of the `GetUserAttempts` command.
 #[derive(Serialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct AttemptQuery {
     user: Uuid,
     exam: Uuid,
@@ -217,16 +221,16 @@ fn list_exams(request: Request) -> Result<Response> {
     Ok(Response::new(exams))
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("exam")
         .aggregate::<Exam>()
-        .rest_command("POST", "/exams", submit_exam)
-        .rest_command("POST", "/exams/graded", submit_graded_exam)
+        .rest_command(Method::Post, "/exams", submit_exam)
+        .rest_command(Method::Post, "/exams/graded", submit_graded_exam)
         .broker_command("CreateExam", submit_exam)
-        .rest_query("GET", "/exams/{uuid}", get_exam)
-        .rest_query("GET", "/exams", list_exams)
+        .rest_query(Method::Get, "/exams/{uuid}", get_exam)
+        .rest_query(Method::Get, "/exams", list_exams)
         .saga(GET_USER_ATTEMPTS, get_user_attempts())
         .saga(GRADED_EXAM, graded_exam())
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

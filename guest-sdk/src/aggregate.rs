@@ -24,15 +24,18 @@ pub trait Aggregate: Serialize + DeserializeOwned + Sized {
         Stored::from_wit(storage::create(Self::NAME, None, &data)?)
     }
 
-    /// Stores a new aggregate under a chosen uuid (refused with 409 if it is taken). A
-    /// name-based uuid (`Uuid::new_v5`) makes concurrent creators of the same logical
-    /// aggregate collide, so that only one succeeds.
+    /// Stores a new aggregate under a chosen uuid. A name-based uuid (`Uuid::new_v5`) makes
+    /// concurrent creators of the same logical aggregate collide, so that only one succeeds:
+    /// when the uuid was created by another writer while this call ran (the call had found it
+    /// absent), the host runs the call again rather than answer it. A plain duplicate — a uuid
+    /// the call never looked for, or a deleted aggregate's (a uuid is never reused) — is
+    /// refused with an error whose [`Error::is_conflict`] holds.
     fn create_with_uuid(self, uuid: Uuid) -> Result<Stored<Self>> {
         let data = serde_json::to_string(&self)?;
         Stored::from_wit(storage::create(Self::NAME, Some(&uuid.to_string()), &data)?)
     }
 
-    /// Reads one aggregate (404 when it does not exist).
+    /// Reads one aggregate; when there is none, an error whose [`Error::is_not_found`] holds.
     fn get(uuid: Uuid) -> Result<Stored<Self>> {
         Stored::from_wit(storage::get(Self::NAME, &uuid.to_string())?)
     }
@@ -86,8 +89,10 @@ impl<T: Aggregate> Stored<T> {
         })
     }
 
-    /// Writes the changed fields as an update event. Fails with 409 if the aggregate changed
-    /// since it was read.
+    /// Writes the changed fields as an update event, if the aggregate is still at the version
+    /// it was read at. When another writer changed it since this call read it, the host runs
+    /// the call again; otherwise a changed aggregate is an error whose [`Error::is_conflict`]
+    /// holds.
     pub fn save(&mut self) -> Result<()> {
         let fields = serde_json::to_string(&self.data)?;
         let updated =

@@ -6,25 +6,38 @@
 //! ```ignore
 //! use saga_sdk::prelude::*;
 //!
-//! fn service() -> Service {
+//! fn service() -> Service<Orchestrator> {
 //!     Service::new("exam")
 //!         .aggregate::<Exam>()
-//!         .rest_command("POST", "/exams", submit_exam)
+//!         .rest_command(Method::Post, "/exams", submit_exam)
 //!         .saga(GET_USER_ATTEMPTS, get_user_attempts())
 //! }
 //!
-//! saga_sdk::export_service!(service);
+//! saga_sdk::export_orchestrator!(service);
 //! ```
+//!
+//! A service without sagas is a plain `Service` and is exported with
+//! [`export_participant!`]: the component is then built for the WIT world `participant`.
 //!
 //! Build it with `cargo build --target wasm32-wasip2 --release`; the `.wasm` is the component
 //! saga-host loads. The host makes a fresh instance for every call, so keep no state in
 //! globals: store it in aggregates.
+//!
+//! `saga-sdk` is the only dependency a service needs. Payloads, aggregates and saga contexts are
+//! serde types; the SDK re-exports [`serde`], and a derive names it with one attribute:
+//!
+//! ```ignore
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "saga_sdk::serde")]
+//! struct Exam { user_uuid: Uuid, exam_uuid: Uuid, attempt: u32 }
+//! ```
 
 mod aggregate;
 #[doc(hidden)]
 pub mod bindings;
 mod condition;
 mod error;
+mod export;
 mod request;
 mod saga;
 mod service;
@@ -34,8 +47,12 @@ pub use condition::{Condition, Op, Ordering};
 pub use error::{Error, Result};
 pub use request::{Request, Response};
 pub use saga::{Reply, Saga, SagaContext, SagaExecution, SagaManager, SagaStatus};
+/// The serde the SDK is built with. serde's derives refer to a crate named `serde`; with
+/// `#[serde(crate = "saga_sdk::serde")]` they use this one instead, so a service needs no
+/// serde dependency of its own.
+pub use serde;
 pub use serde_json::{Value, json};
-pub use service::Service;
+pub use service::{Method, Orchestrator, Participant, Service};
 pub use uuid::Uuid;
 
 #[doc(hidden)]
@@ -90,71 +107,9 @@ pub mod log {
 /// Everything a service usually needs.
 pub mod prelude {
     pub use crate::{
-        Aggregate, Condition, Error, Ordering, Reply, Request, Response, Result, Saga, SagaContext,
-        SagaExecution, SagaManager, SagaStatus, Service, Stored, Uuid, Value, json,
+        Aggregate, Condition, Error, Method, Orchestrator, Ordering, Participant, Reply, Request,
+        Response, Result, Saga, SagaContext, SagaExecution, SagaManager, SagaStatus, Service,
+        Stored, Uuid, Value, json,
     };
     pub use serde::{Deserialize, Serialize};
-}
-
-/// Exports a service: `export_service!(service)` where `fn service() -> Service`.
-#[macro_export]
-macro_rules! export_service {
-    ($service:path) => {
-        struct __SagaSdkExport;
-
-        impl $crate::bindings::exports::saga::host::service::Guest for __SagaSdkExport {
-            fn describe() -> $crate::bindings::saga::host::types::Manifest {
-                $crate::__dispatch::describe(&$service())
-            }
-
-            fn handle(
-                request: $crate::bindings::saga::host::types::Request,
-            ) -> ::core::result::Result<
-                $crate::bindings::saga::host::types::Response,
-                $crate::bindings::saga::host::types::Error,
-            > {
-                $crate::__dispatch::handle(&$service(), request)
-            }
-        }
-
-        impl $crate::bindings::exports::saga::host::saga_callbacks::Guest for __SagaSdkExport {
-            fn prepare(
-                saga: ::std::string::String,
-                callback: ::std::string::String,
-                context: ::std::string::String,
-            ) -> ::core::result::Result<
-                $crate::bindings::saga::host::types::SagaRequest,
-                $crate::bindings::saga::host::types::Error,
-            > {
-                $crate::__dispatch::prepare(&$service(), &saga, &callback, &context)
-            }
-
-            fn on_reply(
-                saga: ::std::string::String,
-                callback: ::std::string::String,
-                context: ::std::string::String,
-                reply: $crate::bindings::saga::host::types::Reply,
-            ) -> ::core::result::Result<::std::string::String, $crate::bindings::saga::host::types::Error> {
-                $crate::__dispatch::on_reply(&$service(), &saga, &callback, &context, reply)
-            }
-
-            fn execute(
-                saga: ::std::string::String,
-                callback: ::std::string::String,
-                context: ::std::string::String,
-            ) -> ::core::result::Result<::std::string::String, $crate::bindings::saga::host::types::Error> {
-                $crate::__dispatch::execute(&$service(), &saga, &callback, &context)
-            }
-
-            fn condition(
-                saga: ::std::string::String,
-                callback: ::std::string::String,
-                context: ::std::string::String,
-            ) -> ::core::result::Result<bool, $crate::bindings::saga::host::types::Error> {
-                $crate::__dispatch::condition(&$service(), &saga, &callback, &context)
-            }
-        }
-
-        $crate::bindings::export!(__SagaSdkExport with_types_in $crate::bindings);
-    };
 }

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::bindings::saga::host::{sagas, types};
+use crate::bindings::orchestrator::saga::host::sagas;
+use crate::bindings::saga::host::types;
 use crate::{Error, Result};
 
 /// The data a saga carries from step to step: a JSON object.
@@ -403,6 +404,17 @@ impl SagaManager {
     /// An execution of this service's sagas.
     pub fn get(uuid: Uuid) -> Result<SagaExecution> {
         SagaExecution::from_wit(sagas::get(&uuid.to_string())?)
+    }
+
+    /// The saga this call works for: in a saga callback, the execution it is a callback of (an
+    /// inner saga's callbacks belong to the execution that runs it), to name what it creates
+    /// after the saga, say; in a handler of a saga step's command or compensation, the saga
+    /// that sent it; otherwise none.
+    ///
+    /// A participant reads the saga of a step's command from [`crate::Request::saga`] instead:
+    /// this asks the host through the `sagas` interface, which only orchestrators import.
+    pub fn current() -> Option<Uuid> {
+        sagas::current().map(|id| Uuid::parse_str(&id).expect("the host names sagas by UUID"))
     }
 
     fn start(name: &str, context: SagaContext, wait: bool) -> Result<SagaExecution> {

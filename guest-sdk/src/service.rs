@@ -1,7 +1,10 @@
 //! A service: its name, handlers and the triggers that reach them, aggregates and sagas. Build
-//! one in a function and export it with [`crate::export_service!`].
+//! one in a function and export it with [`crate::export_participant!`], or with
+//! [`crate::export_orchestrator!`] once it has sagas.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
 
 use crate::bindings::saga::host::types;
 use crate::saga::Callback;
@@ -14,12 +17,23 @@ struct Handler {
     function: HandlerFn,
 }
 
-/// A service definition.
-pub struct Service {
+/// A service that orchestrates no saga: [`crate::export_participant!`] builds it for the WIT
+/// world `participant`, which neither imports `sagas` nor exports `saga-callbacks`.
+pub enum Participant {}
+
+/// A service with sagas of its own ([`Service::saga`] makes one): [`crate::export_orchestrator!`]
+/// builds it for the WIT world `orchestrator`, which runs sagas and exports their callbacks.
+pub enum Orchestrator {}
+
+/// A service definition: a `Service` (a participant) until [`Service::saga`] registers a saga,
+/// a `Service<Orchestrator>` from then on. The world is in the type so that exporting a service
+/// with the wrong macro is a type error, not a component the host refuses when it loads.
+pub struct Service<World = Participant> {
     name: String,
     handlers: Vec<(String, Handler)>,
     aggregates: Vec<types::AggregateType>,
     sagas: BTreeMap<String, Saga>,
+    world: PhantomData<World>,
 }
 
 impl Service {
@@ -30,9 +44,12 @@ impl Service {
             handlers: Vec::new(),
             aggregates: Vec::new(),
             sagas: BTreeMap::new(),
+            world: PhantomData,
         }
     }
+}
 
+impl<World> Service<World> {
     fn handler(
         mut self,
         name: String,
@@ -49,32 +66,30 @@ impl Service {
         self
     }
 
-    /// An HTTP route that may write, e.g. `rest_command("POST", "/exams", submit_exam)`.
+    /// An HTTP route that may write, e.g. `rest_command(Method::Post, "/exams", submit_exam)`.
     pub fn rest_command(
         self,
-        method: &str,
+        method: Method,
         path: &str,
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
-        let route = rest_route(method, path);
         self.handler(
             format!("{method} {path}"),
-            types::Trigger::RestCommand(route),
+            types::Trigger::RestCommand(rest_route(method, path)),
             handler,
         )
     }
 
-    /// An HTTP route that only reads, e.g. `rest_query("GET", "/exams/{uuid}", get_exam)`.
+    /// An HTTP route that only reads, e.g. `rest_query(Method::Get, "/exams/{uuid}", get_exam)`.
     pub fn rest_query(
         self,
-        method: &str,
+        method: Method,
         path: &str,
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
-        let route = rest_route(method, path);
         self.handler(
             format!("{method} {path}"),
-            types::Trigger::RestQuery(route),
+            types::Trigger::RestQuery(rest_route(method, path)),
             handler,
         )
     }
@@ -127,12 +142,22 @@ impl Service {
         self
     }
 
-    /// Registers a saga under the name `SagaManager::run` starts it by.
-    pub fn saga(mut self, name: &str, saga: Saga) -> Self {
-        self.sagas.insert(name.to_string(), saga);
-        self
+    /// Registers a saga under the name `SagaManager::run` starts it by; the service becomes an
+    /// orchestrator.
+    pub fn saga(self, name: &str, saga: Saga) -> Service<Orchestrator> {
+        let mut sagas = self.sagas;
+        sagas.insert(name.to_string(), saga);
+        Service {
+            name: self.name,
+            handlers: self.handlers,
+            aggregates: self.aggregates,
+            sagas,
+            world: PhantomData,
+        }
     }
+}
 
+impl Service<Orchestrator> {
     fn saga_callback(&self, saga: &str, callback: &str) -> Result<&Callback> {
         self.sagas
             .get(saga)
@@ -143,24 +168,44 @@ impl Service {
     }
 }
 
-fn rest_route(method: &str, path: &str) -> types::RestRoute {
-    let method = match method.to_ascii_uppercase().as_str() {
-        "GET" => types::HttpMethod::Get,
-        "POST" => types::HttpMethod::Post,
-        "PUT" => types::HttpMethod::Put,
-        "PATCH" => types::HttpMethod::Patch,
-        "DELETE" => types::HttpMethod::Delete,
-        other => panic!(
-            "unknown HTTP method {other:?} for route {path}; use GET, POST, PUT, PATCH or DELETE"
-        ),
-    };
+/// The HTTP methods a REST route may use: the WIT's `http-method`. An enum rather than text so
+/// that a misspelt method is a compile error, not a component that fails when it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl fmt::Display for Method {
+    /// The method as HTTP spells it ("POST"); it starts the handler's name ("POST /exams").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        })
+    }
+}
+
+fn rest_route(method: Method, path: &str) -> types::RestRoute {
     types::RestRoute {
-        method,
+        method: match method {
+            Method::Get => types::HttpMethod::Get,
+            Method::Post => types::HttpMethod::Post,
+            Method::Put => types::HttpMethod::Put,
+            Method::Patch => types::HttpMethod::Patch,
+            Method::Delete => types::HttpMethod::Delete,
+        },
         path: path.to_string(),
     }
 }
 
-/// What the `export_service!` glue calls; not for service code.
+/// What the export macros' glue calls; not for service code.
 #[doc(hidden)]
 pub mod dispatch {
     use super::*;
@@ -170,7 +215,7 @@ pub mod dispatch {
         duration.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
     }
 
-    pub fn describe(service: &Service) -> types::Manifest {
+    pub fn describe<World>(service: &Service<World>) -> types::Manifest {
         types::Manifest {
             name: service.name.clone(),
             handlers: service
@@ -195,8 +240,8 @@ pub mod dispatch {
         }
     }
 
-    pub fn handle(
-        service: &Service,
+    pub fn handle<World>(
+        service: &Service<World>,
         request: types::Request,
     ) -> Result<types::Response, types::Error> {
         let Some((_, handler)) = service
@@ -219,7 +264,7 @@ pub mod dispatch {
     }
 
     pub fn prepare(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -239,7 +284,7 @@ pub mod dispatch {
     }
 
     pub fn on_reply(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -263,7 +308,7 @@ pub mod dispatch {
     }
 
     pub fn execute(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,
@@ -280,7 +325,7 @@ pub mod dispatch {
     }
 
     pub fn condition(
-        service: &Service,
+        service: &Service<Orchestrator>,
         saga: &str,
         callback: &str,
         context: &str,

@@ -7,9 +7,9 @@ fn nothing(_request: Request) -> Result<Response> {
     Ok(Response::empty())
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("broken")
-        .rest_query("GET", "/broken", nothing)
+        .rest_query(Method::Get, "/broken", nothing)
         .saga(
             "UNFINISHED",
             Saga::new()
@@ -18,4 +18,4 @@ fn service() -> Service {
         )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

@@ -9,8 +9,8 @@ fn steal(_request: Request) -> Result<Response> {
 
 fn service() -> Service {
     Service::new("hijack")
-        .rest_command("POST", "/exams", steal)
+        .rest_command(Method::Post, "/exams", steal)
         .broker_command("GetUserAttempts", steal)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

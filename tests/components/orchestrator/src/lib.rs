@@ -17,6 +17,7 @@ use std::time::Duration;
 use saga_sdk::prelude::*;
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Note {
     key: String,
     text: String,
@@ -248,12 +249,12 @@ fn notes(request: Request) -> Result<Response> {
     Ok(Response::new(notes))
 }
 
-fn service() -> Service {
+fn service() -> Service<Orchestrator> {
     Service::new("orchestrator")
         .aggregate::<Note>()
-        .rest_command("POST", "/run/{saga}", run)
-        .rest_command("POST", "/start/{saga}", start)
-        .rest_query("GET", "/notes/{key}", notes)
+        .rest_command(Method::Post, "/run/{saga}", run)
+        .rest_command(Method::Post, "/start/{saga}", start)
+        .rest_query(Method::Get, "/notes/{key}", notes)
         .saga("MAIN", main_saga())
         .saga(
             "BRANCH_X",
@@ -276,4 +277,4 @@ fn service() -> Service {
         )
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_orchestrator!(service);

@@ -7,9 +7,12 @@
 //! "system" (a 500), "trap" (a panic), "flaky:N" (a 500 on attempts 1 to N), "spin:N" (N
 //! million iterations of busy work first, to be late).
 
+use std::collections::BTreeMap;
+
 use saga_sdk::prelude::*;
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Effect {
     key: String,
     name: String,
@@ -23,6 +26,7 @@ impl Aggregate for Effect {
 
 /// The order in which effects happened, per key.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Journal {
     key: String,
     entries: Vec<String>,
@@ -33,6 +37,7 @@ impl Aggregate for Journal {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Counter {
     key: String,
     value: u64,
@@ -43,6 +48,7 @@ impl Aggregate for Counter {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Switch {
     fixed: bool,
 }
@@ -52,6 +58,7 @@ impl Aggregate for Switch {
 }
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Order {
     key: String,
     name: String,
@@ -120,7 +127,7 @@ fn record(key: &str, name: &str) -> Result<u32> {
             effect.save()?;
             effect.count
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Effect {
                 key: key.into(),
                 name: name.into(),
@@ -136,7 +143,7 @@ fn record(key: &str, name: &str) -> Result<u32> {
             journal.entries.push(name.to_string());
             journal.save()?;
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Journal {
                 key: key.into(),
                 entries: vec![name.to_string()],
@@ -175,13 +182,10 @@ fn bump(request: Request) -> Result<Response> {
     if let Some(expected) = order.expected_version
         && counter.version != expected
     {
-        return Err(Error::with_status(
-            409,
-            format!(
-                "counter {} is at version {}, not {expected}",
-                order.key, counter.version
-            ),
-        ));
+        return Err(Error::conflict(format!(
+            "counter {} is at version {}, not {expected}",
+            order.key, counter.version
+        )));
     }
     counter.value += 1;
     counter.save()?;
@@ -207,10 +211,10 @@ fn get_counter(request: Request) -> Result<Response> {
 
 fn effects(request: Request) -> Result<Response> {
     let key = request.param("key")?;
-    let mut counts = serde_json::Map::new();
-    for effect in Effect::find(Condition::equal("key", key), None)? {
-        counts.insert(effect.name.clone(), json!(effect.count));
-    }
+    let counts: BTreeMap<String, u32> = Effect::find(Condition::equal("key", key), None)?
+        .into_iter()
+        .map(|effect| (effect.data.name, effect.data.count))
+        .collect();
     let journal = Journal::get(name_uuid(&[key]))
         .map(|j| j.data.entries)
         .unwrap_or_default();
@@ -246,7 +250,7 @@ fn fix_switch(_request: Request) -> Result<Response> {
             switch.fixed = true;
             switch.save()?;
         }
-        Err(error) if error.status == 404 => {
+        Err(error) if error.is_not_found() => {
             Switch { fixed: true }.create_with_uuid(switch_uuid())?;
         }
         Err(error) => return Err(error),
@@ -257,6 +261,7 @@ fn fix_switch(_request: Request) -> Result<Response> {
 /// A course's seats, counted the tutorial's way: `+1` when one is reserved, `-1` when one is
 /// released, and a reservation refused once `taken` reaches the capacity.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Course {
     course: String,
     taken: i64,
@@ -273,6 +278,7 @@ impl Aggregate for Course {
 const CAPACITY: i64 = 2;
 
 #[derive(Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Seat {
     course: String,
     #[serde(default)]
@@ -287,7 +293,7 @@ fn course_uuid(course: &str) -> Uuid {
 /// collide, and the loser is run again).
 fn course(name: &str) -> Result<Stored<Course>> {
     match Course::get(course_uuid(name)) {
-        Err(error) if error.status == 404 => Course {
+        Err(error) if error.is_not_found() => Course {
             course: name.into(),
             taken: 0,
             events: 0,
@@ -360,7 +366,7 @@ fn get_course(request: Request) -> Result<Response> {
         Ok(course) => {
             json!({"taken": course.taken, "events": course.events, "notes": course.notes})
         }
-        Err(error) if error.status == 404 => json!({"taken": 0, "events": 0, "notes": 0}),
+        Err(error) if error.is_not_found() => json!({"taken": 0, "events": 0, "notes": 0}),
         Err(error) => return Err(error),
     }))
 }
@@ -376,16 +382,16 @@ fn service() -> Service {
         .broker_command("ReleaseSeat", release_seat)
         .broker_event("SeatReserved", heard_event)
         .broker_command("NoteSeat", heard_note)
-        .rest_query("GET", "/courses/{course}", get_course)
+        .rest_query(Method::Get, "/courses/{course}", get_course)
         .broker_command("Do", do_it)
         .broker_command("Undo", undo)
         .broker_command("Bump", bump)
         .broker_event("Alarm", on_alarm)
-        .rest_query("GET", "/effects/{key}", effects)
-        .rest_command("POST", "/counters/{key}", create_counter)
-        .rest_query("GET", "/counters/{key}", get_counter)
-        .rest_command("POST", "/alarm", raise_alarm)
-        .rest_command("POST", "/switch", fix_switch)
+        .rest_query(Method::Get, "/effects/{key}", effects)
+        .rest_command(Method::Post, "/counters/{key}", create_counter)
+        .rest_query(Method::Get, "/counters/{key}", get_counter)
+        .rest_command(Method::Post, "/alarm", raise_alarm)
+        .rest_command(Method::Post, "/switch", fix_switch)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);

@@ -7,6 +7,7 @@ use saga_sdk::prelude::*;
 
 /// What the write flood stores.
 #[derive(Serialize, Deserialize)]
+#[serde(crate = "saga_sdk::serde")]
 struct Junk {
     n: u64,
 }
@@ -178,21 +179,21 @@ fn host_call_flood(_request: Request) -> Result<Response> {
 fn service() -> Service {
     Service::new("probe")
         .aggregate::<Junk>()
-        .rest_query("GET", "/probe/noop", noop)
+        .rest_query(Method::Get, "/probe/noop", noop)
         .broker_command("ProbeNoop", noop)
-        .rest_query("GET", "/probe/trap", trap)
-        .rest_query("GET", "/probe/loop", endless_loop)
-        .rest_query("GET", "/probe/memory", memory_bomb)
-        .rest_query("GET", "/probe/huge", huge_output)
-        .rest_query("GET", "/probe/recursion", deep_recursion)
-        .rest_command("POST", "/probe/flood", write_flood)
-        .rest_query("GET", "/probe/foreign/{uuid}", foreign_read)
-        .rest_command("POST", "/probe/impersonate", impersonate)
-        .rest_query("GET", "/probe/escape", escape)
-        .rest_query("GET", "/probe/log", log_spam)
-        .rest_query("GET", "/probe/stderr", stderr_spam)
-        .rest_query("GET", "/probe/host-calls", host_call_flood)
-        .rest_command("POST", "/probe/ignore-refusal", ignore_refusal)
+        .rest_query(Method::Get, "/probe/trap", trap)
+        .rest_query(Method::Get, "/probe/loop", endless_loop)
+        .rest_query(Method::Get, "/probe/memory", memory_bomb)
+        .rest_query(Method::Get, "/probe/huge", huge_output)
+        .rest_query(Method::Get, "/probe/recursion", deep_recursion)
+        .rest_command(Method::Post, "/probe/flood", write_flood)
+        .rest_query(Method::Get, "/probe/foreign/{uuid}", foreign_read)
+        .rest_command(Method::Post, "/probe/impersonate", impersonate)
+        .rest_query(Method::Get, "/probe/escape", escape)
+        .rest_query(Method::Get, "/probe/log", log_spam)
+        .rest_query(Method::Get, "/probe/stderr", stderr_spam)
+        .rest_query(Method::Get, "/probe/host-calls", host_call_flood)
+        .rest_command(Method::Post, "/probe/ignore-refusal", ignore_refusal)
 }
 
-saga_sdk::export_service!(service);
+saga_sdk::export_participant!(service);
