@@ -18,7 +18,7 @@ VARIANTS := guest_exam test_orchestrator
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test setup components test-components examples sdk-test lint fuzz bench clean-data
+.PHONY: run test setup test-tools components test-components examples sdk-test lint fuzz bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -26,11 +26,22 @@ run: components
 	$(CARGO) run --release -p saga-host -- serve
 
 ## Sets up, builds everything and runs every test (lints first).
-test: test-components examples sdk-test lint
+test: test-tools test-components examples sdk-test lint
 	$(CARGO) test --release
 
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+## The programs tests run beside the host, from Debian's packages: Prometheus and promtool
+## (tests/observability.rs). Installed once; the package's service is not started.
+TEST_PACKAGES := prometheus
+TEST_PROGRAMS := prometheus promtool
+test-tools:
+	@for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $(TEST_PACKAGES) >/dev/null; \
+	fi
 
 ## Builds the bundled components and copies them into ./components.
 components: setup

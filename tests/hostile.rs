@@ -472,7 +472,12 @@ async fn a_request_past_the_request_timeout_gets_a_504() {
 #[tokio::test]
 async fn payloads_and_tokens_stay_out_of_the_log() {
     let dir = TempDir::new("quiet-log");
-    let host = Host::start_with(&dir, COMPONENTS, &["--admin-token", "s3cret-admin-token"]);
+    // With the access log on: its lines name the request, never its body or headers.
+    let host = Host::start_with(
+        &dir,
+        COMPONENTS,
+        &["--admin-token", "s3cret-admin-token", "--access-log"],
+    );
     let http = host.http();
     let user = Uuid::new_v4();
     let created = submit_exam(http).await;
@@ -490,6 +495,10 @@ async fn payloads_and_tokens_stay_out_of_the_log() {
     assert_eq!(listed.status, 200, "{}", listed.body);
     assert_stopped(http, "GET", "/probe/trap", &["trapped"]).await;
     let log = host.log();
+    assert!(
+        log.contains("saga_host::access") && log.contains("answered"),
+        "the access log is on:\n{log}"
+    );
     for secret in [
         "hunter2-body",
         "s3cret-admin-token",

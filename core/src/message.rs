@@ -23,6 +23,10 @@ pub struct Message {
     /// For a reply: the message it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<MessageId>,
+    /// The W3C `traceparent` of the work that sent it, so that its handling joins the same
+    /// trace (when traces are exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
     /// What the receiving handler sees besides the saga's own headers: "user", and "status" on
     /// a reply delivered to a topic.
     #[serde(default)]
@@ -98,6 +102,7 @@ impl Message {
             reply_to,
             saga: None,
             in_reply_to: None,
+            trace: None,
             headers,
             payload,
             status: 200,
@@ -121,6 +126,7 @@ impl Message {
             reply_to: None,
             saga: self.saga,
             in_reply_to: Some(self.id),
+            trace: self.trace.clone(),
             headers: self.headers.clone(),
             payload,
             status,
@@ -171,7 +177,7 @@ pub fn valid_topic(topic: &str) -> bool {
 
 impl Message {
     /// Decodes a message and checks what the host relies on: a UUID id, a valid topic, a JSON
-    /// payload and a status in 100..=599.
+    /// payload, a status in 100..=599, and a printable trace context.
     pub fn decode(body: &str) -> Result<Message, DecodeError> {
         let message: Message =
             serde_json::from_str(body).map_err(|e| DecodeError(e.to_string()))?;
@@ -189,6 +195,13 @@ impl Message {
         }
         serde_json::from_str::<serde::de::IgnoredAny>(&message.payload)
             .map_err(|e| DecodeError(format!("the payload is not JSON: {e}")))?;
+        if let Some(trace) = &message.trace
+            && (trace.len() > 256 || !trace.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(DecodeError(
+                "the trace context is not a printable W3C traceparent".into(),
+            ));
+        }
         Ok(message)
     }
 

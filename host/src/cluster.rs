@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::broker::Broker;
 use crate::saga::Orchestrator;
 use crate::storage::{Consumes, Hosts, Storage, StorageError, now_ms};
+use crate::telemetry::metrics;
 
 /// How long a committed message may wait in the queue table before another host hands it on.
 const RELAY_GRACE: Duration = Duration::from_secs(2);
@@ -48,6 +49,7 @@ impl Membership {
         let alive_since = now_ms() - self.lease.as_millis() as i64;
         let consumes = self.storage.cluster_consumes(alive_since).await?;
         self.broker.set_cluster_consumes(&consumes);
+        metrics::hosts_alive(self.storage.hosts_alive(alive_since).await?);
         let Some(orchestrator) = self.orchestrator.upgrade() else {
             return Ok(0);
         };

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use crate::runtime::registry::Registry;
 use crate::runtime::{Runtime, ServiceVersion};
 use crate::storage::{Aggregates, Executions, Storage};
+use crate::telemetry::metrics;
 
 /// Where a new version comes from.
 #[derive(Debug, Clone)]
@@ -133,6 +134,21 @@ impl Deployer {
     /// version; a component the API deploys is also written to the components directory, so
     /// that a restart loads it again.
     pub async fn deploy(
+        &self,
+        bytes: Vec<u8>,
+        origin: Origin,
+    ) -> Result<Arc<ServiceVersion>, DeployError> {
+        let deployed = self.install(bytes, origin).await;
+        metrics::deploy(match &deployed {
+            Ok(_) => "ok",
+            Err(DeployError::Invalid(_)) => "invalid",
+            Err(DeployError::Conflict(_)) => "conflict",
+            Err(_) => "failed",
+        });
+        deployed
+    }
+
+    async fn install(
         &self,
         bytes: Vec<u8>,
         origin: Origin,

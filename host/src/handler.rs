@@ -14,6 +14,7 @@ use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
 use crate::storage::{Consumed, StorageError, Transaction};
+use crate::telemetry::metrics;
 
 /// Runs handler calls of every service, each as one transaction (see the module).
 pub struct Handlers {
@@ -119,6 +120,16 @@ impl Handlers {
         }
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "handler",
+        skip_all,
+        fields(
+            service = invocation.service.name(),
+            handler = invocation.request.handler,
+            message_id = invocation.message.as_ref().map(|(_, m)| tracing::field::display(m.id)),
+        )
+    )]
     pub async fn run(&self, invocation: Invocation) -> Result<Handled, HandleError> {
         let given_up = Instant::now() + self.lock_wait;
         loop {
@@ -211,6 +222,7 @@ impl Handlers {
         if Instant::now() >= given_up {
             return Err(HandleError::Blocked(self.lock_wait.as_secs()));
         }
+        metrics::rerun("handler", holder.is_some());
         match holder {
             Some(saga) => self.ends.wait(saga, Duration::from_millis(100)).await,
             None => tokio::task::yield_now().await,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tracing::Instrument;
 
 use crate::broker::{Broker, Consume, Delivery, Kind, Outcome, RetryPolicy};
 use crate::cluster::Membership;
@@ -21,6 +22,7 @@ use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
 use crate::storage::{Consumed, Executions, Queue, Storage, StorageError, Transaction};
+use crate::telemetry;
 
 /// Everything the host is configured with.
 #[derive(Debug, Clone)]
@@ -269,7 +271,22 @@ struct Router {
 }
 
 impl Router {
+    /// Delivers a message in a span of its own, in the trace of the work that sent it.
     async fn route(&self, delivery: Delivery) -> Outcome {
+        let message = &delivery.message;
+        let span = tracing::debug_span!(
+            "deliver",
+            consumer = delivery.consumer,
+            topic = message.topic,
+            message_id = %message.id,
+            saga_id = message.saga.as_ref().map(|saga| tracing::field::display(saga.id)),
+            attempts = delivery.attempts,
+        );
+        telemetry::continue_trace(&span, message.trace.as_deref());
+        self.deliver(delivery).instrument(span).await
+    }
+
+    async fn deliver(&self, delivery: Delivery) -> Outcome {
         if delivery.message.kind == Kind::Reply {
             return self.orchestrator.on_reply(delivery).await;
         }

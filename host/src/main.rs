@@ -11,6 +11,7 @@ use saga_host::broker::RetryPolicy;
 use saga_host::http::Settings;
 use saga_host::runtime::{LimitTable, Limits, RuntimeConfig, limits};
 use saga_host::saga::{Rules, SagaConfig};
+use saga_host::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -109,6 +110,22 @@ struct Serve {
     /// milliseconds (0: never).
     #[arg(long, env = "SAGA_HOST_WATCH_MS", default_value_t = 1000)]
     watch_ms: u64,
+    /// Log lines on stderr: human (one readable line per event) or json (one object per line).
+    #[arg(long, env = "SAGA_HOST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Write an access log line per HTTP request (method, route, status, duration, request id).
+    /// Off by default: at thousands of requests per second it would be most of the log, and
+    /// the metrics count the requests anyway.
+    #[arg(long, env = "SAGA_HOST_ACCESS_LOG", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    access_log: bool,
+    /// Export traces over OTLP (HTTP/protobuf) to this collector, e.g. http://127.0.0.1:4318;
+    /// none: no traces are exported. `OTEL_SERVICE_NAME` names this process in them.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Bearer token `GET /metrics` requires; none: it is open, like /health.
+    #[arg(long, env = "SAGA_HOST_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
     /// How long ended sagas and their history are kept, in days (running sagas are kept until
     /// they end).
     #[arg(long, env = "SAGA_HOST_HISTORY_DAYS", default_value_t = 7)]
@@ -131,14 +148,14 @@ struct Deploy {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (log_format, otlp_endpoint) = match &cli.command {
+        Command::Serve(serve) => (serve.log_format, serve.otlp_endpoint.clone()),
+        Command::Deploy(_) => (LogFormat::Human, None),
+    };
+    // Before the async runtime: the trace exporter runs on threads of its own.
+    let _telemetry =
+        telemetry::init(log_format, otlp_endpoint.as_deref()).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,10 +216,13 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             request_timeout: Duration::from_secs(serve.request_timeout_s),
             max_component_bytes: serve.max_component_mb << 20,
             admin_token: serve.admin_token.filter(|token| !token.is_empty()),
+            metrics_token: serve.metrics_token.filter(|token| !token.is_empty()),
+            access_log: serve.access_log,
         },
         watch: (serve.watch_ms > 0).then(|| Duration::from_millis(serve.watch_ms)),
         history_retention: Duration::from_secs(serve.history_days * 24 * 3600),
     };
+    telemetry::metrics::install().map_err(anyhow::Error::msg)?;
     let running = saga_host::start(config)
         .await
         .context("saga-host could not start")?;

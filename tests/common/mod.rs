@@ -302,13 +302,18 @@ pub struct Http {
 pub struct Answer {
     pub status: u16,
     pub body: String,
-    pub allow: Option<String>,
+    pub headers: hyper::HeaderMap,
 }
 
 impl Answer {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("the body is not JSON ({e}): {}", self.body))
+    }
+
+    /// A response header, when it is there and readable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
 
     /// The `error` field of a JSON error body.
@@ -349,6 +354,20 @@ impl Http {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Answer {
+        self.try_send_with(method, path, headers, body, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|problem| panic!("{method} {path}: {problem}"))
+    }
+
+    /// A request that may get no answer (the server may be down or killed meanwhile).
+    pub async fn try_send_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -357,48 +376,33 @@ impl Http {
         }
         let request = request
             .body(Full::new(Bytes::from(body)))
-            .expect("a valid request");
-        let response = tokio::time::timeout(Duration::from_secs(60), self.client.request(request))
+            .map_err(|e| format!("not a valid request: {e}"))?;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
-            .expect("the host answers within 60 s")
-            .expect("the host answers");
+            .map_err(|_| format!("no answer within {timeout:?}"))?
+            .map_err(|e| format!("no answer: {e}"))?;
         let status = response.status().as_u16();
-        let allow = response
-            .headers()
-            .get("allow")
-            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
-            .expect("read the body")
+            .map_err(|e| format!("the body could not be read: {e}"))?
             .to_bytes();
-        Answer {
+        Ok(Answer {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
-            allow,
-        }
+            headers,
+        })
     }
 
     /// A JSON POST that may fail (the host may be killed meanwhile): None when it got no answer.
     pub async fn try_post_json(&self, path: &str, body: &Value) -> Option<Answer> {
-        let request = hyper::Request::builder()
-            .method("POST")
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("a valid request");
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+        let headers = [("content-type", "application/json")];
+        let body = body.to_string().into_bytes();
+        self.try_send_with("POST", path, &headers, body, Duration::from_secs(30))
             .await
-            .ok()?
-            .ok()?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        Some(Answer {
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
-            allow: None,
-        })
+            .ok()
     }
 
     /// A request to the operator API, with the admin token if given.

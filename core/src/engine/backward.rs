@@ -2,7 +2,7 @@
 //! ends once none is left.
 
 use super::execution::{Acted, Compensation, CompensationStatus, ErrorInfo, Execution, Status};
-use super::io::{Action, CallbackKind, Recorded, Target};
+use super::io::{Action, CallbackKind, Due, Recorded, Target};
 use super::machine::{Env, Machine, Purpose, reply_message};
 use crate::definition::Step;
 
@@ -172,7 +172,9 @@ impl<'a, E: Env> Machine<'a, E> {
         match compensation.status {
             CompensationStatus::AwaitingReply if sent.reply_due <= now => {
                 self.record(Recorded::TimerFired {
-                    what: format!("the confirmation deadline of compensation {index}"),
+                    due: Due::ReplyDeadline {
+                        target: Target::Compensation(index),
+                    },
                 });
                 if sent.attempts >= self.config.max_attempts {
                     let error = ErrorInfo::new(
@@ -185,7 +187,9 @@ impl<'a, E: Env> Machine<'a, E> {
             }
             CompensationStatus::AwaitingRetry if sent.retry_at.is_some_and(|at| at <= now) => {
                 self.record(Recorded::TimerFired {
-                    what: format!("the retry of compensation {index}"),
+                    due: Due::Retry {
+                        target: Target::Compensation(index),
+                    },
                 });
                 self.resend(exec, Target::Compensation(index), true);
             }

@@ -5,7 +5,7 @@ use super::execution::{
     Acted, CompensationStatus, Context, ErrorInfo, Execution, Frame, Status, StepKind, StepRecord,
     StepStatus,
 };
-use super::io::{Action, CallbackKind, Recorded, Target};
+use super::io::{Action, CallbackKind, Due, Recorded, Target};
 use super::machine::{Env, Machine, Purpose, reply_message};
 use crate::definition::Step;
 
@@ -360,7 +360,7 @@ impl<'a, E: Env> Machine<'a, E> {
                 if let Some(deadline) = exec.deadline_at.filter(|&d| d <= now) {
                     let limit = (deadline - exec.created_at) / 1000;
                     self.record(Recorded::TimerFired {
-                        what: "the saga's deadline".into(),
+                        due: Due::SagaDeadline,
                     });
                     self.stop_awaiting(exec);
                     let error = ErrorInfo::new(
@@ -377,7 +377,9 @@ impl<'a, E: Env> Machine<'a, E> {
                 match record.status {
                     StepStatus::AwaitingReply if sent.reply_due <= now => {
                         self.record(Recorded::TimerFired {
-                            what: format!("the reply deadline of step {index}"),
+                            due: Due::ReplyDeadline {
+                                target: Target::Step(index),
+                            },
                         });
                         if sent.attempts >= self.config.max_attempts {
                             let topic = record.topic.clone().unwrap_or_default();
@@ -396,7 +398,9 @@ impl<'a, E: Env> Machine<'a, E> {
                     }
                     StepStatus::AwaitingRetry if sent.retry_at.is_some_and(|at| at <= now) => {
                         self.record(Recorded::TimerFired {
-                            what: format!("the retry of step {index}"),
+                            due: Due::Retry {
+                                target: Target::Step(index),
+                            },
                         });
                         self.resend(exec, Target::Step(index), true);
                     }

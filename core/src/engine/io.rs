@@ -34,6 +34,21 @@ pub enum Event {
     Operator { action: OperatorAction, by: String },
 }
 
+impl Event {
+    /// What kind of event it is, in a word (for logs and traces).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::Called { .. } => "called",
+            Event::Replied { .. } => "replied",
+            Event::Undeliverable { .. } => "undeliverable",
+            Event::Timer => "timer",
+            Event::Fail(_) => "fail",
+            Event::Operator { .. } => "operator",
+        }
+    }
+}
+
 /// What an operator may ask of an execution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
@@ -161,6 +176,18 @@ pub enum Action {
     Ended,
 }
 
+/// What a timer fired for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "kebab-case")]
+pub enum Due {
+    /// The whole saga's deadline.
+    SagaDeadline,
+    /// The reply (or confirmation) a command waits for.
+    ReplyDeadline { target: Target },
+    /// The retry of a command after a system error.
+    Retry { target: Target },
+}
+
 /// One event of a saga's history, as the machine records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
@@ -214,7 +241,7 @@ pub enum Recorded {
     },
     /// A deadline or retry came due.
     TimerFired {
-        what: String,
+        due: Due,
     },
     /// The saga failed; these steps are compensated, latest first.
     Failed {

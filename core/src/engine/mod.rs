@@ -20,7 +20,7 @@ pub use execution::{
     Status, StepKind, StepRecord, StepStatus,
 };
 pub use io::{
-    Action, Callback, CallbackKind, Command, Cost, Entry, Event, OperatorAction, Recorded,
+    Action, Callback, CallbackKind, Command, Cost, Due, Entry, Event, OperatorAction, Recorded,
     Rejected, Returned, Target,
 };
 pub use machine::{Config, Decision, Definitions, Env, Machine, reply_message};

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use saga_core::ids::{MessageId, SagaId};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 pub use saga_core::message::{Kind, Message, ReplyTo};
 
@@ -22,6 +23,7 @@ use crate::storage::{
     self, Committed, Consumes, DeadLettering, NewMessage, Queue, QueuedMessage, Storage,
     StorageError, TopicKind, Transaction, Transactions,
 };
+use crate::telemetry::{self, metrics};
 
 pub mod nats;
 
@@ -332,7 +334,18 @@ impl Broker {
 
     /// Commits a transaction and sends the messages it queued.
     pub async fn commit(&self, transaction: Transaction) -> Result<(), StorageError> {
-        let Committed { queued } = self.inner.storage.commit(transaction).await?;
+        let span = tracing::debug_span!(
+            "commit",
+            writes = transaction.writes.len(),
+            messages = transaction.messages.len(),
+            saga = transaction.saga.as_ref().map(|row| row.id.as_str()),
+        );
+        let Committed { queued } = self
+            .inner
+            .storage
+            .commit(transaction)
+            .instrument(span)
+            .await?;
         self.send(queued);
         Ok(())
     }
@@ -408,25 +421,9 @@ impl Broker {
                     delivery.attempts += 1;
                     let policy = &self.inner.retry;
                     if delivery.attempts >= policy.max_attempts {
-                        tracing::error!(
-                            message_id = %delivery.message.id,
-                            topic = %delivery.message.topic,
-                            consumer = %delivery.consumer,
-                            attempts = delivery.attempts,
-                            "delivery failed for the last time; the message goes to the dead letters: {reason}"
-                        );
-                        let tx = Transaction {
-                            dead_letter: Some(DeadLettering {
-                                queued: delivery.queued,
-                                message_id: delivery.message.id.to_string(),
-                                consumer: delivery.consumer.clone(),
-                                body: delivery.message.encode(),
-                                attempts: delivery.attempts,
-                                error: reason,
-                            }),
-                            ..Transaction::default()
-                        };
-                        if let Err(error) = self.inner.storage.commit(tx).await {
+                        if let Err(error) =
+                            self.dead_letter(&delivery, delivery.attempts, reason).await
+                        {
                             tracing::error!(%error, "could not move a message to the dead letters");
                         }
                         return;
@@ -439,6 +436,7 @@ impl Broker {
                         retry_in_ms = delay.as_millis() as u64,
                         "delivery failed: {reason}"
                     );
+                    metrics::redelivered(&delivery.consumer);
                     let available_at = storage::now_ms() + delay.as_millis() as i64;
                     if let Some(seq) = delivery.queued
                         && let Err(error) = self
@@ -452,6 +450,37 @@ impl Broker {
                 }
             }
         }
+    }
+
+    /// Moves a message whose deliveries all failed (`attempts` of them, the last for `reason`)
+    /// to the dead letters, out of the queue.
+    pub(crate) async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+        reason: String,
+    ) -> Result<(), StorageError> {
+        tracing::error!(
+            message_id = %delivery.message.id,
+            topic = %delivery.message.topic,
+            consumer = %delivery.consumer,
+            attempts,
+            "delivery failed for the last time; the message goes to the dead letters: {reason}"
+        );
+        let tx = Transaction {
+            dead_letter: Some(DeadLettering {
+                queued: delivery.queued,
+                message_id: delivery.message.id.to_string(),
+                consumer: delivery.consumer.clone(),
+                body: delivery.message.encode(),
+                attempts,
+                error: reason,
+            }),
+            ..Transaction::default()
+        };
+        self.inner.storage.commit(tx).await?;
+        metrics::dead_lettered();
+        Ok(())
     }
 
     /// Settles a copy of a message that `consumer` consumed before: removes it from the queue
@@ -505,17 +534,32 @@ impl Broker {
 /// Publishes queued messages to NATS and removes from the queue those it stored.
 async fn relay(nats: &Nats, storage: &Storage, queued: &[QueuedMessage]) {
     let stored = nats.publish(queued).await;
+    let now = storage::now_ms();
+    for entry in queued.iter().filter(|entry| stored.contains(&entry.seq)) {
+        metrics::relayed(Duration::from_millis(
+            (now - entry.available_at).max(0) as u64
+        ));
+    }
     if let Err(error) = storage.remove_queued(&stored).await {
         // They will be published again, and dropped as duplicates by the stream.
         tracing::warn!(%error, "could not remove handed-on messages from the queue");
     }
 }
 
+/// A message as queued for `consumer`, carrying the trace of the work that sends it.
 fn addressed(message: &Message, consumer: &str, staged_under: Option<SagaId>) -> NewMessage {
+    let body = match telemetry::traceparent() {
+        Some(trace) => Message {
+            trace: Some(trace),
+            ..message.clone()
+        }
+        .encode(),
+        None => message.encode(),
+    };
     NewMessage {
         id: message.id.to_string(),
         consumer: consumer.to_string(),
-        body: message.encode(),
+        body,
         staged_under,
     }
 }

@@ -22,7 +22,8 @@ use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures::StreamExt;
 
 use super::{Broker, Delivery, Message, Outcome};
-use crate::storage::{DeadLettering, QueuedMessage, Transaction, Transactions};
+use crate::storage::QueuedMessage;
+use crate::telemetry::metrics;
 
 /// How long JetStream waits for an acknowledgement before it redelivers (to any host): what a
 /// dead host's messages in hand wait before another host gets them. A long handler keeps its
@@ -332,26 +333,8 @@ async fn consume_pulled(broker: Broker, service: String, message: jetstream::Mes
         Outcome::Retry(reason) => {
             let policy = &broker.inner.retry;
             if delivered >= policy.max_attempts {
-                tracing::error!(
-                    message_id = %delivery.message.id,
-                    topic = %delivery.message.topic,
-                    consumer = %delivery.consumer,
-                    attempts = delivered,
-                    "delivery failed for the last time; the message goes to the dead letters: {reason}"
-                );
-                let letter = Transaction {
-                    dead_letter: Some(DeadLettering {
-                        queued: None,
-                        message_id: delivery.message.id.to_string(),
-                        consumer: delivery.consumer.clone(),
-                        body: delivery.message.encode(),
-                        attempts: delivered,
-                        error: reason,
-                    }),
-                    ..Transaction::default()
-                };
-                match broker.inner.storage.commit(letter).await {
-                    Ok(_) => message.ack_with(AckKind::Term).await,
+                match broker.dead_letter(&delivery, delivered, reason).await {
+                    Ok(()) => message.ack_with(AckKind::Term).await,
                     Err(error) => {
                         tracing::error!(%error, "could not record a dead letter; the message stays");
                         message.ack_with(AckKind::Nak(Some(policy.max_delay))).await
@@ -366,6 +349,7 @@ async fn consume_pulled(broker: Broker, service: String, message: jetstream::Mes
                     retry_in_ms = delay.as_millis() as u64,
                     "delivery failed: {reason}"
                 );
+                metrics::redelivered(&delivery.consumer);
                 message.ack_with(AckKind::Nak(Some(delay))).await
             }
         }

@@ -2,6 +2,7 @@
 //! request, so hot-loaded routes take effect at once), the host's own `/health`, and the
 //! operator API. Every refusal is JSON `{"error": "..."}` that says what was wrong.
 
+mod observe;
 mod operator;
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::broker::Broker;
 use crate::deploy::Deployer;
 use crate::handler::{HandleError, Handled, Handlers, Invocation};
 use crate::runtime::bindings::types as wit;
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::{Matched, Registry, Services};
 use crate::runtime::{Access, Scope};
 use crate::saga::Orchestrator;
 use crate::storage::Storage;
@@ -46,6 +47,10 @@ pub struct Settings {
     pub max_component_bytes: usize,
     /// The bearer token of the operator API; none: `/admin` is off.
     pub admin_token: Option<String>,
+    /// The bearer token `/metrics` requires; none: it is open.
+    pub metrics_token: Option<String>,
+    /// Write an access log line per request.
+    pub access_log: bool,
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -67,15 +72,17 @@ pub fn router(api: Arc<Api>) -> Router {
             api.clone(),
             operator::require_token,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(observe::metrics_page))
         .merge(operator)
+        .route_layer(axum::middleware::from_fn(observe::note_route))
         .fallback(component_route)
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
             request_timeout,
-        ))
-        .with_state(api)
+        ));
+    observe::wrap(routes, &api).with_state(api)
 }
 
 /// Answers 504 to a request not finished within the configured time, reading its body included
@@ -138,38 +145,66 @@ impl IntoResponse for ApiError {
 
 async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let method = parts.method.as_str().to_string();
-    let path = parts.uri.path().to_string();
     let services = api.registry.current();
-    let Some(matched) = services.route(&method, &path) else {
-        let allowed = services.methods_at(&path);
-        if allowed.is_empty() {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no route for {method} {path}"),
-            );
-        }
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!(
-                "{method} is not allowed on {path}; it accepts {}",
-                allowed.join(", ")
-            ),
-        );
-        if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
-            response.headers_mut().insert(header::ALLOW, value);
-        }
-        return response;
+    let Some(matched) = services.route(parts.method.as_str(), parts.uri.path()) else {
+        return unrouted(&services, parts.method.as_str(), parts.uri.path());
     };
-    let limit = api.settings.max_body_bytes;
-    let bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the request body is larger than the limit of {limit} bytes"),
-            );
+    let template = match &matched.target.trigger {
+        wit::Trigger::RestCommand(route) | wit::Trigger::RestQuery(route) => route.path.clone(),
+        _ => "unmatched".to_string(),
+    };
+    let service = matched.target.service.clone();
+    let mut response = match invocation(&api, &services, matched, &parts, body).await {
+        Ok(invocation) => {
+            drop(services);
+            answer(&service, api.handlers.run(invocation).await)
         }
+        Err(refusal) => refusal,
+    };
+    response
+        .extensions_mut()
+        .insert(observe::RouteTemplate(template));
+    response
+}
+
+/// The answer to a request no component route matches: 404, or 405 with the methods the path
+/// accepts.
+fn unrouted(services: &Services, method: &str, path: &str) -> Response {
+    let allowed = services.methods_at(path);
+    if allowed.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no route for {method} {path}"),
+        );
+    }
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {path}; it accepts {}",
+            allowed.join(", ")
+        ),
+    );
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// The call a routed request makes: its body read (within the size limit) and checked, the
+/// route's parameters, query and headers; or the refusal to answer.
+async fn invocation(
+    api: &Api,
+    services: &Services,
+    matched: Matched<'_>,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Result<Invocation, Response> {
+    let limit = api.settings.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than the limit of {limit} bytes"),
+        ));
     };
     let incoming = Incoming {
         content_type: parts
@@ -184,21 +219,18 @@ async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Respo
             .collect(),
         body: &bytes,
     };
-    let checked = match saga_core::request::check(&incoming) {
-        Ok(checked) => checked,
-        Err(refusal) => {
-            let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-            return error(status, refusal.message);
-        }
-    };
+    let checked = saga_core::request::check(&incoming).map_err(|refusal| {
+        let status = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+        error(status, refusal.message)
+    })?;
     let target = matched.target.clone();
     let Some(service) = services.by_name.get(&target.service).cloned() else {
-        return error(
+        return Err(error(
             StatusCode::NOT_FOUND,
-            format!("no route for {method} {path}"),
-        );
+            format!("no route for {} {}", parts.method, parts.uri.path()),
+        ));
     };
-    let invocation = Invocation {
+    Ok(Invocation {
         service,
         request: wit::Request {
             handler: target.handler,
@@ -221,26 +253,26 @@ async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Respo
         },
         user: checked.user,
         message: None,
-    };
-    drop(services);
-    match api.handlers.run(invocation).await {
+    })
+}
+
+/// The HTTP answer to what a handler did.
+fn answer(service: &str, handled: Result<Handled, HandleError>) -> Response {
+    match handled {
         Ok(Handled::Answered(Ok(response))) => {
             if !(200..=299).contains(&response.status) {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!(
-                        "service {} answered with status {}, which is not a success status; errors must be returned as errors",
-                        target.service, response.status
+                        "service {service} answered with status {}, which is not a success status; errors must be returned as errors",
+                        response.status
                     ),
                 );
             }
             if serde_json::from_str::<serde::de::IgnoredAny>(&response.payload).is_err() {
                 return error(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "service {} answered with a payload that is not JSON",
-                        target.service
-                    ),
+                    format!("service {service} answered with a payload that is not JSON"),
                 );
             }
             Response::builder()

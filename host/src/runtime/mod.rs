@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
@@ -29,6 +30,8 @@ pub use call::{
 };
 pub use imports::json_kind;
 use manifest::Manifest;
+
+use crate::telemetry::metrics;
 
 pub use limits::{LimitTable, Limits};
 
@@ -161,6 +164,19 @@ pub enum CallError {
     },
 }
 
+impl CallError {
+    /// How the call ended, as the calls metric labels it.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::Trap { .. } => "trap",
+            CallError::Limit { .. } => "limit",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Missing { .. } => "missing",
+            CallError::Raced { .. } => "raced",
+        }
+    }
+}
+
 /// A limit broken inside a call; raised as the call's error so that it can be told apart from
 /// a trap of the component's own making.
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +216,44 @@ enum Returned {
     Request(Result<wit::SagaRequest, wit::Error>),
     Context(Result<String, wit::Error>),
     Decision(Result<bool, wit::Error>),
+}
+
+impl Call {
+    /// The export called, as the WIT names it.
+    fn export(&self) -> &'static str {
+        match self {
+            Call::Describe => "describe",
+            Call::Handle(_) => "handle",
+            Call::Prepare { .. } => "prepare",
+            Call::OnReply { .. } => "on-reply",
+            Call::Execute { .. } => "execute",
+            Call::Condition { .. } => "condition",
+        }
+    }
+
+    /// The saga definition and callback it runs, for a saga callback.
+    fn callback(&self) -> (&str, &str) {
+        match self {
+            Call::Describe | Call::Handle(_) => ("", ""),
+            Call::Prepare { saga, callback, .. }
+            | Call::OnReply { saga, callback, .. }
+            | Call::Execute { saga, callback, .. }
+            | Call::Condition { saga, callback, .. } => (saga, callback),
+        }
+    }
+}
+
+impl Returned {
+    /// Whether the component answered with an error of its own.
+    fn is_error(&self) -> bool {
+        match self {
+            Returned::Manifest(_) => false,
+            Returned::Response(r) => r.is_err(),
+            Returned::Request(r) => r.is_err(),
+            Returned::Context(r) => r.is_err(),
+            Returned::Decision(r) => r.is_err(),
+        }
+    }
 }
 
 /// The result of a call and the call's context (its accumulated writes and messages).
@@ -357,6 +411,7 @@ impl Runtime {
                 // by this engine configuration for exactly these bytes (both are in its name).
                 match unsafe { Component::deserialize_file(&engine, path) } {
                     Ok(component) => {
+                        metrics::component_loaded(true, started.elapsed());
                         tracing::info!(digest = short, ms = started.elapsed().as_millis() as u64, "component loaded from the compile cache");
                         return Ok(component);
                     }
@@ -366,6 +421,7 @@ impl Runtime {
             let component = Component::new(&engine, &bytes).map_err(|e| {
                 format!("it is not a valid WebAssembly component: {}", root_cause(&e))
             })?;
+            metrics::component_loaded(false, started.elapsed());
             tracing::info!(digest = short, ms = started.elapsed().as_millis() as u64, "component compiled");
             if let Some(path) = &cache
                 && let Err(error) = write_cache(&component, path)
@@ -490,8 +546,47 @@ impl Runtime {
         )
     }
 
-    /// Instantiates the component in a fresh store and makes one call, within the limits.
+    /// Makes one call, in a span of its own (where the component's log lines go), and counts it.
     async fn invoke(
+        &self,
+        version: &Arc<ServiceVersion>,
+        context: CallContext,
+        call: Call,
+    ) -> Called<Returned> {
+        let export = call.export();
+        let (saga, callback) = call.callback();
+        let span = tracing::debug_span!(
+            "call",
+            service = version.manifest.name,
+            export,
+            saga,
+            callback,
+            saga_id = context.who.saga_id().map(tracing::field::display),
+            message_id = context.who.message_id.map(tracing::field::display),
+        );
+        let (result, context) = self.call(version, context, call).instrument(span).await;
+        let outcome = match &result {
+            Ok(returned) if returned.is_error() => "error",
+            Ok(_) => "ok",
+            Err(error) => error.outcome(),
+        };
+        let refused_on = match &result {
+            Err(CallError::Limit { reason, .. }) => limit_key(reason),
+            _ => None,
+        };
+        metrics::component_call(
+            &version.manifest.name,
+            export,
+            outcome,
+            Duration::from_micros(context.cost.wall_us),
+            Duration::from_micros(context.cost.cpu_us),
+            refused_on,
+        );
+        (result, context)
+    }
+
+    /// Instantiates the component in a fresh store and makes one call, within the limits.
+    async fn call(
         &self,
         version: &Arc<ServiceVersion>,
         context: CallContext,
@@ -538,7 +633,8 @@ impl Runtime {
             let returned =
                 tokio::time::timeout(wall_time, run_call(&mut store, &owned, call)).await;
             (returned, store)
-        };
+        }
+        .in_current_span();
         let (returned, store) = self.long_calls.run(run, &meter).await;
         let result = match returned {
             // A call refused on a limit fails as a whole, whatever it did with the refusal.
@@ -573,6 +669,12 @@ impl Runtime {
         };
         (result, ctx)
     }
+}
+
+/// The limit key a refusal names ("… (limit cpu-ms)"), for the refusals metric.
+fn limit_key(reason: &str) -> Option<&str> {
+    let (_, rest) = reason.rsplit_once("(limit ")?;
+    rest.split(|c: char| c == ')' || c.is_whitespace()).next()
 }
 
 /// The content digest of a component: SHA-256, hex.

@@ -17,6 +17,8 @@ use saga_core::engine::{
 use saga_core::ids::SagaId;
 use saga_core::message::SagaRef;
 
+use tracing::Instrument;
+
 use super::Orchestrator;
 use super::record::Stored;
 use crate::broker::{Message, ReplyTo};
@@ -49,6 +51,17 @@ pub(super) struct Transition<'a> {
     pub tx: Transaction,
     pub history: Vec<Entry>,
     pub ending: Option<Ending>,
+    /// The saga reached a final status.
+    pub ended: bool,
+}
+
+/// A transition ready to store.
+pub(super) struct Prepared {
+    /// The execution after it, at the revision it was read at.
+    pub stored: Stored,
+    pub tx: Transaction,
+    /// What it adds to the saga's history (also in `tx`).
+    pub history: Vec<Entry>,
     /// The saga reached a final status.
     pub ended: bool,
 }
@@ -107,7 +120,17 @@ impl<'a> Transition<'a> {
             for action in decision.actions {
                 match action {
                     Action::Call(callback) => next = Some(self.call(callback).await?),
-                    Action::Send(command) => next = self.send(command).await?,
+                    Action::Send(command) => {
+                        let span = tracing::debug_span!(
+                            "step",
+                            topic = command.topic,
+                            message_id = %command.message_id,
+                            target = ?command.target,
+                            attempt = command.attempt,
+                            inline = command.inline,
+                        );
+                        next = self.send(command).instrument(span).await?
+                    }
                     Action::Promote => self.ending = Some(Ending::Promote),
                     Action::Discard => self.ending = Some(Ending::Discard),
                     Action::Ended => self.ended = true,
@@ -269,7 +292,7 @@ impl<'a> Transition<'a> {
 
     /// The storage transaction of this transition: the saga's row and history, and its writes
     /// — staged under the saga, promoted or discarded as it ends.
-    pub fn into_transaction(self, owner: &str) -> (Stored, Transaction, bool) {
+    pub fn into_transaction(self, owner: &str) -> Prepared {
         let Transition {
             mut stored,
             mut tx,
@@ -307,6 +330,11 @@ impl<'a> Transition<'a> {
         }
         stored.exec.updated_at = storage::now_ms().max(stored.exec.updated_at);
         tx.saga = Some(stored.to_row(owner, &history));
-        (stored, tx, ended)
+        Prepared {
+            stored,
+            tx,
+            history,
+            ended,
+        }
     }
 }

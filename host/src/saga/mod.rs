@@ -9,6 +9,7 @@
 //! its history entries and the acknowledgement of the reply it consumed. A crash therefore
 //! leaves all of a transition or none of it.
 
+mod counts;
 mod driver;
 pub mod record;
 
@@ -31,7 +32,9 @@ use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Caller, Runtime, SagaRunner, ServiceVersion};
 use crate::storage::{self, Consumed, Executions, Storage, StorageError, Transaction};
-use driver::{Stop, Transition};
+use crate::telemetry::metrics;
+use counts::count;
+use driver::{Prepared, Stop, Transition};
 use record::Stored;
 
 /// How sagas run.
@@ -84,6 +87,15 @@ enum StartsFrom<'a> {
     /// A new execution, on the version that starts it.
     New(&'a Execution, &'a Arc<ServiceVersion>),
     Stored(SagaId),
+}
+
+impl StartsFrom<'_> {
+    fn id(&self) -> SagaId {
+        match self {
+            StartsFrom::New(template, _) => template.id,
+            StartsFrom::Stored(id) => *id,
+        }
+    }
 }
 
 /// A transition that did not happen.
@@ -468,6 +480,12 @@ impl Orchestrator {
     /// Applies an event and stores the result, running again from the stored state when the
     /// transition collides with another writer, and failing the saga when it cannot get its
     /// aggregates within the lock wait or its writes were overwritten.
+    #[tracing::instrument(
+        level = "debug",
+        name = "saga",
+        skip_all,
+        fields(saga_id = %from.id(), event = event.name(), saga)
+    )]
     async fn transition(
         &self,
         from: StartsFrom<'_>,
@@ -477,6 +495,7 @@ impl Orchestrator {
         let given_up = tokio::time::Instant::now() + self.config.lock_wait;
         loop {
             let (stored, version) = self.load_for(&from).await?;
+            tracing::Span::current().record("saga", stored.exec.name.as_str());
             let status = stored.exec.status;
             let mut transition = Transition::new(self, version, stored);
             if let Some((queued, consumed)) = &delivery {
@@ -530,6 +549,7 @@ impl Orchestrator {
                 ));
                 continue;
             }
+            metrics::rerun("saga", holder.is_some());
             match holder {
                 Some(saga) => self.ends.wait(saga, Duration::from_millis(100)).await,
                 None => tokio::time::sleep(Duration::from_millis(2)).await,
@@ -558,13 +578,19 @@ impl Orchestrator {
 
     /// Stores a transition; notifies waiters when the saga has ended, schedules its timer.
     async fn persist(&self, transition: Transition<'_>) -> Result<Execution, PersistError> {
-        let (mut stored, tx, ended) = transition.into_transaction(&self.host_id);
+        let Prepared {
+            mut stored,
+            tx,
+            history,
+            ended,
+        } = transition.into_transaction(&self.host_id);
         let timer_at = tx.saga.as_ref().and_then(|row| row.timer_at);
         match self.broker.commit(tx).await {
             Ok(()) => {
                 stored.revision += 1;
                 let exec = &stored.exec;
                 tracing::debug!(saga = %exec.id, status = exec.status.as_str(), "saga transition stored");
+                count(exec, &history);
                 if ended {
                     self.ended(exec);
                 } else {

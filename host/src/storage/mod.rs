@@ -267,6 +267,20 @@ pub enum StorageError {
     WriterGone,
 }
 
+impl StorageError {
+    /// The kind of refusal, when storage refused a transaction on its merits (rather than
+    /// failing): conflict, saga_changed, overwritten, duplicate.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self {
+            StorageError::Conflict { .. } => Some("conflict"),
+            StorageError::SagaChanged(_) => Some("saga_changed"),
+            StorageError::Overwritten { .. } => Some("overwritten"),
+            StorageError::Duplicate(_) => Some("duplicate"),
+            _ => None,
+        }
+    }
+}
+
 /// Reading the services' aggregates (their writes go through `Transactions`).
 pub trait Aggregates {
     /// The state of one aggregate a reader sees: the saga's staged state when `saga` wrote it,
@@ -343,6 +357,9 @@ pub trait Executions {
     fn running_versions(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String, i64)>, StorageError>> + Send;
+
+    /// How many sagas that have not ended there are of each status (only statuses with some).
+    fn open_sagas(&self) -> impl Future<Output = Result<Vec<(Status, u64)>, StorageError>> + Send;
 }
 
 /// The in-process broker's queue, the dead letters, and the record of consumed messages.
@@ -384,6 +401,9 @@ pub trait Queue {
         message_id: &str,
     ) -> impl Future<Output = Result<Option<NewMessage>, StorageError>> + Send;
 
+    /// What waits: the queued messages, the oldest one's enqueue time, the dead letters.
+    fn backlog(&self) -> impl Future<Output = Result<Backlog, StorageError>> + Send;
+
     /// Forgets consumed-message records older than `before` (ms since the epoch); returns how
     /// many.
     fn prune_consumed(&self, before: i64)
@@ -406,8 +426,23 @@ pub trait Hosts {
         alive_since: i64,
     ) -> impl Future<Output = Result<Vec<Consumes>, StorageError>> + Send;
 
+    /// How many hosts sent a heartbeat since `alive_since`.
+    fn hosts_alive(
+        &self,
+        alive_since: i64,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
     /// Forgets the hosts silent since before `before`, and what they consumed.
     fn forget_hosts(&self, before: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
+}
+
+/// What waits in the queue and the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    pub queued: u64,
+    /// When the oldest queued message became available (ms since the epoch).
+    pub oldest_at: Option<i64>,
+    pub dead_letters: u64,
 }
 
 /// Committing transactions: writes, messages, consumption records, a saga's transition.

@@ -58,6 +58,14 @@ impl Hosts for Storage {
             .collect()
     }
 
+    async fn hosts_alive(&self, alive_since: i64) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS alive FROM hosts WHERE heartbeat_at >= $1")
+            .bind(alive_since)
+            .fetch_one(&self.inner.reads)
+            .await?;
+        Ok(row.try_get::<i64, _>("alive")? as u64)
+    }
+
     async fn forget_hosts(&self, before: i64) -> Result<()> {
         let mut tx = self.inner.reads.begin().await?;
         sqlx::query(

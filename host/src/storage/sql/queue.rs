@@ -4,7 +4,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Result, Storage};
-use crate::storage::{DeadLetter, NewMessage, Queue, QueuedMessage};
+use crate::storage::{Backlog, DeadLetter, NewMessage, Queue, QueuedMessage};
 
 impl Queue for Storage {
     async fn queued_messages(&self) -> Result<Vec<QueuedMessage>> {
@@ -90,6 +90,21 @@ impl Queue for Storage {
             })
         })
         .transpose()
+    }
+
+    async fn backlog(&self) -> Result<Backlog> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM queue) AS queued, \
+                    (SELECT MIN(available_at) FROM queue) AS oldest_at, \
+                    (SELECT COUNT(*) FROM dead_letters) AS dead_letters",
+        )
+        .fetch_one(&self.inner.reads)
+        .await?;
+        Ok(Backlog {
+            queued: row.try_get::<i64, _>("queued")? as u64,
+            oldest_at: row.try_get("oldest_at")?,
+            dead_letters: row.try_get::<i64, _>("dead_letters")? as u64,
+        })
     }
 
     async fn prune_consumed(&self, before: i64) -> Result<u64> {

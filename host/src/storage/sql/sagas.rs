@@ -94,6 +94,18 @@ impl Executions for Storage {
             })
             .collect()
     }
+
+    async fn open_sagas(&self) -> Result<Vec<(Status, u64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS open FROM sagas \
+             WHERE status IN ('created', 'running', 'paused', 'compensating') GROUP BY status",
+        )
+        .fetch_all(&self.inner.reads)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((status_from_row(row)?, row.try_get::<i64, _>("open")? as u64)))
+            .collect()
+    }
 }
 
 fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {

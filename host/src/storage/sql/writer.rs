@@ -12,6 +12,7 @@ use super::{Dialect, Result, Storage};
 use crate::storage::{
     Committed, NewMessage, Resolve, SagaRow, StorageError, Transaction, Transactions, now_ms,
 };
+use crate::telemetry::metrics;
 
 /// How many transactions one database commit takes at most.
 const MAX_BATCH: usize = 256;
@@ -49,8 +50,15 @@ pub(super) async fn write_loop(
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let results = commit_batch(&mut conn, &batch, dialect).await;
+        metrics::commit(batch.len(), started.elapsed());
         for (job, result) in batch.into_iter().zip(results) {
+            if let Err(refused) = &result
+                && let Some(kind) = refused.refusal()
+            {
+                metrics::storage_refused(kind);
+            }
             let _ = job.done.send(result);
         }
     }
