@@ -303,6 +303,7 @@ pub struct Answer {
     pub status: u16,
     pub body: String,
     pub allow: Option<String>,
+    pub set_cookie: Option<String>,
 }
 
 impl Answer {
@@ -363,10 +364,13 @@ impl Http {
             .expect("the host answers within 60 s")
             .expect("the host answers");
         let status = response.status().as_u16();
-        let allow = response
-            .headers()
-            .get("allow")
-            .map(|v| v.to_str().unwrap_or_default().to_string());
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+        };
+        let (allow, set_cookie) = (header("allow"), header("set-cookie"));
         let body = response
             .into_body()
             .collect()
@@ -377,6 +381,7 @@ impl Http {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
             allow,
+            set_cookie,
         }
     }
 
@@ -398,6 +403,7 @@ impl Http {
             status,
             body: String::from_utf8_lossy(&body).into_owned(),
             allow: None,
+            set_cookie: None,
         })
     }
 
@@ -410,6 +416,21 @@ impl Http {
             .into_iter()
             .collect();
         self.send_with(method, path, &headers, Vec::new()).await
+    }
+
+    /// A JSON request to the operator API, with the admin token if given.
+    pub async fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Answer {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(authorization.as_deref().map(|a| ("authorization", a)));
+        self.send_with(method, path, &headers, body.to_string().into_bytes())
+            .await
     }
 
     pub async fn get(&self, path: &str) -> Answer {

@@ -2,7 +2,9 @@
 //! request, so hot-loaded routes take effect at once), the host's own `/health`, and the
 //! operator API. Every refusal is JSON `{"error": "..."}` that says what was wrong.
 
+mod actions;
 mod operator;
+mod queries;
 
 use std::sync::Arc;
 
@@ -50,7 +52,15 @@ pub struct Settings {
 
 pub fn router(api: Arc<Api>) -> Router {
     let operator = Router::new()
-        .route("/sagas", get(operator::list_sagas))
+        .route("/sagas", get(queries::list_sagas))
+        .route("/sagas/stats", get(queries::stats))
+        .route("/sagas/actions", post(actions::bulk))
+        .route("/sagas/{id}/cancel", post(actions::cancel))
+        .route(
+            "/sagas/{id}/retry-compensations",
+            post(actions::retry_compensations),
+        )
+        .route("/sagas/{id}/retry-now", post(actions::retry_now))
         .route("/sagas/{id}", get(operator::get_saga))
         .route("/sagas/{id}/history", get(operator::get_history))
         .route("/admin/dead-letters", get(operator::list_dead_letters))

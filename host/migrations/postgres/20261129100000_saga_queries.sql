@@ -1,0 +1,5 @@
+-- The operator's listings (GET /sagas, the console): newest first, keyset-paged on
+-- (created_at, id), optionally of one service and definition. Status filters use
+-- sagas_by_status (status, created_at).
+CREATE INDEX sagas_by_created ON sagas (created_at, id);
+CREATE INDEX sagas_by_definition ON sagas (service, name, created_at, id);
