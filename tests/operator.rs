@@ -1,4 +1,4 @@
-//! Operating sagas through the operator API against a real host
+//! Operating sagas through the operator API and the `saga-host` CLI, against a real host
 //! running the test orchestrator and participant: cancel, retry now, retry the compensations
 //! of a compensation-failed saga once its participant is fixed, bulk actions with a dry run —
 //! each recorded in the saga's history with who and why, and refused with 409 when it does not
@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::process::Output;
 
 use common::{Host, Http, TempDir};
 use serde_json::{Value, json};
@@ -474,4 +475,109 @@ async fn sagas_are_listed_by_filter_a_page_at_a_time_and_counted() {
     assert_eq!(later["durations"], json!([]));
     let bad = http.get("/sagas/stats?since=soon").await;
     assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+/// Runs `saga-host ARGS` against `host`.
+fn cli(host: &Host, args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_saga-host"))
+        .args(args)
+        .env("SAGA_HOST_URL", format!("http://{}", host.addr))
+        .env("SAGA_HOST_ADMIN_TOKEN", TOKEN)
+        .output()
+        .expect("run saga-host")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_command_line_finds_inspects_and_cancels_a_paused_saga() {
+    let dir = TempDir::new("op-cli");
+    let host = patient_host(&dir);
+    let (id, _) = start_three(host.http(), json!({"s2": "system"})).await;
+
+    let table = stdout(&cli(&host, &["sagas", "list", "--status", "paused"]));
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&id) && table.contains("paused"), "{table}");
+    let listed: Value =
+        serde_json::from_str(&stdout(&cli(&host, &["sagas", "list", "--json"]))).unwrap();
+    assert_eq!(listed["sagas"][0]["id"], id.as_str());
+
+    let shown = stdout(&cli(&host, &["sagas", "show", &id]));
+    assert!(
+        shown.contains("TIMELINE") && shown.contains("awaiting-retry"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains('█'),
+        "the steps are drawn on a time axis: {shown}"
+    );
+
+    let dry = stdout(&cli(
+        &host,
+        &["sagas", "cancel", "--status", "paused", "--dry-run"],
+    ));
+    assert!(dry.contains("would apply to 1"), "{dry}");
+    let done = stdout(&cli(
+        &host,
+        &["sagas", "cancel", &id, "--reason", "from the CLI"],
+    ));
+    assert!(done.contains("errored"), "{done}");
+    let history = stdout(&cli(&host, &["sagas", "history", &id]));
+    assert!(
+        history.contains("operator") && history.contains("from the CLI"),
+        "{history}"
+    );
+
+    // Refusals: the host's words on stderr, exit 1; an unreachable host: exit 3.
+    let again = cli(&host, &["sagas", "cancel", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("error (409): cannot cancel saga")
+            && stderr.contains("the saga is errored"),
+        "{stderr}"
+    );
+    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_saga-host"))
+        .args([
+            "sagas",
+            "list",
+            "--host",
+            &format!("http://{}", host.addr),
+            "--token",
+            "nope",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("the admin token is wrong"));
+    let nowhere = std::process::Command::new(env!("CARGO_BIN_EXE_saga-host"))
+        .args(["sagas", "list", "--host", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("is the host running there?"));
+
+    let stats = stdout(&cli(&host, &["sagas", "stats"]));
+    assert!(
+        stats.contains("THREE") && stats.contains("errored"),
+        "{stats}"
+    );
+    let components = stdout(&cli(&host, &["components", "list"]));
+    assert!(
+        components.contains("orchestrator") && components.contains("participant"),
+        "{components}"
+    );
+    let letters = stdout(&cli(&host, &["dead-letters", "list", "--json"]));
+    assert_eq!(serde_json::from_str::<Value>(&letters).unwrap(), json!([]));
+    let missing = cli(&host, &["dead-letters", "redrive", "42"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 42"));
 }

@@ -25,6 +25,8 @@ mod architecture {
     /// Each module and the modules it may use (besides saga-core, which every module may use).
     const MAY_USE: &[(&str, &[&str])] = &[
         ("storage", &[]),
+        // The binary's remote commands talk to a host over HTTP only.
+        ("cli", &[]),
         ("ends", &[]),
         ("broker", &["storage"]),
         ("runtime", &["storage", "broker"]),
