@@ -18,7 +18,7 @@ VARIANTS := guest_exam test_orchestrator
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test setup components test-components examples sdk-test lint fuzz bench clean-data
+.PHONY: run test test-tools setup components test-components examples sdk-test lint fuzz bench clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -26,8 +26,15 @@ run: components
 	$(CARGO) run --release -p saga-host -- serve
 
 ## Sets up, builds everything and runs every test (lints first).
-test: test-components examples sdk-test lint
+test: test-tools test-components examples sdk-test lint
 	$(CARGO) test --release
+
+## What the tests run besides the host: Debian's Chromium and chromedriver for the console's
+## browser test (tests/console.rs), installed when missing. A failed install stops `make test`
+## here with apt's message: the browser test must run, never be skipped.
+test-tools:
+	@command -v chromedriver >/dev/null && command -v chromium >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)

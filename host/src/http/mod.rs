@@ -3,6 +3,7 @@
 //! operator API. Every refusal is JSON `{"error": "..."}` that says what was wrong.
 
 mod actions;
+mod console;
 mod operator;
 mod queries;
 
@@ -80,6 +81,7 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/health", get(health))
         .merge(operator)
+        .merge(console::routes(api.clone()))
         .fallback(component_route)
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
