@@ -101,6 +101,28 @@ async fn text_of(browser: &Client, css: &str) -> String {
         .expect("an element's text")
 }
 
+/// Waits until the browser shows a page whose URL (path and query) satisfies `arrived`: a
+/// click or a submit returns before the next page has loaded.
+async fn wait_for(browser: &Client, what: &str, arrived: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = browser.current_url().await.expect("the current URL");
+        let at = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+        let ready = browser
+            .execute("return document.readyState === 'complete'", vec![])
+            .await
+            .expect("the page's state");
+        if arrived(&at) && ready == json!(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the browser did not reach {what}; it is at {at}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn start_paused(host: &Host, key: &str) -> String {
     let started = host
         .http()
@@ -152,6 +174,11 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .unwrap();
     form.set_by_name("token", "nope").await.unwrap();
     form.submit().await.unwrap();
+    browser
+        .wait()
+        .for_element(Locator::Css("[role=alert]"))
+        .await
+        .unwrap();
     assert!(
         text_of(&browser, "[role=alert]")
             .await
@@ -163,12 +190,16 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .unwrap();
     form.set_by_name("token", TOKEN).await.unwrap();
     form.submit().await.unwrap();
-    assert_eq!(browser.current_url().await.unwrap().path(), "/console");
+    wait_for(&browser, "the saga list", |at| at == "/console?").await;
 
     // The list, filtered to the paused sagas.
     let form = browser.form(Locator::Css("form.filters")).await.unwrap();
     form.set_by_name("status", "paused").await.unwrap();
     form.submit().await.unwrap();
+    wait_for(&browser, "the filtered list", |at| {
+        at.contains("status=paused")
+    })
+    .await;
     let rows = browser.find_all(Locator::Css("tbody tr")).await.unwrap();
     assert_eq!(rows.len(), 2, "the two paused sagas");
     for row in &rows {
@@ -186,6 +217,8 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .click()
         .await
         .unwrap();
+    let saga_path = format!("/console/sagas/{paused}");
+    wait_for(&browser, "the saga page", |at| at.starts_with(&saga_path)).await;
     assert!(text_of(&browser, "h1").await.contains(&paused));
     assert_eq!(
         browser
