@@ -156,9 +156,35 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
 
     let driver = Driver::start();
     let browser = driver.browser().await;
+    log_in(&browser, &base).await;
+    filter_the_paused(&browser).await;
+    cancel_from_its_page(&browser, &paused).await;
+    let saga: Value = host
+        .http()
+        .admin("GET", &format!("/sagas/{paused}"), Some(TOKEN))
+        .await
+        .json();
+    assert_eq!(saga["status"], "errored");
+    assert_eq!(saga["steps"][0]["compensation"]["status"], "done", "{saga}");
+    no_script_runs(&browser, &base, &hostile).await;
 
-    // Without the cookie, the console sends the browser to its login form; a wrong token is
-    // refused there.
+    browser
+        .goto(&format!("{base}/console/components"))
+        .await
+        .unwrap();
+    let components = text_of(&browser, "tbody").await;
+    assert!(components.contains("orchestrator") && components.contains("participant"));
+    browser
+        .goto(&format!("{base}/console/dead-letters"))
+        .await
+        .unwrap();
+    assert!(text_of(&browser, "main").await.contains("No dead letters."));
+    browser.close().await.unwrap();
+}
+
+/// Without the cookie, the console sends the browser to its login form; a wrong token is
+/// refused there, the right one opens the saga list.
+async fn log_in(browser: &Client, base: &str) {
     browser.goto(&format!("{base}/console")).await.unwrap();
     assert!(
         browser
@@ -180,7 +206,7 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .await
         .unwrap();
     assert!(
-        text_of(&browser, "[role=alert]")
+        text_of(browser, "[role=alert]")
             .await
             .contains("the admin token is wrong")
     );
@@ -190,13 +216,15 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .unwrap();
     form.set_by_name("token", TOKEN).await.unwrap();
     form.submit().await.unwrap();
-    wait_for(&browser, "the saga list", |at| at == "/console?").await;
+    wait_for(browser, "the saga list", |at| at == "/console?").await;
+}
 
-    // The list, filtered to the paused sagas.
+/// The list, filtered to the paused sagas (screenshot: console-list.png).
+async fn filter_the_paused(browser: &Client) {
     let form = browser.form(Locator::Css("form.filters")).await.unwrap();
     form.set_by_name("status", "paused").await.unwrap();
     form.submit().await.unwrap();
-    wait_for(&browser, "the filtered list", |at| {
+    wait_for(browser, "the filtered list", |at| {
         at.contains("status=paused")
     })
     .await;
@@ -205,11 +233,14 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
     for row in &rows {
         assert!(row.text().await.unwrap().contains("paused"));
     }
-    assert!(text_of(&browser, ".counts").await.contains("paused: 2"));
+    assert!(text_of(browser, ".counts").await.contains("paused: 2"));
     let shot = browser.screenshot().await.unwrap();
     std::fs::write(screenshots().join("console-list.png"), shot).unwrap();
+}
 
-    // One saga: its steps, then cancelled with a reason, after a confirmation.
+/// One saga: its steps, then cancelled with a reason after a confirmation; it shows errored
+/// (screenshot: console-saga.png).
+async fn cancel_from_its_page(browser: &Client, paused: &str) {
     browser
         .find(Locator::Css(&format!("a[href='/console/sagas/{paused}']")))
         .await
@@ -218,8 +249,8 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .await
         .unwrap();
     let saga_path = format!("/console/sagas/{paused}");
-    wait_for(&browser, "the saga page", |at| at.starts_with(&saga_path)).await;
-    assert!(text_of(&browser, "h1").await.contains(&paused));
+    wait_for(browser, "the saga page", |at| at.starts_with(&saga_path)).await;
+    assert!(text_of(browser, "h1").await.contains(paused));
     assert_eq!(
         browser
             .find_all(Locator::Css(".track span"))
@@ -249,27 +280,22 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .await
         .unwrap();
     assert!(
-        text_of(&browser, "[role=alert]")
+        text_of(browser, "[role=alert]")
             .await
             .contains("cancelled by the operator: from the console")
     );
     let shot = browser.screenshot().await.unwrap();
     std::fs::write(screenshots().join("console-saga.png"), shot).unwrap();
-    let saga: Value = host
-        .http()
-        .admin("GET", &format!("/sagas/{paused}"), Some(TOKEN))
-        .await
-        .json();
-    assert_eq!(saga["status"], "errored");
-    assert_eq!(saga["steps"][0]["compensation"]["status"], "done", "{saga}");
+}
 
-    // A context holding a script is shown as text; no script runs.
+/// A context holding a script is shown as text; no script runs.
+async fn no_script_runs(browser: &Client, base: &str, hostile: &str) {
     browser
         .goto(&format!("{base}/console/sagas/{hostile}"))
         .await
         .unwrap();
     assert!(
-        text_of(&browser, "pre")
+        text_of(browser, "pre")
             .await
             .contains("<script>window.pwned=1</script>")
     );
@@ -285,19 +311,6 @@ async fn an_operator_logs_in_finds_a_paused_saga_and_cancels_it_in_chromium() {
         .await
         .unwrap();
     assert_eq!(pwned, json!(true));
-
-    browser
-        .goto(&format!("{base}/console/components"))
-        .await
-        .unwrap();
-    let components = text_of(&browser, "tbody").await;
-    assert!(components.contains("orchestrator") && components.contains("participant"));
-    browser
-        .goto(&format!("{base}/console/dead-letters"))
-        .await
-        .unwrap();
-    assert!(text_of(&browser, "main").await.contains("No dead letters."));
-    browser.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -357,14 +370,20 @@ async fn the_console_escapes_what_sagas_say_and_refuses_forms_from_elsewhere() {
     );
     assert!(!page.body.contains("<script>alert(1)"), "{}", page.body);
 
-    // A cancel posted from another site is refused, and changes nothing.
+    forms_from_elsewhere_are_refused(http, &id, &cookie).await;
+}
+
+/// A cancel posted from another site, or with a stale form token, is refused and changes
+/// nothing.
+async fn forms_from_elsewhere_are_refused(http: &common::Http, id: &str, cookie: &str) {
+    let form = "application/x-www-form-urlencoded";
     let forged = http
         .send_with(
             "POST",
             &format!("/console/sagas/{id}/cancel"),
             &[
                 ("content-type", form),
-                ("cookie", &cookie),
+                ("cookie", cookie),
                 ("origin", "http://evil.example"),
             ],
             b"csrf=x&reason=forged".to_vec(),
@@ -375,7 +394,7 @@ async fn the_console_escapes_what_sagas_say_and_refuses_forms_from_elsewhere() {
         .send_with(
             "POST",
             &format!("/console/sagas/{id}/cancel"),
-            &[("content-type", form), ("cookie", &cookie)],
+            &[("content-type", form), ("cookie", cookie)],
             b"csrf=x&reason=forged".to_vec(),
         )
         .await;

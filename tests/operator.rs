@@ -110,64 +110,9 @@ async fn cancel_and_retry_now_fit_the_state_and_are_recorded_with_who_and_why() 
     }
     assert_eq!(get(http, &format!("/sagas/{id}/history")).await, history);
 
-    // Retry now: the paused step is sent again at once instead of in five minutes.
-    let (flaky, started) = start_three(http, json!({"s2": "flaky:1"})).await;
-    assert_eq!(started["status"], "paused", "{started}");
-    let refused = post(
-        http,
-        &format!("/sagas/{flaky}/retry-compensations"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(refused.status, 409, "{}", refused.body);
-    assert!(
-        refused.error().contains("the saga is paused"),
-        "{}",
-        refused.body
-    );
-    let retried = post(
-        http,
-        &format!("/sagas/{flaky}/retry-now"),
-        json!({"reason": "fixed"}),
-    )
-    .await;
-    assert_eq!(retried.status, 200, "{}", retried.body);
-    assert_eq!(retried.json()["status"], "finished", "{}", retried.body);
-    let history = get(http, &format!("/sagas/{flaky}/history")).await;
-    assert!(
-        history
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "operator"
-                && e["action"] == "retry-now"
-                && e["reason"] == "fixed"
-                && e["by"] == "admin"),
-        "{history}"
-    );
+    let flaky = retry_now_sends_the_paused_step_at_once(http).await;
 
-    // Unknown sagas, bad bodies, and the token.
-    let missing = uuid::Uuid::new_v4();
-    let gone = post(http, &format!("/sagas/{missing}/cancel"), json!({})).await;
-    assert_eq!(gone.status, 404, "{}", gone.body);
-    let bad = http
-        .send_with(
-            "POST",
-            &format!("/sagas/{flaky}/cancel"),
-            &[("authorization", "Bearer s3cret")],
-            b"{not json".to_vec(),
-        )
-        .await;
-    assert_eq!(bad.status, 400, "{}", bad.body);
-    assert!(
-        bad.error().contains("{\"reason\": \"why\"}"),
-        "{}",
-        bad.body
-    );
-    let anonymous = http
-        .admin_json("POST", &format!("/sagas/{flaky}/cancel"), None, &json!({}))
-        .await;
-    assert_eq!(anonymous.status, 401);
+    unknown_sagas_bad_bodies_and_no_token(http, &flaky).await;
 }
 
 #[tokio::test]
@@ -294,40 +239,8 @@ async fn a_bulk_action_over_a_filter_dry_runs_then_acts() {
     )
     .await;
     assert_eq!(again.json()["count"], 0, "{}", again.body);
-    // A finished saga selected by id refuses, and says why.
-    let refused = post(
-        http,
-        "/sagas/actions",
-        json!({"action": "cancel", "filter": {"status": "finished"}, "dry_run": true}),
-    )
-    .await
-    .json();
-    assert_eq!(refused["matched"], 1, "{refused}");
-    assert_eq!(refused["count"], 0, "{refused}");
-    assert!(
-        refused["sagas"][0]["refused"]
-            .as_str()
-            .unwrap()
-            .contains("the saga is finished"),
-        "{refused}"
-    );
-
-    for (body, says) in [
-        (json!({"action": "explode"}), "unknown action \"explode\""),
-        (
-            json!({"action": "cancel", "filter": {"status": "sideways"}}),
-            "unknown saga status",
-        ),
-        (
-            json!({"action": "cancel", "filter": {"colour": "red"}}),
-            "unknown parameter \"colour\"",
-        ),
-        (json!({"filter": {}}), "the body must be JSON"),
-    ] {
-        let bad = post(http, "/sagas/actions", body).await;
-        assert_eq!(bad.status, 400, "{}", bad.body);
-        assert!(bad.error().contains(says), "{}", bad.body);
-    }
+    a_finished_saga_would_refuse(http).await;
+    bulk_refuses_bad_bodies(http).await;
 }
 
 #[tokio::test]
@@ -389,92 +302,10 @@ async fn sagas_are_listed_by_filter_a_page_at_a_time_and_counted() {
     );
     assert_eq!(seen.len(), three.len(), "none twice: {seen:?}");
 
-    let errored = http
-        .get("/sagas?status=errored&service=orchestrator")
-        .await
-        .json();
-    let ids: Vec<&str> = errored["sagas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, [failed["id"].as_str().unwrap()]);
-    let prefix = &three[0][..8];
-    let by_prefix = http.get(&format!("/sagas?id_prefix={prefix}")).await.json();
-    assert!(
-        by_prefix["sagas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["id"] == three[0].as_str()),
-        "{by_prefix}"
-    );
-    let first = http.get(&format!("/sagas/{}", three[0])).await.json();
-    let created = first["created_at"].as_i64().unwrap();
-    let window = format!(
-        "/sagas?created_from={}&created_to={}",
-        saga_core::instant::format(created),
-        created + 1
-    );
-    let in_window = http.get(&window).await.json();
-    assert!(
-        in_window["sagas"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["created_at"] == created),
-        "{in_window}"
-    );
-    assert!(!in_window["sagas"].as_array().unwrap().is_empty());
-    let future = http
-        .get("/sagas?updated_from=2999-01-01T00:00:00Z")
-        .await
-        .json();
-    assert_eq!(future["sagas"], json!([]));
+    filters_select(http, &three, &failed).await;
+    bad_parameters_are_refused(http).await;
 
-    for (query, says) in [
-        ("status=sideways", "unknown saga status \"sideways\""),
-        ("limit=0", "limit must be a number from 1 to 1000"),
-        ("cursor=zz", "is not one this host gave out"),
-        (
-            "created_from=yesterday",
-            "created_from: \"yesterday\" is not a time: use RFC 3339",
-        ),
-        ("id_prefix=xyz", "use hex digits and dashes"),
-        (
-            "colour=red",
-            "unknown parameter \"colour\"; accepted: service, name, status",
-        ),
-    ] {
-        let bad = http.get(&format!("/sagas?{query}")).await;
-        assert_eq!(bad.status, 400, "{query}: {}", bad.body);
-        assert!(bad.error().contains(says), "{query}: {}", bad.body);
-    }
-
-    let stats = http.get("/sagas/stats").await.json();
-    let total = http.get("/sagas?limit=1000").await.json()["sagas"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert_eq!(stats["total"], total, "{stats}");
-    assert_eq!(stats["by_status"]["errored"], 1, "{stats}");
-    assert_eq!(stats["by_status"]["paused"], 0, "{stats}");
-    assert_eq!(stats["by_name"]["orchestrator/THREE"], total - 1, "{stats}");
-    let durations = stats["durations"].as_array().unwrap();
-    let three_took = durations
-        .iter()
-        .find(|d| d["name"] == "THREE")
-        .expect("THREE's durations");
-    assert_eq!(three_took["finished"], total - 1);
-    assert!(three_took["p50_ms"].as_i64().unwrap() <= three_took["p99_ms"].as_i64().unwrap());
-    let later = http
-        .get("/sagas/stats?since=2999-01-01T00:00:00Z")
-        .await
-        .json();
-    assert_eq!(later["durations"], json!([]));
-    let bad = http.get("/sagas/stats?since=soon").await;
-    assert_eq!(bad.status, 400, "{}", bad.body);
+    stats_count_what_is_listed(http).await;
 }
 
 /// Runs `saga-host ARGS` against `host`.
@@ -536,8 +367,185 @@ async fn the_command_line_finds_inspects_and_cancels_a_paused_saga() {
         "{history}"
     );
 
-    // Refusals: the host's words on stderr, exit 1; an unreachable host: exit 3.
-    let again = cli(&host, &["sagas", "cancel", &id]);
+    refusals_exit_with_their_codes(&host, &id);
+
+    let stats = stdout(&cli(&host, &["sagas", "stats"]));
+    assert!(
+        stats.contains("THREE") && stats.contains("errored"),
+        "{stats}"
+    );
+    let components = stdout(&cli(&host, &["components", "list"]));
+    assert!(
+        components.contains("orchestrator") && components.contains("participant"),
+        "{components}"
+    );
+    let letters = stdout(&cli(&host, &["dead-letters", "list", "--json"]));
+    assert_eq!(serde_json::from_str::<Value>(&letters).unwrap(), json!([]));
+    let missing = cli(&host, &["dead-letters", "redrive", "42"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 42"));
+}
+
+/// Retry now: the paused step is sent again at once instead of in five minutes; returns the
+/// saga, finished.
+async fn retry_now_sends_the_paused_step_at_once(http: &Http) -> String {
+    // Retry now: the paused step is sent again at once instead of in five minutes.
+    let (flaky, started) = start_three(http, json!({"s2": "flaky:1"})).await;
+    assert_eq!(started["status"], "paused", "{started}");
+    let refused = post(
+        http,
+        &format!("/sagas/{flaky}/retry-compensations"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.error().contains("the saga is paused"),
+        "{}",
+        refused.body
+    );
+    let retried = post(
+        http,
+        &format!("/sagas/{flaky}/retry-now"),
+        json!({"reason": "fixed"}),
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.json()["status"], "finished", "{}", retried.body);
+    let history = get(http, &format!("/sagas/{flaky}/history")).await;
+    assert!(
+        history
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "operator"
+                && e["action"] == "retry-now"
+                && e["reason"] == "fixed"
+                && e["by"] == "admin"),
+        "{history}"
+    );
+    flaky
+}
+
+/// A bulk action with a bad body is refused with what is accepted.
+async fn bulk_refuses_bad_bodies(http: &Http) {
+    for (body, says) in [
+        (json!({"action": "explode"}), "unknown action \"explode\""),
+        (
+            json!({"action": "cancel", "filter": {"status": "sideways"}}),
+            "unknown saga status",
+        ),
+        (
+            json!({"action": "cancel", "filter": {"colour": "red"}}),
+            "unknown parameter \"colour\"",
+        ),
+        (json!({"filter": {}}), "the body must be JSON"),
+    ] {
+        let bad = post(http, "/sagas/actions", body).await;
+        assert_eq!(bad.status, 400, "{}", bad.body);
+        assert!(bad.error().contains(says), "{}", bad.body);
+    }
+}
+
+/// The counts and durations agree with the listing.
+async fn stats_count_what_is_listed(http: &Http) {
+    let stats = http.get("/sagas/stats").await.json();
+    let total = http.get("/sagas?limit=1000").await.json()["sagas"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(stats["total"], total, "{stats}");
+    assert_eq!(stats["by_status"]["errored"], 1, "{stats}");
+    assert_eq!(stats["by_status"]["paused"], 0, "{stats}");
+    assert_eq!(stats["by_name"]["orchestrator/THREE"], total - 1, "{stats}");
+    let durations = stats["durations"].as_array().unwrap();
+    let three_took = durations
+        .iter()
+        .find(|d| d["name"] == "THREE")
+        .expect("THREE's durations");
+    assert_eq!(three_took["finished"], total - 1);
+    assert!(three_took["p50_ms"].as_i64().unwrap() <= three_took["p99_ms"].as_i64().unwrap());
+    let later = http
+        .get("/sagas/stats?since=2999-01-01T00:00:00Z")
+        .await
+        .json();
+    assert_eq!(later["durations"], json!([]));
+    let bad = http.get("/sagas/stats?since=soon").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+/// Every bad parameter is a 400 that says what is accepted.
+async fn bad_parameters_are_refused(http: &Http) {
+    for (query, says) in [
+        ("status=sideways", "unknown saga status \"sideways\""),
+        ("limit=0", "limit must be a number from 1 to 1000"),
+        ("cursor=zz", "is not one this host gave out"),
+        (
+            "created_from=yesterday",
+            "created_from: \"yesterday\" is not a time: use RFC 3339",
+        ),
+        ("id_prefix=xyz", "use hex digits and dashes"),
+        (
+            "colour=red",
+            "unknown parameter \"colour\"; accepted: service, name, status",
+        ),
+    ] {
+        let bad = http.get(&format!("/sagas?{query}")).await;
+        assert_eq!(bad.status, 400, "{query}: {}", bad.body);
+        assert!(bad.error().contains(says), "{query}: {}", bad.body);
+    }
+}
+
+/// The filters select by status and service, id prefix and time range.
+async fn filters_select(http: &Http, three: &[String], failed: &Value) {
+    let errored = http
+        .get("/sagas?status=errored&service=orchestrator")
+        .await
+        .json();
+    let ids: Vec<&str> = errored["sagas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [failed["id"].as_str().unwrap()]);
+    let prefix = &three[0][..8];
+    let by_prefix = http.get(&format!("/sagas?id_prefix={prefix}")).await.json();
+    assert!(
+        by_prefix["sagas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == three[0].as_str()),
+        "{by_prefix}"
+    );
+    let first = http.get(&format!("/sagas/{}", three[0])).await.json();
+    let created = first["created_at"].as_i64().unwrap();
+    let window = format!(
+        "/sagas?created_from={}&created_to={}",
+        saga_core::instant::format(created),
+        created + 1
+    );
+    let in_window = http.get(&window).await.json();
+    assert!(
+        in_window["sagas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["created_at"] == created),
+        "{in_window}"
+    );
+    assert!(!in_window["sagas"].as_array().unwrap().is_empty());
+    let future = http
+        .get("/sagas?updated_from=2999-01-01T00:00:00Z")
+        .await
+        .json();
+    assert_eq!(future["sagas"], json!([]));
+}
+
+/// Refusals: the host's words on stderr, exit 1; an unreachable host: exit 3.
+fn refusals_exit_with_their_codes(host: &Host, id: &str) {
+    let again = cli(host, &["sagas", "cancel", id]);
     assert_eq!(again.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(
@@ -564,20 +572,49 @@ async fn the_command_line_finds_inspects_and_cancels_a_paused_saga() {
         .unwrap();
     assert_eq!(nowhere.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&nowhere.stderr).contains("is the host running there?"));
+}
 
-    let stats = stdout(&cli(&host, &["sagas", "stats"]));
+/// Unknown sagas, bad bodies, and the token.
+async fn unknown_sagas_bad_bodies_and_no_token(http: &Http, flaky: &str) {
+    let missing = uuid::Uuid::new_v4();
+    let gone = post(http, &format!("/sagas/{missing}/cancel"), json!({})).await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let bad = http
+        .send_with(
+            "POST",
+            &format!("/sagas/{flaky}/cancel"),
+            &[("authorization", "Bearer s3cret")],
+            b"{not json".to_vec(),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
     assert!(
-        stats.contains("THREE") && stats.contains("errored"),
-        "{stats}"
+        bad.error().contains("{\"reason\": \"why\"}"),
+        "{}",
+        bad.body
     );
-    let components = stdout(&cli(&host, &["components", "list"]));
+    let anonymous = http
+        .admin_json("POST", &format!("/sagas/{flaky}/cancel"), None, &json!({}))
+        .await;
+    assert_eq!(anonymous.status, 401);
+}
+
+/// A dry run over a finished saga says why it would be refused.
+async fn a_finished_saga_would_refuse(http: &Http) {
+    let refused = post(
+        http,
+        "/sagas/actions",
+        json!({"action": "cancel", "filter": {"status": "finished"}, "dry_run": true}),
+    )
+    .await
+    .json();
+    assert_eq!(refused["matched"], 1, "{refused}");
+    assert_eq!(refused["count"], 0, "{refused}");
     assert!(
-        components.contains("orchestrator") && components.contains("participant"),
-        "{components}"
+        refused["sagas"][0]["refused"]
+            .as_str()
+            .unwrap()
+            .contains("the saga is finished"),
+        "{refused}"
     );
-    let letters = stdout(&cli(&host, &["dead-letters", "list", "--json"]));
-    assert_eq!(serde_json::from_str::<Value>(&letters).unwrap(), json!([]));
-    let missing = cli(&host, &["dead-letters", "redrive", "42"]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 42"));
 }
