@@ -33,14 +33,16 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 ## The programs tests run beside the host, from Debian's packages: Prometheus and promtool
-## (tests/observability.rs). Installed once; the package's service is not started.
-TEST_PACKAGES := prometheus
-TEST_PROGRAMS := prometheus promtool
+## (tests/observability.rs), Chromium and ChromeDriver (tests/console.rs). Installed when
+## missing; a failed install stops `make test` with apt's message: these tests must run, never
+## be skipped.
+TEST_PACKAGES := prometheus chromium chromium-driver
+TEST_PROGRAMS := prometheus promtool chromium chromedriver
 test-tools:
 	@for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			--no-install-recommends $(TEST_PACKAGES) >/dev/null; \
+			$(TEST_PACKAGES) >/dev/null; \
 	fi
 
 ## Builds the bundled components and copies them into ./components.

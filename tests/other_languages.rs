@@ -38,7 +38,10 @@ async fn newest_failure_retracted(host: &Host) -> bool {
         .get("/sagas?status=errored&limit=1")
         .await
         .json();
-    let id = failed[0]["id"].as_str().expect("a failed saga").to_string();
+    let id = failed["sagas"][0]["id"]
+        .as_str()
+        .expect("a failed saga")
+        .to_string();
     let history = host
         .http()
         .get(&format!("/sagas/{id}/history"))

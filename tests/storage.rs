@@ -11,7 +11,8 @@ use saga_host::saga::Status;
 use saga_host::storage::condition::{CompareOp, Condition, FieldPath, Node};
 use saga_host::storage::{
     Action, Aggregates, Consumed, Consumes, DeadLettering, Executions, Hosts, NewMessage, Queue,
-    Resolve, SagaRow, Storage, StorageError, TopicKind, Transaction, Transactions, Write, now_ms,
+    Resolve, SagaFilter, SagaKey, SagaRow, Storage, StorageError, TopicKind, Transaction,
+    Transactions, Write, now_ms,
 };
 use uuid::Uuid;
 
@@ -478,17 +479,49 @@ async fn saga_rows_change_only_at_the_revision_they_were_read(db: Backend) {
         matches!(&stale, Err(StorageError::SagaChanged(_))),
         "{stale:?}"
     );
-    let listed = db.storage.list_sagas(Some("finished"), 10).await.unwrap();
+    let of_status = |status| SagaFilter {
+        status: Some(status),
+        ..SagaFilter::default()
+    };
+    let listed = db
+        .storage
+        .list_sagas(&of_status(Status::Finished), None, 10)
+        .await
+        .unwrap();
     assert_eq!(
         listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         vec![id.as_str()]
     );
     assert!(
         db.storage
-            .list_sagas(Some("errored"), 10)
+            .list_sagas(&of_status(Status::Errored), None, 10)
             .await
             .unwrap()
             .is_empty()
+    );
+    let prefix = SagaFilter {
+        id_prefix: Some(id[..6].to_string()),
+        service: Some("exam".into()),
+        ..SagaFilter::default()
+    };
+    let counted = db.storage.count_sagas(&prefix).await.unwrap();
+    assert_eq!(
+        counted.iter().map(|c| c.count).sum::<i64>(),
+        1,
+        "{counted:?}"
+    );
+    let after = SagaKey {
+        created_at: listed[0].created_at,
+        id: id.clone(),
+    };
+    assert!(
+        db.storage
+            .list_sagas(&SagaFilter::default(), Some(&after), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.id != id),
+        "a page starts after its cursor"
     );
     assert!(
         db.storage

@@ -8,6 +8,7 @@ pub mod condition;
 pub mod definition;
 pub mod engine;
 pub mod ids;
+pub mod instant;
 pub mod message;
 pub mod request;
 

@@ -159,6 +159,21 @@ fn check_json_content_type(value: Option<&[u8]>) -> Result<(), Refusal> {
     }
 }
 
+/// A query string (without the `?`) of these pairs, form-encoded: what the CLI and the console
+/// put in the URLs they make.
+pub fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in pairs {
+        serializer.append_pair(key, value);
+    }
+    serializer.finish()
+}
+
+/// `text` encoded to stand as one segment of a URL's path.
+pub fn path_segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,8 @@ mod architecture {
     const MAY_USE: &[(&str, &[&str])] = &[
         ("telemetry", &[]),
         ("storage", &[]),
+        // The binary's remote commands talk to a host over HTTP only.
+        ("cli", &[]),
         ("ends", &[]),
         ("broker", &["storage"]),
         ("runtime", &["storage", "broker"]),

@@ -1,4 +1,7 @@
-//! The `saga-host` command line.
+//! The `saga-host` command line: `serve` runs a host; the other commands talk to a running
+//! one over its operator API (`cli/`).
+
+mod cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +34,27 @@ enum Command {
     /// Deploys a component to a running host through its admin API (replacing the current
     /// version of its service).
     Deploy(Deploy),
+    /// Sees and steers a running host's sagas.
+    Sagas {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: Box<cli::Sagas>,
+    },
+    /// A running host's components.
+    Components {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::Components,
+    },
+    /// A running host's dead letters: messages whose handling kept failing.
+    DeadLetters {
+        #[command(flatten)]
+        remote: cli::Remote,
+        #[command(subcommand)]
+        command: cli::DeadLetters,
+    },
 }
 
 #[derive(Args)]
@@ -151,7 +175,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (log_format, otlp_endpoint) = match &cli.command {
         Command::Serve(serve) => (serve.log_format, serve.otlp_endpoint.clone()),
-        Command::Deploy(_) => (LogFormat::Human, None),
+        _ => (LogFormat::Human, None),
     };
     // Before the async runtime: the trace exporter runs on threads of its own.
     let _telemetry =
@@ -160,10 +184,21 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    match cli.command {
-        Command::Serve(serve) => runtime.block_on(run(*serve)),
-        Command::Deploy(deploy) => runtime.block_on(deploy_component(deploy)),
-    }
+    let (remote, command) = match cli.command {
+        Command::Serve(serve) => return runtime.block_on(run(*serve)),
+        Command::Deploy(deploy) => {
+            let remote = cli::Remote {
+                url: deploy.to,
+                token: deploy.token,
+                json: false,
+            };
+            (remote, cli::Command::Deploy(deploy.file))
+        }
+        Command::Sagas { remote, command } => (remote, cli::Command::Sagas(command)),
+        Command::Components { remote, command } => (remote, cli::Command::Components(command)),
+        Command::DeadLetters { remote, command } => (remote, cli::Command::DeadLetters(command)),
+    };
+    std::process::exit(runtime.block_on(cli::run(&remote, command)))
 }
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
@@ -237,39 +272,6 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     }
     tracing::info!("shutting down: finishing requests in flight");
     running.stop().await.context("the HTTP server failed")?;
-    Ok(())
-}
-
-async fn deploy_component(deploy: Deploy) -> anyhow::Result<()> {
-    use http_body_util::{BodyExt, Full};
-    let bytes = std::fs::read(&deploy.file)
-        .with_context(|| format!("cannot read {}", deploy.file.display()))?;
-    let url = format!("{}/admin/components", deploy.to.trim_end_matches('/'));
-    let mut request = hyper::Request::post(&url).header("content-type", "application/wasm");
-    if let Some(token) = &deploy.token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(hyper::body::Bytes::from(bytes)))
-        .with_context(|| format!("{url} is not a valid URL"))?;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http();
-    let response = client
-        .request(request)
-        .await
-        .with_context(|| format!("cannot reach {url}; is the host running there?"))?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .context("the host's answer broke off")?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body);
-    if !status.is_success() {
-        anyhow::bail!("the host refused the component ({status}): {text}");
-    }
-    println!("{text}");
     Ok(())
 }
 

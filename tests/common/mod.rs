@@ -416,6 +416,21 @@ impl Http {
         self.send_with(method, path, &headers, Vec::new()).await
     }
 
+    /// A JSON request to the operator API, with the admin token if given.
+    pub async fn admin_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Answer {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(authorization.as_deref().map(|a| ("authorization", a)));
+        self.send_with(method, path, &headers, body.to_string().into_bytes())
+            .await
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         self.send("GET", path, None, Vec::new()).await
     }

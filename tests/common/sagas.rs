@@ -114,7 +114,7 @@ pub async fn check_all_ended_once(
                 .get(&format!("/sagas?status={status}&limit=1000"))
                 .await
                 .json();
-            unfinished.extend(listed.as_array().cloned().unwrap_or_default());
+            unfinished.extend(listed["sagas"].as_array().cloned().unwrap_or_default());
         }
         if unfinished.is_empty() {
             break;

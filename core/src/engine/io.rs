@@ -49,25 +49,57 @@ impl Event {
     }
 }
 
-/// What an operator may ask of an execution.
+/// What an operator may ask of an execution, with the reason the operator gave (kept in the
+/// saga's history; an empty reason is left out).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum OperatorAction {
     /// Fail a running or paused saga as if its current step had failed: the steps that acted
     /// are compensated, and it ends errored.
-    Cancel { reason: String },
+    Cancel {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
     /// Run a compensation-failed saga's failed compensations again.
-    RetryCompensations,
+    RetryCompensations {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
     /// Send the command a paused step (or compensation) waits to retry, now.
-    RetryNow,
+    RetryNow {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        reason: String,
+    },
 }
 
 impl OperatorAction {
+    /// The names `OperatorAction::parse` accepts.
+    pub const NAMES: [&'static str; 3] = ["cancel", "retry-compensations", "retry-now"];
+
+    /// The action named `name` (one of `NAMES`), with the operator's reason.
+    pub fn parse(name: &str, reason: String) -> Option<OperatorAction> {
+        match name {
+            "cancel" => Some(OperatorAction::Cancel { reason }),
+            "retry-compensations" => Some(OperatorAction::RetryCompensations { reason }),
+            "retry-now" => Some(OperatorAction::RetryNow { reason }),
+            _ => None,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OperatorAction::Cancel { .. } => "cancel",
-            OperatorAction::RetryCompensations => "retry-compensations",
-            OperatorAction::RetryNow => "retry-now",
+            OperatorAction::RetryCompensations { .. } => "retry-compensations",
+            OperatorAction::RetryNow { .. } => "retry-now",
+        }
+    }
+
+    /// Why the operator asked.
+    pub fn reason(&self) -> &str {
+        match self {
+            OperatorAction::Cancel { reason }
+            | OperatorAction::RetryCompensations { reason }
+            | OperatorAction::RetryNow { reason } => reason,
         }
     }
 }

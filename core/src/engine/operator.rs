@@ -22,7 +22,7 @@ impl<'a, E: Env> Machine<'a, E> {
                 };
                 self.fail(exec, ErrorInfo::new(409, message));
             }
-            OperatorAction::RetryCompensations => {
+            OperatorAction::RetryCompensations { .. } => {
                 for record in &mut exec.steps {
                     if let Some(compensation) = record.compensation.as_mut()
                         && compensation.status == CompensationStatus::Failed
@@ -33,7 +33,7 @@ impl<'a, E: Env> Machine<'a, E> {
                 exec.status = Status::Compensating;
                 self.next_compensation(exec);
             }
-            OperatorAction::RetryNow => match exec.status {
+            OperatorAction::RetryNow { .. } => match exec.status {
                 Status::Compensating => {
                     if let Some(index) = exec.compensation_out() {
                         let retrying = exec.steps[index]
@@ -68,11 +68,11 @@ pub(super) fn check_operator(exec: &Execution, action: &OperatorAction) -> Resul
             Status::Compensating => rejected("it is already failing and being compensated"),
             _ => rejected("it has ended; only a running or paused saga can be cancelled"),
         },
-        OperatorAction::RetryCompensations => match exec.status {
+        OperatorAction::RetryCompensations { .. } => match exec.status {
             Status::CompensationFailed => Ok(()),
             _ => rejected("only a compensation-failed saga has compensations to retry"),
         },
-        OperatorAction::RetryNow => {
+        OperatorAction::RetryNow { .. } => {
             let waits = exec.awaiting().is_some() || exec.compensation_out().is_some();
             if waits && matches!(exec.status, Status::Paused | Status::Compensating) {
                 Ok(())

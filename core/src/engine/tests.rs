@@ -558,7 +558,9 @@ fn a_compensation_that_keeps_failing_ends_compensation_failed_after_the_others_r
     // An operator retries it once the participant is fixed: it ends errored.
     let decision = run
         .try_event(Event::Operator {
-            action: OperatorAction::RetryCompensations,
+            action: OperatorAction::RetryCompensations {
+                reason: "fixed".into(),
+            },
             by: "admin".into(),
         })
         .unwrap();
@@ -747,6 +749,71 @@ fn an_operator_cancels_a_paused_saga_and_its_acted_steps_are_compensated() {
 }
 
 #[test]
+fn an_operator_cancels_a_saga_waiting_for_a_retry_and_each_step_that_acted_is_compensated_once() {
+    let mut run = Run::new(vec![saga(
+        "S",
+        vec![
+            Step::Remote(compensated(remote("A"), "UndoA")),
+            Step::Remote(compensated(remote("B"), "UndoB")),
+            Step::Remote(compensated(remote("C"), "UndoC")),
+        ],
+        Some("commit"),
+    )]);
+    run.start();
+    for _ in 0..2 {
+        run.prepares();
+        run.reply(200, "{}");
+    }
+    run.prepares();
+    run.reply(503, r#""later""#);
+    assert_eq!(run.exec.steps[2].status, StepStatus::AwaitingRetry);
+    assert_eq!(run.exec.status, Status::Paused);
+    let decision = run
+        .try_event(Event::Operator {
+            action: OperatorAction::Cancel {
+                reason: "customer left".into(),
+            },
+            by: "admin".into(),
+        })
+        .unwrap();
+    assert_eq!(
+        decision.history[0].event,
+        Recorded::Operator {
+            action: OperatorAction::Cancel {
+                reason: "customer left".into()
+            },
+            by: "admin".into(),
+        },
+        "who and why come first in the history"
+    );
+    run.reply(200, "{}");
+    run.reply(200, "{}");
+    assert_eq!(
+        run.compensations_sent(),
+        [(1, "UndoB".to_string()), (0, "UndoA".to_string())],
+        "the refused step did nothing; the others are undone latest first, once each"
+    );
+    assert_eq!(run.exec.status, Status::Errored);
+    assert_eq!(
+        run.exec.error.as_ref().map(|e| e.message.as_str()),
+        Some("cancelled by the operator: customer left")
+    );
+    // A late retry timer of the cancelled step sends nothing.
+    let before = run.compensations_sent().len();
+    run.world.now += 10_000;
+    run.event(Event::Timer);
+    assert_eq!(run.compensations_sent().len(), before);
+    assert!(!run.actions.iter().any(|a| matches!(
+        a,
+        Action::Send(Command {
+            target: Target::Step(2),
+            attempt: 2,
+            ..
+        })
+    )));
+}
+
+#[test]
 fn an_operator_retries_a_paused_step_now() {
     let mut run = Run::new(two_compensated_steps());
     run.start();
@@ -755,7 +822,9 @@ fn an_operator_retries_a_paused_step_now() {
     run.reply(503, r#""later""#);
     assert_eq!(run.exec.steps[0].status, StepStatus::AwaitingRetry);
     run.try_event(Event::Operator {
-        action: OperatorAction::RetryNow,
+        action: OperatorAction::RetryNow {
+            reason: String::new(),
+        },
         by: "ops".into(),
     })
     .unwrap();

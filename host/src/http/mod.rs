@@ -2,8 +2,11 @@
 //! request, so hot-loaded routes take effect at once), the host's own `/health`, and the
 //! operator API. Every refusal is JSON `{"error": "..."}` that says what was wrong.
 
+mod actions;
+mod console;
 mod observe;
 mod operator;
+mod queries;
 
 use std::sync::Arc;
 
@@ -55,7 +58,15 @@ pub struct Settings {
 
 pub fn router(api: Arc<Api>) -> Router {
     let operator = Router::new()
-        .route("/sagas", get(operator::list_sagas))
+        .route("/sagas", get(queries::list_sagas))
+        .route("/sagas/stats", get(queries::stats))
+        .route("/sagas/actions", post(actions::bulk))
+        .route("/sagas/{id}/cancel", post(actions::cancel))
+        .route(
+            "/sagas/{id}/retry-compensations",
+            post(actions::retry_compensations),
+        )
+        .route("/sagas/{id}/retry-now", post(actions::retry_now))
         .route("/sagas/{id}", get(operator::get_saga))
         .route("/sagas/{id}/history", get(operator::get_history))
         .route("/admin/dead-letters", get(operator::list_dead_letters))
@@ -76,6 +87,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(observe::metrics_page))
         .merge(operator)
+        .merge(console::routes(api.clone()))
         .route_layer(axum::middleware::from_fn(observe::note_route))
         .fallback(component_route)
         .layer(axum::middleware::from_fn_with_state(

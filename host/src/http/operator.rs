@@ -1,12 +1,12 @@
-//! The operator API: saga inspection (`/sagas`) and administration (`/admin`). Both need the
+//! The operator API: saga inspection (`/sagas`; queries and actions are in `queries.rs` and
+//! `actions.rs`) and administration (`/admin`). Both need the
 //! admin token when one is configured; without one, `/admin` is off and `/sagas` is open (the
 //! host listens on loopback by default).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,8 +15,7 @@ use serde_json::{Value, json};
 use super::{Api, ApiError, error};
 use crate::broker::Message;
 use crate::deploy::{DeployError, Origin};
-use crate::saga::Status;
-use crate::saga::record::{self, Stored};
+use crate::saga::record;
 use crate::storage::{Executions, Queue};
 use saga_core::ids::SagaId;
 
@@ -62,55 +61,8 @@ fn unauthorized(message: &str) -> Response {
 }
 
 /// Compares without an early exit, so that the time taken does not tell how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// `GET /sagas?status=…&limit=…`: executions, newest first.
-pub async fn list_sagas(
-    State(api): State<Arc<Api>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
-    let status = query.get("status");
-    let limit = match query.get("limit").map(|l| l.parse::<u32>()) {
-        None => 100,
-        Some(Ok(limit)) => limit.clamp(1, 1000),
-        Some(Err(_)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "limit must be a number from 1 to 1000",
-            );
-        }
-    };
-    if let Some(status) = status
-        && Status::parse(status).is_none()
-    {
-        let known: Vec<&str> = Status::ALL.iter().map(|s| s.as_str()).collect();
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unknown saga status {status:?}; use one of {}",
-                known.join(", ")
-            ),
-        );
-    }
-    match api
-        .storage
-        .list_sagas(status.map(String::as_str), limit)
-        .await
-    {
-        Ok(rows) => {
-            let sagas: Vec<Value> = rows
-                .iter()
-                .map(|row| match Stored::from_row(row) {
-                    Ok(stored) => record::to_summary(&stored.exec),
-                    Err(problem) => json!({"id": row.id, "status": row.status, "error": problem}),
-                })
-                .collect();
-            Json(sagas).into_response()
-        }
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
-    }
 }
 
 /// `GET /sagas/{id}`: one execution with its steps.
@@ -155,6 +107,14 @@ fn saga_id(id: &str) -> Result<SagaId, ApiError> {
 
 /// `GET /admin/dead-letters`: messages whose handling kept failing, oldest first.
 pub async fn list_dead_letters(State(api): State<Arc<Api>>) -> Response {
+    match dead_letters(&api).await {
+        Ok(letters) => Json(letters).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// The dead letters as the operator sees them (the API and the console).
+pub async fn dead_letters(api: &Api) -> Result<Vec<Value>, ApiError> {
     match api.storage.dead_letters(1000).await {
         Ok(letters) => {
             let letters: Vec<Value> = letters
@@ -177,9 +137,12 @@ pub async fn list_dead_letters(State(api): State<Arc<Api>>) -> Response {
                     })
                 })
                 .collect();
-            Json(letters).into_response()
+            Ok(letters)
         }
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        Err(failure) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            failure.to_string(),
+        )),
     }
 }
 
@@ -196,20 +159,43 @@ pub async fn redrive(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Res
             format!("dead letter id {id:?} is not a number"),
         );
     };
+    match redrive_letter(&api, seq).await {
+        Ok(()) => Json(json!({"redriven": seq})).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Queues dead letter `seq` again (the API and the console).
+pub async fn redrive_letter(api: &Api, seq: i64) -> Result<(), ApiError> {
     match api.broker.redrive(seq).await {
-        Ok(true) => Json(json!({"redriven": seq})).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {seq}")),
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no dead letter {seq}"),
+        )),
+        Err(failure) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            failure.to_string(),
+        )),
     }
 }
 
 /// `GET /admin/components`: each service's current version, its routes, topics and sagas, and
 /// every version sagas still run on.
 pub async fn list_components(State(api): State<Arc<Api>>) -> Response {
-    let running = match api.storage.running_versions().await {
-        Ok(running) => running,
-        Err(failure) => return error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
-    };
+    match components(&api).await {
+        Ok(list) => Json(list).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Each service with its versions, as the operator sees them (the API and the console).
+pub async fn components(api: &Api) -> Result<Vec<Value>, ApiError> {
+    let running = api
+        .storage
+        .running_versions()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let sagas_on = |service: &str, digest: &str| {
         running
             .iter()
@@ -259,7 +245,7 @@ pub async fn list_components(State(api): State<Arc<Api>>) -> Response {
             })
         })
         .collect();
-    Json(list).into_response()
+    Ok(list)
 }
 
 /// `POST /admin/components`: deploys the component in the body under the name it gives itself.

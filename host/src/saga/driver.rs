@@ -12,7 +12,8 @@
 use std::sync::Arc;
 
 use saga_core::engine::{
-    Action, Callback, CallbackKind, Command, Entry, ErrorInfo, Event, Machine, Rejected, Returned,
+    Action, Callback, CallbackKind, Command, Entry, ErrorInfo, Event, Execution, Machine, Rejected,
+    Returned,
 };
 use saga_core::ids::SagaId;
 use saga_core::message::SagaRef;
@@ -81,6 +82,25 @@ impl saga_core::engine::Env for HostEnv<'_> {
     fn inline(&self, topic: &str) -> bool {
         self.0.config.inline_steps && self.0.local_participant(topic).is_some()
     }
+}
+
+/// What the state machine would decide on `event`, performing and storing nothing: the history
+/// entries of its first decision (an operator's dry run).
+pub(super) fn preview(
+    orchestrator: &Orchestrator,
+    version: &ServiceVersion,
+    exec: &Execution,
+    event: Event,
+) -> Result<Vec<Entry>, Rejected> {
+    let mut exec = exec.clone();
+    let mut env = HostEnv(orchestrator);
+    Machine::new(
+        &version.manifest.sagas,
+        &orchestrator.config.rules,
+        &mut env,
+    )
+    .decide(&mut exec, event)
+    .map(|decision| decision.history)
 }
 
 impl<'a> Transition<'a> {

@@ -331,6 +331,24 @@ impl Orchestrator {
         self.transition(StartsFrom::Stored(id), event, None).await
     }
 
+    /// What an operator's request would do to a saga, doing nothing: the history entries its
+    /// first step would record, or why it does not fit the saga's state.
+    pub async fn preview(
+        &self,
+        id: SagaId,
+        action: OperatorAction,
+        by: String,
+    ) -> Result<Vec<Entry>, TransitionError> {
+        let stored = match self.inspect(id).await {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Err(TransitionError::Gone),
+            Err(problem) => return Err(TransitionError::Storage(problem)),
+        };
+        let version = self.version_of(&stored.exec)?;
+        let event = Event::Operator { action, by };
+        driver::preview(self, &version, &stored.exec, event).map_err(TransitionError::Rejected)
+    }
+
     /// Takes a reply to a saga step or compensation.
     pub async fn on_reply(&self, delivery: Delivery) -> Outcome {
         let consumed = Consumed {
@@ -459,22 +477,24 @@ impl Orchestrator {
                     Ok(None) => return Err(TransitionError::Gone),
                     Err(problem) => return Err(TransitionError::Storage(problem)),
                 };
-                let exec = &stored.exec;
-                // The saga runs on the version it started with until it ends.
-                let Some(version) = self
-                    .registry
-                    .version(exec.service.as_str(), exec.digest.as_str())
-                else {
-                    return Err(TransitionError::Unloaded(format!(
-                        "version {} of service {}, which saga {} started on, is not loaded",
-                        exec.digest.short(),
-                        exec.service,
-                        exec.id
-                    )));
-                };
+                let version = self.version_of(&stored.exec)?;
                 Ok((stored, version))
             }
         }
+    }
+
+    /// The component version a saga runs on: the one it started with, until it ends.
+    fn version_of(&self, exec: &Execution) -> Result<Arc<ServiceVersion>, TransitionError> {
+        self.registry
+            .version(exec.service.as_str(), exec.digest.as_str())
+            .ok_or_else(|| {
+                TransitionError::Unloaded(format!(
+                    "version {} of service {}, which saga {} started on, is not loaded",
+                    exec.digest.short(),
+                    exec.service,
+                    exec.id
+                ))
+            })
     }
 
     /// Applies an event and stores the result, running again from the stored state when the

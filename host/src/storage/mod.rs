@@ -337,12 +337,27 @@ pub trait Executions {
         limit: u32,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
-    /// Sagas, newest first, optionally of one status.
+    /// Sagas the filter selects, newest first (by creation, then id), starting after `after`
+    /// (the last row of the previous page), at most `limit`.
     fn list_sagas(
         &self,
-        status: Option<&str>,
+        filter: &SagaFilter,
+        after: Option<&SagaKey>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<SagaRow>, StorageError>> + Send;
+
+    /// How many sagas the filter selects, by service, definition and status.
+    fn count_sagas(
+        &self,
+        filter: &SagaFilter,
+    ) -> impl Future<Output = Result<Vec<SagaCount>, StorageError>> + Send;
+
+    /// How long the sagas that finished since `since` (ms) took, by service and definition,
+    /// each list sorted from the shortest, in ms.
+    fn finished_durations(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<Durations>, StorageError>> + Send;
 
     /// Takes over the sagas whose owner is not a live host (silent since `alive_since`, or gone
     /// with a restart) and that have a timer: returns them with when they are due, for `me` to
@@ -360,6 +375,46 @@ pub trait Executions {
 
     /// How many sagas that have not ended there are of each status (only statuses with some).
     fn open_sagas(&self) -> impl Future<Output = Result<Vec<(Status, u64)>, StorageError>> + Send;
+}
+
+/// Which sagas a listing selects; a field left empty selects all. Times are ms since the
+/// epoch; a range includes its start and excludes its end.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SagaFilter {
+    pub service: Option<String>,
+    /// The definition's name.
+    pub name: Option<String>,
+    pub status: Option<Status>,
+    pub created_from: Option<i64>,
+    pub created_to: Option<i64>,
+    pub updated_from: Option<i64>,
+    pub updated_to: Option<i64>,
+    /// The start of the saga's id (lowercase hex digits and dashes only: it is a LIKE prefix).
+    pub id_prefix: Option<String>,
+}
+
+/// A saga's place in the listing order (newest first): its creation time and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaKey {
+    pub created_at: i64,
+    pub id: String,
+}
+
+/// How many sagas of one service and definition are in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaCount {
+    pub service: String,
+    pub name: String,
+    pub status: Status,
+    pub count: i64,
+}
+
+/// How long the finished sagas of one definition took, shortest first, in ms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durations {
+    pub service: String,
+    pub name: String,
+    pub took_ms: Vec<i64>,
 }
 
 /// The in-process broker's queue, the dead letters, and the record of consumed messages.

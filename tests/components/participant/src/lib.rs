@@ -5,7 +5,8 @@
 //!
 //! Behaviors: "ok" (the default), "noop" (answer, record nothing), "business" (a 400),
 //! "system" (a 500), "trap" (a panic), "flaky:N" (a 500 on attempts 1 to N), "spin:N" (N
-//! million iterations of busy work first, to be late).
+//! million iterations of busy work first, to be late), "until-fixed" (a 500 until `POST /switch`
+//! fixes the participant, as an operator would).
 
 use std::collections::BTreeMap;
 
@@ -90,6 +91,13 @@ fn behave(order: &Order, attempt: u32) -> Result<()> {
         "business" => Err(Error::business(format!("{} refused", order.name))),
         "system" => Err(Error::system(format!("{} broke", order.name))),
         "trap" => panic!("{} trapped", order.name),
+        "until-fixed" => match Switch::get(switch_uuid()) {
+            Ok(switch) if switch.fixed => Ok(()),
+            _ => Err(Error::system(format!(
+                "{} is broken until POST /switch",
+                order.name
+            ))),
+        },
         _ => {
             if let Some(n) = behavior.strip_prefix("flaky:") {
                 let failures: u32 = n
