@@ -226,7 +226,7 @@ impl CallContext {
 /// The host state of a wasmtime store: the call's context plus WASI (granting nothing).
 pub struct CallState {
     pub ctx: CallContext,
-    pub(super) limits: super::Limiter,
+    pub(super) limits: super::engine::Limiter,
     /// How the call's CPU is counted and paced (see `compute`).
     pub(super) pacer: Pacer,
     pub(super) meter: Arc<Meter>,
@@ -239,7 +239,7 @@ pub struct CallState {
 impl CallState {
     pub(super) fn new(
         ctx: CallContext,
-        limits: super::Limiter,
+        limits: super::engine::Limiter,
         stderr_bytes: usize,
         (pacer, meter): (Pacer, Arc<Meter>),
     ) -> Self {

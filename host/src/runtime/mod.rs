@@ -5,9 +5,11 @@
 pub mod bindings;
 mod call;
 mod compute;
+mod engine;
 mod imports;
 pub mod limits;
 pub mod manifest;
+mod outcome;
 pub mod registry;
 
 use std::path::PathBuf;
@@ -19,17 +21,19 @@ use sha2::Digest;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 use wasmtime::component::{Component, Instance, InstancePre, Linker};
-use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::{Engine, Store, UpdateDeadline};
 
 use bindings::{saga_callbacks, service, types as wit};
 pub use call::{
     Access, Budget, CallContext, CallEnv, CallState, Caller, Effects, Identity, RaceTrap,
     SagaRunner, Scope,
 };
+use engine::{Limiter, engine_config};
 pub use imports::json_kind;
 use manifest::Manifest;
+pub use outcome::CallError;
+pub(crate) use outcome::LimitExceeded;
+use outcome::{MissingExport, check_size, classify, limit_key, root_cause};
 
 use crate::telemetry::metrics;
 
@@ -55,13 +59,6 @@ impl Default for RuntimeConfig {
         }
     }
 }
-
-/// The structure one component instance may have, whatever its configuration: the largest
-/// real components (componentize-py's Python interpreter) stay well below these.
-const MAX_CORE_INSTANCES: usize = 64;
-const MAX_MEMORIES: usize = 8;
-const MAX_TABLES: usize = 32;
-const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// How much of its standard error a call may write; the tail of it is shown when it traps.
 const STDERR_BYTES: usize = 64 * 1024;
@@ -142,46 +139,6 @@ pub struct LoadError {
     pub origin: String,
     pub problem: String,
 }
-
-/// Why a call did not return normally.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum CallError {
-    #[error("component {service} trapped: {reason}")]
-    Trap { service: String, reason: String },
-    #[error("component {service} exceeded a limit: {reason}")]
-    Limit { service: String, reason: String },
-    #[error("component {service} did not return within {} s (limit call-timeout-s)", .limit.as_secs_f64())]
-    Timeout { service: String, limit: Duration },
-    #[error("component {service} does not export {what}")]
-    Missing { service: String, what: &'static str },
-    /// The call acted on data another writer changed meanwhile; run it again (once `holder`,
-    /// if any, has ended).
-    #[error("component {service}'s call raced with another writer: {reason}")]
-    Raced {
-        service: String,
-        reason: String,
-        holder: Option<saga_core::ids::SagaId>,
-    },
-}
-
-impl CallError {
-    /// How the call ended, as the calls metric labels it.
-    pub fn outcome(&self) -> &'static str {
-        match self {
-            CallError::Trap { .. } => "trap",
-            CallError::Limit { .. } => "limit",
-            CallError::Timeout { .. } => "timeout",
-            CallError::Missing { .. } => "missing",
-            CallError::Raced { .. } => "raced",
-        }
-    }
-}
-
-/// A limit broken inside a call; raised as the call's error so that it can be told apart from
-/// a trap of the component's own making.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct LimitExceeded(pub(crate) String);
 
 /// What a call asks of the component.
 enum Call {
@@ -671,12 +628,6 @@ impl Runtime {
     }
 }
 
-/// The limit key a refusal names ("… (limit cpu-ms)"), for the refusals metric.
-fn limit_key(reason: &str) -> Option<&str> {
-    let (_, rest) = reason.rsplit_once("(limit ")?;
-    rest.split(|c: char| c == ')' || c.is_whitespace()).next()
-}
-
 /// The content digest of a component: SHA-256, hex.
 pub fn digest(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes)
@@ -764,86 +715,6 @@ async fn run_call(
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct MissingExport(&'static str);
-
-/// What a call returned must fit `max_bytes`: a component must not hand the host gigabytes.
-fn check_size(returned: Returned, max_bytes: usize) -> Result<Returned, String> {
-    let size = match &returned {
-        Returned::Response(Ok(response)) => response.payload.len(),
-        Returned::Request(Ok(request)) => request.payload.len(),
-        Returned::Context(Ok(context)) => context.len(),
-        _ => 0,
-    };
-    if size > max_bytes {
-        return Err(format!(
-            "it returned {size} bytes; the limit is {max_bytes} bytes (limit max-response-kb)"
-        ));
-    }
-    Ok(returned)
-}
-
-/// Turns a failed call into an error a person can act on: our limits by name, a trap with the
-/// component's own panic message when it printed one.
-fn classify(service: &str, error: &wasmtime::Error, state: &CallState) -> CallError {
-    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
-        return CallError::Limit {
-            service: service.to_string(),
-            reason: limit.0.clone(),
-        };
-    }
-    if let Some(raced) = error.downcast_ref::<RaceTrap>() {
-        return CallError::Raced {
-            service: service.to_string(),
-            reason: raced.reason.clone(),
-            holder: raced.holder,
-        };
-    }
-    if let Some(missing) = error.downcast_ref::<MissingExport>() {
-        return CallError::Missing {
-            service: service.to_string(),
-            what: missing.0,
-        };
-    }
-    // Standard error full: the component's next write failed, and that is why it stopped.
-    let stderr = state.stderr.contents();
-    if stderr.len() >= STDERR_BYTES {
-        return CallError::Limit {
-            service: service.to_string(),
-            reason: format!(
-                "it wrote more than {} KiB to its standard error in one call; log through the logging interface instead",
-                STDERR_BYTES >> 10
-            ),
-        };
-    }
-    let mut reason = match error.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => trap.to_string(),
-        None => root_cause(error),
-    };
-    let printed = String::from_utf8_lossy(&stderr);
-    let printed = printed.trim();
-    if !printed.is_empty() {
-        let tail: String = printed
-            .chars()
-            .rev()
-            .take(2000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
-        reason = format!("{reason}; it printed: {tail}");
-    }
-    CallError::Trap {
-        service: service.to_string(),
-        reason,
-    }
-}
-
-fn root_cause(error: &wasmtime::Error) -> String {
-    format!("{error:#}")
-}
-
 fn write_cache(component: &Component, path: &std::path::Path) -> std::io::Result<()> {
     let bytes = component.serialize().map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent() {
@@ -853,89 +724,4 @@ fn write_cache(component: &Component, path: &std::path::Path) -> std::io::Result
     let partial = path.with_extension("partial");
     std::fs::write(&partial, bytes)?;
     std::fs::rename(partial, path)
-}
-
-fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
-    let mut wasm = Config::new();
-    wasm.wasm_component_model(true);
-    wasm.epoch_interruption(true);
-    if pooling {
-        let mut pool = PoolingAllocationConfig::default();
-        let instances = config.max_instances;
-        pool.total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(8))
-            .total_memories(instances.saturating_mul(2))
-            .total_tables(instances.saturating_mul(4))
-            .total_stacks(instances)
-            .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
-            .max_memories_per_component(MAX_MEMORIES as u32)
-            .max_tables_per_component(MAX_TABLES as u32)
-            .max_memory_size(config.limits.largest_memory())
-            .table_elements(MAX_TABLE_ELEMENTS)
-            // A fresh instance per call reuses pool slots all the time: keep the pages a small
-            // service touches resident (reset in place) instead of returning them to the kernel
-            // and faulting them in again. Whatever a call touched beyond that goes back to the
-            // kernel as soon as its instance is freed (a batch of one): batching would leave a
-            // quiet host holding the memory of its last calls — up to the memory limit each —
-            // until enough other calls come along. A call that stays within the resident part
-            // has nothing to return, so this costs small calls no system call.
-            .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
-            .table_keep_resident(64 << 10)
-            .async_stack_keep_resident(128 << 10)
-            .decommit_batch_size(1)
-            .pagemap_scan(wasmtime::Enabled::Auto);
-        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    }
-    wasm
-}
-
-/// Memory growth beyond the limit stops the call with an error that says so.
-struct Limiter {
-    max_memory: usize,
-}
-
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            return Err(LimitExceeded(format!(
-                "it asked to grow its memory to {} MiB, beyond the limit of {} MiB (limit memory-mb)",
-                desired.div_ceil(1 << 20),
-                self.max_memory >> 20
-            ))
-            .into());
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > MAX_TABLE_ELEMENTS {
-            return Err(LimitExceeded(format!(
-                "it tried to grow a table to {desired} elements; the limit is {MAX_TABLE_ELEMENTS}"
-            ))
-            .into());
-        }
-        Ok(true)
-    }
-
-    fn instances(&self) -> usize {
-        MAX_CORE_INSTANCES
-    }
-
-    fn tables(&self) -> usize {
-        MAX_TABLES
-    }
-
-    fn memories(&self) -> usize {
-        MAX_MEMORIES
-    }
 }
