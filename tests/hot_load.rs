@@ -517,3 +517,90 @@ async fn the_command_line_deploys() {
         "{stderr}"
     );
 }
+
+/// What `strace -y` saw of the host's file writes while `act` ran.
+async fn traced_writes<F: std::future::Future<Output = ()>>(
+    host: &Host,
+    dir: &TempDir,
+    act: F,
+) -> String {
+    let trace = dir.path().join("strace.txt");
+    let mut strace = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+        ])
+        .arg("-o")
+        .arg(&trace)
+        .args(["-p", &host.pid().to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace is installed (Debian package strace)");
+    // strace creates its output file once it has attached.
+    let attached = Instant::now();
+    while !trace.exists() && attached.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    act.await;
+    let _ = strace.kill();
+    let _ = strace.wait();
+    std::fs::read_to_string(&trace).expect("read the trace")
+}
+
+#[tokio::test]
+async fn a_deployed_component_is_on_disk_before_it_serves() {
+    let dir = TempDir::new("durable");
+    let host = Host::start_with(
+        &dir,
+        &["guest_exam", "guest_attempt"],
+        &["--admin-token", TOKEN],
+    );
+    let trace = traced_writes(&host, &dir, async {
+        let answer = put_component(&host, "exam", wasm("guest_exam_variant_b"), Some(TOKEN)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    })
+    .await;
+    // Every file the deploy wrote under the host's directory was written to a temporary name,
+    // fsynced, renamed, and its directory fsynced after the rename.
+    let lines: Vec<&str> = trace.lines().collect();
+    let root = dir.path().to_string_lossy().into_owned();
+    let renames: Vec<(usize, String, String)> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains("rename") && line.contains(&root))
+        .map(|(at, line)| {
+            let paths: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+            assert_eq!(paths.len(), 2, "a rename of two paths: {line}");
+            (at, paths[0].to_string(), paths[1].to_string())
+        })
+        .collect();
+    let written: Vec<&str> = renames.iter().map(|(_, _, to)| to.as_str()).collect();
+    assert!(
+        written.iter().any(|to| to.contains("/versions/"))
+            && written.iter().any(|to| to.contains("/components/")),
+        "the deploy writes the version store and the components directory: {written:?}\n{trace}"
+    );
+    for (at, from, to) in &renames {
+        assert!(
+            lines[..*at]
+                .iter()
+                .any(|line| line.contains("sync(") && line.contains(&format!("<{from}>"))),
+            "{from} was renamed to {to} before it was fsynced:\n{trace}"
+        );
+        let parent = std::path::Path::new(to)
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        assert!(
+            lines[*at..]
+                .iter()
+                .any(|line| line.contains("sync(") && line.contains(&format!("<{parent}>"))),
+            "the directory {parent} was not fsynced after {to} was renamed into it:\n{trace}"
+        );
+    }
+}

@@ -81,16 +81,6 @@ pub fn component_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Writes a file whole or not at all.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(partial, path)
-}
-
 /// The one path every new version of a service takes — at start, from the directory watcher,
 /// from the admin API — and the record of which file provides which service.
 pub struct Deployer {
@@ -185,7 +175,7 @@ impl Deployer {
             // Sagas may outlive this version being current: keep its bytes to resume them.
             let stored = self.version_store(&version.digest);
             if !stored.exists() {
-                write_atomically(&stored, &bytes).map_err(|e| {
+                crate::files::write_durably(&stored, &bytes).map_err(|e| {
                     DeployError::Io(format!("cannot keep {}: {e}", stored.display()))
                 })?;
             }
@@ -207,7 +197,7 @@ impl Deployer {
             Origin::Api(_) => {
                 let path =
                     owner.unwrap_or_else(|| self.components_dir.join(format!("{name}.wasm")));
-                if let Err(error) = write_atomically(&path, &bytes) {
+                if let Err(error) = crate::files::write_durably(&path, &bytes) {
                     tracing::warn!(path = %path.display(), %error, "deployed, but could not write the component file; a restart will load the previous one");
                 }
                 path

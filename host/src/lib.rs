@@ -6,6 +6,7 @@ pub mod broker;
 pub mod cluster;
 pub mod deploy;
 pub mod ends;
+pub mod files;
 pub mod handler;
 pub mod host;
 pub mod http;
@@ -23,10 +24,13 @@ mod architecture {
     use std::collections::{BTreeMap, BTreeSet};
     use std::path::Path;
 
-    /// Each module and the modules it may use (besides saga-core and `telemetry`, which every
-    /// module may use).
+    /// Leaf modules every module may use: what the host tells operators, and durable files.
+    const EVERYONE_MAY_USE: &[&str] = &["telemetry", "files"];
+
+    /// Each module and the modules it may use (besides saga-core and `EVERYONE_MAY_USE`).
     const MAY_USE: &[(&str, &[&str])] = &[
         ("telemetry", &[]),
+        ("files", &[]),
         ("storage", &[]),
         // The binary's remote commands talk to a host over HTTP only.
         ("cli", &[]),
@@ -128,7 +132,10 @@ mod architecture {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                if used != module && used != "telemetry" && !may.contains(used.as_str()) {
+                if used != module
+                    && !EVERYONE_MAY_USE.contains(&used.as_str())
+                    && !may.contains(used.as_str())
+                {
                     forbidden.push(format!("{} uses crate::{used}", file.display()));
                 }
             }

@@ -717,11 +717,5 @@ async fn run_call(
 
 fn write_cache(component: &Component, path: &std::path::Path) -> std::io::Result<()> {
     let bytes = component.serialize().map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // Write then rename, so that a crash never leaves a truncated artifact under the final name.
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(partial, path)
+    crate::files::write_durably(path, &bytes)
 }
