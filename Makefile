@@ -33,11 +33,12 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
 
 ## The programs tests run beside the host, from Debian's packages: Prometheus and promtool
-## (tests/observability.rs), Chromium and ChromeDriver (tests/console.rs). Installed when
+## (tests/observability.rs), Chromium and ChromeDriver (tests/console.rs), strace
+## (tests/hot_load.rs). Installed when
 ## missing; a failed install stops `make test` with apt's message: these tests must run, never
 ## be skipped.
-TEST_PACKAGES := prometheus chromium chromium-driver
-TEST_PROGRAMS := prometheus promtool chromium chromedriver
+TEST_PACKAGES := prometheus chromium chromium-driver strace
+TEST_PROGRAMS := prometheus promtool chromium chromedriver strace
 test-tools:
 	@for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
