@@ -281,6 +281,12 @@ async fn cancel_from_its_page(browser: &Client, paused: &str) {
             .len(),
         2
     );
+    // Each step's callbacks' CPU time, from the saga's history.
+    let cpu = browser.find_all(Locator::Css("td.cpu")).await.unwrap();
+    assert_eq!(cpu.len(), 2, "a CPU time per step");
+    for cell in cpu {
+        assert!(cell.text().await.unwrap().ends_with(" µs"));
+    }
     browser
         .find(Locator::Css("form[action$='/cancel'] input[name=reason]"))
         .await

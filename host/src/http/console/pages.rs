@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use saga_core::engine::{Entry, Execution, Status};
+use saga_core::engine::{Entry, Execution, Recorded, Status};
 use saga_core::instant;
 use saga_core::request::{path_segment, query_string};
 use serde_json::Value;
@@ -204,11 +204,22 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
         now.max(exec.updated_at)
     };
     let total = (end - start).max(1);
-    let cpu_us: u64 = history
+    // Each callback's CPU time, by the step it ran for (the history's `called` entries).
+    let calls: Vec<(Option<usize>, u64)> = history
         .iter()
-        .filter_map(|e| serde_json::to_value(e).ok())
-        .filter_map(|e| e["cpu_us"].as_u64())
-        .sum();
+        .filter_map(|e| match &e.event {
+            Recorded::Called { step, cpu_us, .. } => Some((*step, *cpu_us)),
+            _ => None,
+        })
+        .collect();
+    let cpu_us: u64 = calls.iter().map(|(_, cpu)| cpu).sum();
+    let step_cpu_us = |i: usize| -> u64 {
+        calls
+            .iter()
+            .filter(|(step, _)| *step == Some(i))
+            .map(|(_, cpu)| cpu)
+            .sum()
+    };
     let body = html! {
         p { (status(exec.status)) " · " (exec.service.as_str()) " / " (exec.name)
             " · created " (time(exec.created_at)) " · updated " (time(exec.updated_at))
@@ -217,7 +228,7 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
         (action_forms(exec, csrf))
         h2 { "Steps" }
         table {
-            thead { tr { th { "#" } th { "Step" } th { "Topic" } th { "Status" } th { "Tries" } th { "Compensation" } th { "Timeline" } } }
+            thead { tr { th { "#" } th { "Step" } th { "Topic" } th { "Status" } th { "Tries" } th { "Compensation" } th { "Callback CPU" } th { "Timeline" } } }
             tbody {
                 @for (i, step) in exec.steps.iter().enumerate() {
                     @let to = step.finished_at.unwrap_or(end);
@@ -228,6 +239,7 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
                         td { (serde_json::to_value(step.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                         td { (step.attempts()) }
                         td { (step.compensation.as_ref().and_then(|c| serde_json::to_value(c.status).ok()).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "-".into())) }
+                        td.cpu { (step_cpu_us(i)) " µs" }
                         td { div.track title=(format!("{} ms", to - step.started_at)) {
                             span style=(span(start, total, step.started_at, to)) {}
                         } }
