@@ -2,7 +2,9 @@
 //! (WebDriver) against a real host running the test orchestrator and participant. A wrong
 //! token is refused; an operator logs in, filters the list, opens a paused saga, cancels it
 //! and sees it errored with its step compensated; a saga context holding a `<script>` is shown
-//! as text. Screenshots of the list and the saga page go to target/console-screenshots/.
+//! as text; a component is deployed by upload and removed; a dead letter is redriven. Without
+//! an admin token the console is off. Screenshots of the list and the saga page go to
+//! target/console-screenshots/.
 
 mod common;
 
@@ -89,6 +91,26 @@ fn screenshots() -> PathBuf {
         .join("console-screenshots");
     std::fs::create_dir_all(&dir).expect("create the screenshot directory");
     dir
+}
+
+/// Waits until the text of `css` on the page satisfies `shows` (a click or a submit returns
+/// before the next page has loaded).
+async fn wait_for_text(browser: &Client, css: &str, shows: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match browser.find(Locator::Css(css)).await {
+            Ok(element) => element.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if shows(&text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page's {css} did not show what was awaited; it shows {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn text_of(browser: &Client, css: &str) -> String {
@@ -259,6 +281,12 @@ async fn cancel_from_its_page(browser: &Client, paused: &str) {
             .len(),
         2
     );
+    // Each step's callbacks' CPU time, from the saga's history.
+    let cpu = browser.find_all(Locator::Css("td.cpu")).await.unwrap();
+    assert_eq!(cpu.len(), 2, "a CPU time per step");
+    for cell in cpu {
+        assert!(cell.text().await.unwrap().ends_with(" µs"));
+    }
     browser
         .find(Locator::Css("form[action$='/cancel'] input[name=reason]"))
         .await
@@ -408,4 +436,158 @@ async fn forms_from_elsewhere_are_refused(http: &common::Http, id: &str, cookie:
         .await
         .json();
     assert_eq!(saga["status"], "paused");
+}
+
+#[tokio::test]
+async fn the_console_is_off_without_an_admin_token() {
+    let dir = TempDir::new("console-off");
+    let host = Host::start(&dir, &["test_orchestrator", "test_participant"]);
+    for path in ["/console", "/console/login", "/console/components"] {
+        let off = host.http().get(path).await;
+        assert_eq!(off.status, 403, "{path}: {}", off.body);
+        assert!(
+            off.body.contains("start the host with --admin-token"),
+            "{path}: {}",
+            off.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_operator_deploys_and_removes_a_service_and_redrives_a_dead_letter_in_chromium() {
+    let dir = TempDir::new("console-deploy");
+    let host = Host::start_with(
+        &dir,
+        &["test_orchestrator", "test_participant"],
+        &[
+            "--admin-token",
+            TOKEN,
+            "--delivery-attempts",
+            "3",
+            "--retry-delay-ms",
+            "20",
+        ],
+    );
+    let http = host.http();
+    let alarm = http
+        .post_json("/alarm", &json!({"key": "console-alarm"}))
+        .await;
+    assert_eq!(alarm.status, 200, "{}", alarm.body);
+    let base = format!("http://{}", host.addr);
+
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    log_in(&browser, &base).await;
+    deploy_by_upload(&browser, &base).await;
+    let components = http
+        .admin("GET", "/admin/components", Some(TOKEN))
+        .await
+        .json();
+    assert!(
+        components.to_string().contains(r#""name":"probe""#),
+        "{components}"
+    );
+    remove_the_probe(&browser).await;
+    let components = http
+        .admin("GET", "/admin/components", Some(TOKEN))
+        .await
+        .json();
+    assert!(
+        !components.to_string().contains(r#""name":"probe""#),
+        "{components}"
+    );
+    redrive_the_alarm(&browser, &base, http).await;
+    browser.close().await.unwrap();
+}
+
+/// The probe component, chosen in the file input and deployed: the page says so and lists it.
+async fn deploy_by_upload(browser: &Client, base: &str) {
+    browser
+        .goto(&format!("{base}/console/components"))
+        .await
+        .unwrap();
+    let file = common::component("test_probe");
+    browser
+        .find(Locator::Css("form#upload input[type=file]"))
+        .await
+        .unwrap()
+        .send_keys(&file.canonicalize().unwrap().to_string_lossy())
+        .await
+        .unwrap();
+    browser
+        .find(Locator::Css("form#upload button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(browser, "the components after the upload", |at| {
+        at.contains("deployed=probe")
+    })
+    .await;
+    assert!(
+        text_of(browser, "[role=status]")
+            .await
+            .contains("Deployed probe.")
+    );
+    assert!(text_of(browser, "tbody").await.contains("probe"));
+}
+
+/// The probe's Remove button, confirmed: the probe is gone from the list.
+async fn remove_the_probe(browser: &Client) {
+    browser
+        .find(Locator::Css("form[data-name=probe] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.accept_alert().await.unwrap();
+    wait_for(browser, "the components after the removal", |at| {
+        at == "/console/components?"
+    })
+    .await;
+    assert!(
+        browser
+            .find_all(Locator::Css("form[data-name=probe]"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The alarm the participant kept failing shows in the dead letters with its last error; once
+/// the participant is fixed, Redrive has it handled.
+async fn redrive_the_alarm(browser: &Client, base: &str, http: &common::Http) {
+    let letters = format!("{base}/console/dead-letters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        browser.goto(&letters).await.unwrap();
+        if text_of(browser, "main")
+            .await
+            .contains("broken until POST /switch")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the alarm was not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(text_of(browser, "tbody").await.contains("Alarm"));
+    assert_eq!(http.post_json("/switch", &json!(null)).await.status, 200);
+    browser
+        .find(Locator::Css("form[action$='/redrive'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(browser, "main", |text| text.contains("No dead letters.")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get("/effects/console-alarm").await.json()["counts"]["alarm"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the redriven alarm was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -379,11 +379,35 @@ async fn the_command_line_finds_inspects_and_cancels_a_paused_saga() {
         components.contains("orchestrator") && components.contains("participant"),
         "{components}"
     );
+    components_are_deployed_and_removed(&host);
     let letters = stdout(&cli(&host, &["dead-letters", "list", "--json"]));
     assert_eq!(serde_json::from_str::<Value>(&letters).unwrap(), json!([]));
     let missing = cli(&host, &["dead-letters", "redrive", "42"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 42"));
+}
+
+/// `components deploy` loads the probe, `components remove` takes it away; removing it again
+/// is the host's 404, in its words, with exit code 1.
+fn components_are_deployed_and_removed(host: &Host) {
+    let probe = common::component("test_probe");
+    let deployed = stdout(&cli(
+        host,
+        &["components", "deploy", probe.to_str().unwrap()],
+    ));
+    assert!(
+        deployed.starts_with("deployed probe version "),
+        "{deployed}"
+    );
+    let listed = stdout(&cli(host, &["components", "list"]));
+    assert!(listed.contains("probe"), "{listed}");
+    let removed = stdout(&cli(host, &["components", "remove", "probe", "--json"]));
+    let removed: Value = serde_json::from_str(&removed).unwrap();
+    assert_eq!(removed["removed"], "probe");
+    let again = cli(host, &["components", "remove", "probe"]);
+    assert_eq!(again.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(said.starts_with("error (404): "), "{said}");
 }
 
 /// Retry now: the paused step is sent again at once instead of in five minutes; returns the

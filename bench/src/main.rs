@@ -13,11 +13,14 @@
 //!   processes, next to the embedded default.
 //! - `saga-bench neighbour`: `POST /exams` throughput at 32 clients while another service's
 //!   calls loop without end (until `cpu-ms` stops them), against the same load on a quiet host.
+//! - `saga-bench console`: the console's pages and the `/sagas` queries, one request at a time,
+//!   with 100,000 sagas stored: p50 and p99 per page.
 //! - `saga-bench all`: all of them, with their defaults.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy.
 
 mod cluster;
+mod console;
 mod load;
 mod server;
 mod stats;
@@ -53,8 +56,20 @@ enum Command {
     Cluster(ClusterArgs),
     /// POST /exams next to a service whose calls loop, against a quiet host.
     Neighbour(NeighbourArgs),
+    /// The console's pages and the /sagas queries with many sagas stored.
+    Console(ConsoleArgs),
     /// Everything, with the defaults.
     All,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConsoleArgs {
+    /// Sagas stored before the pages are timed.
+    #[arg(long, default_value_t = 100_000)]
+    sagas: usize,
+    /// Requests timed per page.
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -139,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
             Command::Polyglot(load) => polyglot(&load).await,
             Command::Neighbour(args) => neighbour(&args).await,
+            Command::Console(args) => console::run(args.sagas, args.requests).await,
             Command::Cluster(args) => cluster::run(&args.load, &args.postgres, &args.nats).await,
             Command::All => {
                 let load = Load {
@@ -165,7 +181,8 @@ fn main() -> anyhow::Result<()> {
                     loops: 4,
                     seconds: 10,
                 })
-                .await
+                .await?;
+                console::run(100_000, 50).await
             }
         }
     })

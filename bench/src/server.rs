@@ -99,6 +99,11 @@ impl Server {
             .context("the host did not start within 120 s")?;
         Ok(Server { child, addr, data })
     }
+
+    /// The host's SQLite database file.
+    pub fn database(&self) -> PathBuf {
+        self.data.join("saga-host.db")
+    }
 }
 
 impl Drop for Server {

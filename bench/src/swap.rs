@@ -17,9 +17,9 @@ use crate::stats::Samples;
 
 const TOKEN: &str = "bench";
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+pub type Http = Client<HttpConnector, Full<Bytes>>;
 
-async fn send(
+pub async fn send(
     client: &Http,
     request: hyper::Request<Full<Bytes>>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {

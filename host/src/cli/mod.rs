@@ -137,6 +137,11 @@ pub struct Act {
 pub enum Components {
     /// Each service: its current version, routes and sagas, and the versions sagas still run on.
     List,
+    /// Deploys a component (.wasm) under the name it gives itself, replacing the current
+    /// version of that service; sagas running on the old version finish on it.
+    Deploy { file: PathBuf },
+    /// Removes a service; sagas running on it finish on it.
+    Remove { name: String },
 }
 
 /// `saga-host dead-letters …`
@@ -153,6 +158,7 @@ pub enum Command {
     Sagas(Box<Sagas>),
     Components(Components),
     DeadLetters(DeadLetters),
+    /// `saga-host deploy FILE --to URL`: like `components deploy`, printing the host's JSON.
     Deploy(PathBuf),
 }
 
@@ -161,10 +167,7 @@ pub async fn run(remote: &Remote, command: Command) -> i32 {
     let client = Client::new(&remote.url, remote.token.clone());
     let outcome = match command {
         Command::Sagas(sagas) => run_sagas(&client, remote.json, *sagas).await,
-        Command::Components(Components::List) => client
-            .get("/admin/components")
-            .await
-            .map(|v| printed(remote.json, &v, show::components)),
+        Command::Components(components) => run_components(&client, remote.json, components).await,
         Command::DeadLetters(DeadLetters::List) => client
             .get("/admin/dead-letters")
             .await
@@ -177,7 +180,7 @@ pub async fn run(remote: &Remote, command: Command) -> i32 {
                     format!("redriven: dead letter {}", v["redriven"])
                 })
             }),
-        Command::Deploy(file) => deploy(&client, &file).await,
+        Command::Deploy(file) => deploy(&client, &file).await.map(|v| v.to_string()),
     };
     match outcome {
         Ok(text) => {
@@ -272,10 +275,34 @@ async fn action(client: &Client, json: bool, name: &str, act: Act) -> Result<Str
     }))
 }
 
-async fn deploy(client: &Client, file: &std::path::Path) -> Result<String, ClientError> {
+async fn run_components(
+    client: &Client,
+    json: bool,
+    command: Components,
+) -> Result<String, ClientError> {
+    match command {
+        Components::List => {
+            let list = client.get("/admin/components").await?;
+            Ok(printed(json, &list, show::components))
+        }
+        Components::Deploy { file } => {
+            let deployed = deploy(client, &file).await?;
+            Ok(printed(json, &deployed, show::deployed))
+        }
+        Components::Remove { name } => {
+            let path = format!("/admin/components/{}", path_segment(&name));
+            let removed = client.send("DELETE", &path, None).await?;
+            Ok(printed(json, &removed, |v| {
+                format!("removed {}", v["removed"].as_str().unwrap_or(&name))
+            }))
+        }
+    }
+}
+
+async fn deploy(client: &Client, file: &std::path::Path) -> Result<Value, ClientError> {
     let bytes = std::fs::read(file)
         .map_err(|e| ClientError::Unreachable(format!("cannot read {}: {e}", file.display())))?;
-    let deployed = client
+    client
         .send(
             "POST",
             "/admin/components",
@@ -296,8 +323,7 @@ async fn deploy(client: &Client, file: &std::path::Path) -> Result<String, Clien
                 }
             }
             unreachable => unreachable,
-        })?;
-    Ok(deployed.to_string())
+        })
 }
 
 /// `?k=v&…`; empty without pairs.

@@ -275,3 +275,16 @@ pub fn dead_letters(list: &Value) -> String {
         &rows,
     )
 }
+
+/// What `components deploy` did, in a line.
+pub fn deployed(v: &Value) -> String {
+    let replaced = match v["replaced"].as_str() {
+        Some(old) => format!(", replacing version {}", cut(old, 12)),
+        None => String::new(),
+    };
+    format!(
+        "deployed {} version {}{replaced}",
+        text(&v["service"]),
+        cut(&text(&v["digest"]), 12)
+    )
+}

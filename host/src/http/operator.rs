@@ -250,7 +250,7 @@ pub async fn components(api: &Api) -> Result<Vec<Value>, ApiError> {
 
 /// `POST /admin/components`: deploys the component in the body under the name it gives itself.
 pub async fn post_component(State(api): State<Arc<Api>>, request: Request) -> Response {
-    deploy(api, None, request).await
+    deploy(&api, None, request).await
 }
 
 /// `PUT /admin/components/{name}`: deploys the component in the body as service `name`.
@@ -259,51 +259,89 @@ pub async fn put_component(
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    deploy(api, Some(name), request).await
+    deploy(&api, Some(name), request).await
 }
 
-async fn deploy(api: Arc<Api>, name: Option<String>, request: Request) -> Response {
+/// Deploys the component in the request's body through the deployer, as service `name` or
+/// the name it gives itself; answers what it deployed as JSON (the API and the console).
+pub async fn deploy(api: &Api, name: Option<String>, request: Request) -> Response {
+    let deployed = match upload(api, request).await {
+        Ok(bytes) => deploy_component(api, name, bytes).await,
+        Err(refused) => Err(refused),
+    };
+    match deployed {
+        Ok(deployed) => Json(deployed).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// A component uploaded as the request's body, up to `--max-component-mb`.
+async fn upload(api: &Api, request: Request) -> Result<Vec<u8>, ApiError> {
     let limit = api.settings.max_component_bytes;
-    let Ok(bytes) = axum::body::to_bytes(request.into_body(), limit).await else {
-        return error(
+    match axum::body::to_bytes(request.into_body(), limit).await {
+        Ok(bytes) => Ok(bytes.to_vec()),
+        Err(_) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 "the component is larger than the limit of {} MiB (--max-component-mb)",
                 limit >> 20
             ),
-        );
-    };
+        )),
+    }
+}
+
+/// What deploying `bytes` gave: the service, its digest and the version it replaced.
+async fn deploy_component(
+    api: &Api,
+    name: Option<String>,
+    bytes: Vec<u8>,
+) -> Result<Value, ApiError> {
     let replaced = name
         .as_deref()
         .and_then(|name| api.registry.service(name))
         .map(|v| v.digest.clone());
-    match api.deployer.deploy(bytes.to_vec(), Origin::Api(name)).await {
+    match api.deployer.deploy(bytes, Origin::Api(name)).await {
         Ok(version) => {
             let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
             sagas.sort();
-            Json(json!({
+            Ok(json!({
                 "service": version.name(),
                 "digest": version.digest,
                 "replaced": replaced,
                 "sagas": sagas,
             }))
-            .into_response()
         }
         Err(failure @ DeployError::Invalid(_)) => {
-            error(StatusCode::BAD_REQUEST, failure.to_string())
+            Err(ApiError::new(StatusCode::BAD_REQUEST, failure.to_string()))
         }
-        Err(failure @ DeployError::Conflict(_)) => error(StatusCode::CONFLICT, failure.to_string()),
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        Err(failure @ DeployError::Conflict(_)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, failure.to_string()))
+        }
+        Err(failure) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            failure.to_string(),
+        )),
     }
 }
 
 /// `DELETE /admin/components/{name}`: removes a service.
 pub async fn delete_component(State(api): State<Arc<Api>>, Path(name): Path<String>) -> Response {
-    match api.deployer.undeploy(&name).await {
-        Ok(version) => {
-            Json(json!({"removed": version.name(), "digest": version.digest})).into_response()
+    match remove_component(&api, &name).await {
+        Ok(removed) => Json(removed).into_response(),
+        Err(failure) => failure.into_response(),
+    }
+}
+
+/// Removes service `name` through the deployer (the API and the console).
+pub async fn remove_component(api: &Api, name: &str) -> Result<Value, ApiError> {
+    match api.deployer.undeploy(name).await {
+        Ok(version) => Ok(json!({"removed": version.name(), "digest": version.digest})),
+        Err(failure @ DeployError::Invalid(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, failure.to_string()))
         }
-        Err(failure @ DeployError::Invalid(_)) => error(StatusCode::NOT_FOUND, failure.to_string()),
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        Err(failure) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            failure.to_string(),
+        )),
     }
 }

@@ -3,15 +3,15 @@
 //! operator API — the saga list with filters and counts, one saga's steps and history with the
 //! cancel and retry buttons, the components, the dead letters with redrive.
 //!
-//! Access follows the operator API: with an admin token, a login form exchanges it for an
-//! HttpOnly, SameSite=Strict cookie; without one, the console is as open as `/sagas`. Every
-//! form that changes something carries a token derived from the session (and the browser's
-//! Origin, when it sends one, must be this host), so that another site cannot submit it.
+//! The console is off unless the host has an admin token: a login form exchanges the token for
+//! an HttpOnly, SameSite=Strict cookie. Every request that changes something carries a token
+//! derived from the session (and the browser's Origin, when it sends one, must be this host),
+//! so that another site cannot submit it.
 
 mod pages;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use axum::Form;
 use axum::extract::{Path, Query, Request, State};
@@ -39,7 +39,8 @@ pub fn routes(api: Arc<Api>) -> axum::Router<Arc<Api>> {
         .route("/console/logout", post(logout))
         .route("/console/sagas/{id}", get(saga))
         .route("/console/sagas/{id}/{action}", post(act))
-        .route("/console/components", get(components))
+        .route("/console/components", get(components).post(deploy))
+        .route("/console/components/{name}/remove", post(remove))
         .route("/console/dead-letters", get(dead_letters))
         .route("/console/dead-letters/{id}/redrive", post(redrive))
         .route_layer(axum::middleware::from_fn_with_state(api, gate))
@@ -58,22 +59,16 @@ fn hex_sha256(parts: &[&str]) -> String {
         .collect()
 }
 
-/// The session cookie's value for this host's admin token (none without a token).
+/// The session cookie's value for this host's admin token (none without a token: then the
+/// console is off).
 fn session(api: &Api) -> Option<String> {
     let token = api.settings.admin_token.as_deref()?;
     Some(hex_sha256(&["saga-host console session", token]))
 }
 
-/// The token every changing form carries: derived from the session, or without an admin token
-/// from a secret of this process.
+/// The token every changing request carries, derived from the session.
 fn csrf(api: &Api) -> String {
-    static SECRET: OnceLock<String> = OnceLock::new();
-    let key = session(api).unwrap_or_else(|| {
-        SECRET
-            .get_or_init(|| uuid::Uuid::new_v4().to_string())
-            .clone()
-    });
-    hex_sha256(&["saga-host console form", &key])
+    hex_sha256(&["saga-host console form", &session(api).unwrap_or_default()])
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -97,9 +92,17 @@ fn same_origin(headers: &HeaderMap) -> bool {
     host.is_some() && origin_host == host
 }
 
-/// Lets a request in with the session cookie (or without a token at all); sends a browser to
-/// the login form otherwise. A changing request from another origin is refused.
+/// Lets a request in with the session cookie; sends a browser to the login form otherwise.
+/// Without an admin token the console is off; a changing request from another origin is
+/// refused.
 async fn gate(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let Some(expected) = session(&api) else {
+        return pages::refused(
+            StatusCode::FORBIDDEN,
+            "the console is off: start the host with --admin-token TOKEN (or \
+             SAGA_HOST_ADMIN_TOKEN), then log in here with that token",
+        );
+    };
     let changing = *request.method() == axum::http::Method::POST;
     if changing && !same_origin(request.headers()) {
         return pages::refused(
@@ -108,9 +111,6 @@ async fn gate(State(api): State<Arc<Api>>, request: Request, next: Next) -> Resp
         );
     }
     let login = request.uri().path() == "/console/login";
-    let Some(expected) = session(&api) else {
-        return next.run(request).await;
-    };
     let given = cookie(request.headers(), COOKIE);
     if login || given.as_deref() == Some(expected.as_str()) {
         return next.run(request).await;
@@ -121,10 +121,7 @@ async fn gate(State(api): State<Arc<Api>>, request: Request, next: Next) -> Resp
     Redirect::to("/console/login").into_response()
 }
 
-async fn login_form(State(api): State<Arc<Api>>) -> Response {
-    if api.settings.admin_token.is_none() {
-        return Redirect::to("/console").into_response();
-    }
+async fn login_form() -> Response {
     Html(pages::login(None).into_string()).into_response()
 }
 
@@ -134,10 +131,11 @@ struct Login {
 }
 
 async fn login(State(api): State<Arc<Api>>, Form(form): Form<Login>) -> Response {
-    let Some(expected) = api.settings.admin_token.as_deref() else {
-        return Redirect::to("/console").into_response();
-    };
-    if !operator::constant_time_eq(form.token.as_bytes(), expected.as_bytes()) {
+    // The gate lets no request in without an admin token.
+    let expected = api.settings.admin_token.as_deref().unwrap_or_default();
+    if expected.is_empty()
+        || !operator::constant_time_eq(form.token.as_bytes(), expected.as_bytes())
+    {
         let page = pages::login(Some(
             "the admin token is wrong; it is the host's --admin-token",
         ));
@@ -155,6 +153,19 @@ async fn logout() -> Response {
         Redirect::to("/console/login"),
     )
         .into_response()
+}
+
+/// Whether a changing request carries this session's form token.
+fn fresh(api: &Api, given: &str) -> bool {
+    operator::constant_time_eq(given.as_bytes(), csrf(api).as_bytes())
+}
+
+/// The refusal of a form whose token is not this session's.
+fn stale_form() -> Response {
+    pages::refused(
+        StatusCode::FORBIDDEN,
+        "this form is stale: reload the page and try again",
+    )
 }
 
 fn failed(failure: ApiError) -> Response {
@@ -206,6 +217,12 @@ async fn saga(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
     Html(pages::saga(&stored.exec, &history, &csrf(&api), now).into_string()).into_response()
 }
 
+/// A form that carries only its token.
+#[derive(Deserialize)]
+struct Guarded {
+    csrf: String,
+}
+
 #[derive(Deserialize)]
 struct Acting {
     csrf: String,
@@ -219,11 +236,8 @@ async fn act(
     Path((id, name)): Path<(String, String)>,
     Form(form): Form<Acting>,
 ) -> Response {
-    if form.csrf != csrf(&api) {
-        return pages::refused(
-            StatusCode::FORBIDDEN,
-            "this form is stale: reload the page and try again",
-        );
+    if !fresh(&api, &form.csrf) {
+        return stale_form();
     }
     let Some(action) = OperatorAction::parse(&name, form.reason) else {
         return pages::refused(
@@ -240,10 +254,51 @@ async fn act(
     }
 }
 
-/// `GET /console/components`
-async fn components(State(api): State<Arc<Api>>) -> Response {
+#[derive(Deserialize)]
+struct Deployed {
+    deployed: Option<String>,
+}
+
+/// `GET /console/components[?deployed=NAME]`
+async fn components(State(api): State<Arc<Api>>, Query(just): Query<Deployed>) -> Response {
     match operator::components(&api).await {
-        Ok(list) => Html(pages::components(&list).into_string()).into_response(),
+        Ok(list) => {
+            let page = pages::components(&list, just.deployed.as_deref(), &csrf(&api));
+            Html(page.into_string()).into_response()
+        }
+        Err(failure) => failed(failure),
+    }
+}
+
+/// The header the components page's upload script sends the form token in.
+const CSRF_HEADER: &str = "x-console-csrf";
+
+/// `POST /console/components` with the component as an `application/wasm` body (the page's
+/// upload script): deployed like `POST /admin/components`, answered as JSON.
+async fn deploy(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let given = request
+        .headers()
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !fresh(&api, given) {
+        let stale = "this page is stale: reload it and upload again";
+        return ApiError::new(StatusCode::FORBIDDEN, stale).into_response();
+    }
+    operator::deploy(&api, None, request).await
+}
+
+/// `POST /console/components/{name}/remove`
+async fn remove(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    Form(form): Form<Guarded>,
+) -> Response {
+    if !fresh(&api, &form.csrf) {
+        return stale_form();
+    }
+    match operator::remove_component(&api, &name).await {
+        Ok(_) => Redirect::to("/console/components").into_response(),
         Err(failure) => failed(failure),
     }
 }
@@ -256,22 +311,14 @@ async fn dead_letters(State(api): State<Arc<Api>>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct Redriving {
-    csrf: String,
-}
-
 /// `POST /console/dead-letters/{id}/redrive`
 async fn redrive(
     State(api): State<Arc<Api>>,
     Path(seq): Path<i64>,
-    Form(form): Form<Redriving>,
+    Form(form): Form<Guarded>,
 ) -> Response {
-    if form.csrf != csrf(&api) {
-        return pages::refused(
-            StatusCode::FORBIDDEN,
-            "this form is stale: reload the page and try again",
-        );
+    if !fresh(&api, &form.csrf) {
+        return stale_form();
     }
     match operator::redrive_letter(&api, seq).await {
         Ok(()) => Redirect::to("/console/dead-letters").into_response(),

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
-use saga_core::engine::{Entry, Execution, Status};
+use saga_core::engine::{Entry, Execution, Recorded, Status};
 use saga_core::instant;
-use saga_core::request::query_string;
+use saga_core::request::{path_segment, query_string};
 use serde_json::Value;
 
 use super::super::queries::{FILTER_PARAMS, SagaPage};
@@ -50,6 +50,30 @@ box.addEventListener('change', () => {
   if (box.checked) location.reload();
 });
 if (box.checked) setTimeout(() => location.reload(), 5000);
+"#;
+
+/// Posts the chosen file to `/console/components` as `application/wasm` with the form token;
+/// shows the host's words when it refuses.
+const UPLOAD: &str = r#"
+const upload = document.getElementById('upload');
+upload.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const problem = document.getElementById('upload-problem');
+  problem.textContent = 'Deploying…';
+  let answer, said;
+  try {
+    answer = await fetch('/console/components', { method: 'POST', body: upload.component.files[0],
+      headers: { 'content-type': 'application/wasm', 'x-console-csrf': upload.dataset.csrf } });
+    said = JSON.parse(await answer.text());
+  } catch (_) {
+    said = { error: 'no answer the console understands: log in again and retry' };
+  }
+  if (answer && answer.ok) {
+    location.assign('/console/components?deployed=' + encodeURIComponent(said.service));
+  } else {
+    problem.textContent = 'Not deployed: ' + said.error;
+  }
+});
 "#;
 
 fn page(title: &str, body: Markup) -> Markup {
@@ -180,11 +204,22 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
         now.max(exec.updated_at)
     };
     let total = (end - start).max(1);
-    let cpu_us: u64 = history
+    // Each callback's CPU time, by the step it ran for (the history's `called` entries).
+    let calls: Vec<(Option<usize>, u64)> = history
         .iter()
-        .filter_map(|e| serde_json::to_value(e).ok())
-        .filter_map(|e| e["cpu_us"].as_u64())
-        .sum();
+        .filter_map(|e| match &e.event {
+            Recorded::Called { step, cpu_us, .. } => Some((*step, *cpu_us)),
+            _ => None,
+        })
+        .collect();
+    let cpu_us: u64 = calls.iter().map(|(_, cpu)| cpu).sum();
+    let step_cpu_us = |i: usize| -> u64 {
+        calls
+            .iter()
+            .filter(|(step, _)| *step == Some(i))
+            .map(|(_, cpu)| cpu)
+            .sum()
+    };
     let body = html! {
         p { (status(exec.status)) " · " (exec.service.as_str()) " / " (exec.name)
             " · created " (time(exec.created_at)) " · updated " (time(exec.updated_at))
@@ -193,7 +228,7 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
         (action_forms(exec, csrf))
         h2 { "Steps" }
         table {
-            thead { tr { th { "#" } th { "Step" } th { "Topic" } th { "Status" } th { "Tries" } th { "Compensation" } th { "Timeline" } } }
+            thead { tr { th { "#" } th { "Step" } th { "Topic" } th { "Status" } th { "Tries" } th { "Compensation" } th { "Callback CPU" } th { "Timeline" } } }
             tbody {
                 @for (i, step) in exec.steps.iter().enumerate() {
                     @let to = step.finished_at.unwrap_or(end);
@@ -204,6 +239,7 @@ pub fn saga(exec: &Execution, history: &[Entry], csrf: &str, now: i64) -> Markup
                         td { (serde_json::to_value(step.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()) }
                         td { (step.attempts()) }
                         td { (step.compensation.as_ref().and_then(|c| serde_json::to_value(c.status).ok()).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "-".into())) }
+                        td.cpu { (step_cpu_us(i)) " µs" }
                         td { div.track title=(format!("{} ms", to - step.started_at)) {
                             span style=(span(start, total, step.started_at, to)) {}
                         } }
@@ -266,28 +302,51 @@ fn action_forms(exec: &Execution, csrf: &str) -> Markup {
     }
 }
 
-pub fn components(list: &[Value]) -> Markup {
+/// The services with their versions, each current one with a remove button; an upload form
+/// for a new component or version.
+pub fn components(list: &[Value], deployed: Option<&str>, csrf: &str) -> Markup {
     let body = html! {
-        p { "Deploy a new version with " code { "saga-host deploy FILE --to URL" } "." }
+        @if let Some(name) = deployed { p role="status" { "Deployed " strong { (name) } "." } }
+        form #upload data-csrf=(csrf) {
+            label { "A new component, or a new version of one (.wasm)"
+                input type="file" name="component" accept=".wasm,application/wasm" required; }
+            button type="submit" { "Deploy" }
+        }
+        p.error #upload-problem aria-live="assertive" {}
         table {
-            thead { tr { th { "Service" } th { "Version" } th { "Loaded" } th { "Sagas" } th { "Running sagas" } } }
+            thead { tr { th { "Service" } th { "Version" } th { "Loaded" } th { "Sagas" } th { "Running sagas" } th {} } }
             tbody {
                 @for component in list {
+                    @let name = component["name"].as_str().unwrap_or_default();
                     @for version in component["versions"].as_array().into_iter().flatten() {
                         tr {
-                            td { (component["name"].as_str().unwrap_or_default()) }
+                            td { (name) }
                             td { code { (version["digest"].as_str().unwrap_or_default().chars().take(12).collect::<String>()) }
                                  @if version["current"] == true { " (current)" } }
                             td { (version["loaded_at"].as_i64().map(time).unwrap_or_default()) }
                             td { (component["sagas"].as_array().map(|s| s.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
                             td { (version["running_sagas"]) }
+                            td { @if version["current"] == true { (remove_form(name, csrf)) } }
                         }
                     }
                 }
             }
         }
+        script { (PreEscaped(UPLOAD)) }
     };
     page("Components", body)
+}
+
+/// Removes a service after a confirmation (the name goes to the script as data, not as code).
+fn remove_form(name: &str, csrf: &str) -> Markup {
+    html! {
+        form method="post" action=(format!("/console/components/{}/remove", path_segment(name)))
+            data-name=(name)
+            onsubmit="return confirm('Remove the service ' + this.dataset.name + '? Sagas running on it finish on it.')" {
+            input type="hidden" name="csrf" value=(csrf);
+            button type="submit" { "Remove" }
+        }
+    }
 }
 
 pub fn dead_letters(list: &[Value], csrf: &str) -> Markup {
