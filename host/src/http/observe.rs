@@ -62,7 +62,7 @@ pub async fn note_route(request: Request, next: Next) -> Response {
     response
 }
 
-fn route_of(response: &Response) -> &str {
+fn route_of<B>(response: &axum::http::Response<B>) -> &str {
     response
         .extensions()
         .get::<RouteTemplate>()
@@ -126,10 +126,7 @@ impl<B> OnResponse<B> for AccessLog {
         _span: &tracing::Span,
     ) {
         if self.0 {
-            let route = response
-                .extensions()
-                .get::<RouteTemplate>()
-                .map_or("unmatched", |route| route.0.as_str());
+            let route = route_of(response);
             tracing::info!(
                 target: "saga_host::access",
                 route,

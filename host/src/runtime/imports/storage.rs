@@ -103,6 +103,28 @@ impl StorageImport<'_> {
             }))
     }
 
+    /// An aggregate that exists, as this call sees it, at `expected` version when one is given:
+    /// what an update or a delete acts on.
+    async fn existing(
+        &mut self,
+        aggregate: &str,
+        uuid: &str,
+        expected: Option<u64>,
+    ) -> Result<AggregateRecord, Failure> {
+        let Some((current, false)) = self.read(aggregate, uuid).await? else {
+            return Err(wit_storage::StorageError::NotFound(format!(
+                "{aggregate} {uuid} does not exist"
+            ))
+            .into());
+        };
+        match expected {
+            Some(expected) if expected != current.version => {
+                Err(self.version_conflict(aggregate, &current, expected))
+            }
+            _ => Ok(current),
+        }
+    }
+
     /// The state this call sees of one aggregate: its transaction's pending writes, then its
     /// saga's staged writes, then the committed snapshot. `Some((record, deleted))` when it ever
     /// existed.
@@ -309,17 +331,9 @@ impl wit_storage::Host for StorageImport<'_> {
                 ctx.check_size("the updated fields", &fields)?;
                 let fields = parse_object("the updated fields", &fields)?;
                 let uuid = parse_uuid(&uuid)?;
-                let Some((current, false)) = ctx.read(&aggregate_type, &uuid).await? else {
-                    return Err(wit_storage::StorageError::NotFound(format!(
-                        "{aggregate_type} {uuid} does not exist"
-                    ))
-                    .into());
-                };
-                if let Some(expected) = expected_version
-                    && expected != current.version
-                {
-                    return Err(ctx.version_conflict(&aggregate_type, &current, expected));
-                }
+                let current = ctx
+                    .existing(&aggregate_type, &uuid, expected_version)
+                    .await?;
                 let mut data = match current.data.clone() {
                     Value::Object(map) => map,
                     _ => Map::new(),
@@ -369,17 +383,9 @@ impl wit_storage::Host for StorageImport<'_> {
                 ctx.writable()?;
                 ctx.check_aggregate_type(&aggregate_type)?;
                 let uuid = parse_uuid(&uuid)?;
-                let Some((current, false)) = ctx.read(&aggregate_type, &uuid).await? else {
-                    return Err(wit_storage::StorageError::NotFound(format!(
-                        "{aggregate_type} {uuid} does not exist"
-                    ))
-                    .into());
-                };
-                if let Some(expected) = expected_version
-                    && expected != current.version
-                {
-                    return Err(ctx.version_conflict(&aggregate_type, &current, expected));
-                }
+                let current = ctx
+                    .existing(&aggregate_type, &uuid, expected_version)
+                    .await?;
                 let write = Write {
                     service: ctx.who.service_name().to_string(),
                     aggregate: aggregate_type,

@@ -97,16 +97,19 @@ impl Storage {
     }
 }
 
+/// SQLite's JSON path of a field: `$."a"."b"`.
+fn sqlite_path(field: &FieldPath) -> String {
+    let segments: String = field
+        .segments()
+        .iter()
+        .map(|s| format!(".\"{s}\""))
+        .collect();
+    format!("${segments}")
+}
+
 pub(super) fn json_field(dialect: Dialect, field: &FieldPath) -> String {
     match dialect {
-        Dialect::Sqlite => {
-            let path: String = field
-                .segments()
-                .iter()
-                .map(|s| format!(".\"{s}\""))
-                .collect();
-            format!("json_extract(data, '${path}')")
-        }
+        Dialect::Sqlite => format!("json_extract(data, '{}')", sqlite_path(field)),
         Dialect::Postgres => format!("(data::jsonb #>> '{{{}}}')", field.segments().join(",")),
     }
 }
@@ -115,14 +118,7 @@ pub(super) fn json_field(dialect: Dialect, field: &FieldPath) -> String {
 /// (PostgreSQL) or objects (SQLite) whose text happens to be equal.
 pub(super) fn json_is_string(dialect: Dialect, field: &FieldPath) -> String {
     match dialect {
-        Dialect::Sqlite => {
-            let path: String = field
-                .segments()
-                .iter()
-                .map(|s| format!(".\"{s}\""))
-                .collect();
-            format!("json_type(data, '${path}') = 'text'")
-        }
+        Dialect::Sqlite => format!("json_type(data, '{}') = 'text'", sqlite_path(field)),
         Dialect::Postgres => format!(
             "jsonb_typeof(data::jsonb #> '{{{}}}') = 'string'",
             field.segments().join(",")
