@@ -85,6 +85,7 @@ pub fn router(api: Arc<Api>) -> Router {
         ));
     let routes = Router::new()
         .route("/health", get(health))
+        .route("/openapi.json", get(openapi))
         .route("/metrics", get(observe::metrics_page))
         .merge(operator)
         .merge(console::routes(api.clone()))
@@ -123,6 +124,16 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
     (
         StatusCode::OK,
         axum::Json(json!({"status": "ok", "services": services})),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document of the host's own routes, kept by hand next to the code
+/// (`tests/openapi.rs` holds it to the routes registered here).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
     )
         .into_response()
 }
