@@ -34,6 +34,8 @@ mod architecture {
         ("storage", &[]),
         // The binary's remote commands talk to a host over HTTP only.
         ("cli", &[]),
+        // The binary's `new`: it writes files from templates.
+        ("scaffold", &[]),
         ("ends", &[]),
         ("broker", &["storage"]),
         ("runtime", &["storage", "broker"]),

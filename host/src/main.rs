@@ -2,6 +2,7 @@
 //! one over its operator API (`cli/`).
 
 mod cli;
+mod scaffold;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::DeadLetters,
     },
+    /// Writes a ready-to-build service (rust, python or js): its source, build script, README
+    /// and a test script for `test-run`.
+    New(scaffold::New),
 }
 
 #[derive(Args)]
@@ -186,6 +190,7 @@ fn main() -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let (remote, command) = match cli.command {
         Command::Serve(serve) => return runtime.block_on(run(*serve)),
+        Command::New(new) => return scaffold::run(new),
         Command::Deploy(deploy) => {
             let remote = cli::Remote {
                 url: deploy.to,
