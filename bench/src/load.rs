@@ -13,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use saga_host::runtime::bindings::types as wit;
+use saga_host::runtime::manifest::method_name;
 use saga_host::runtime::{Access, CallContext, Runtime, RuntimeConfig, Scope};
 
 use crate::stats::Samples;
@@ -129,7 +130,8 @@ async fn phase(
 pub struct Probe {
     pub language: &'static str,
     pub path: PathBuf,
-    pub handler: &'static str,
+    /// The no-op handler's route: `GET /path` (the handler's name differs by SDK).
+    pub route: &'static str,
 }
 
 /// For each component: load time with the compile cache cold and warm, and the cost of one
@@ -166,13 +168,24 @@ pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
             .manifest
             .handlers
             .iter()
-            .find(|h| h.name == probe.handler)
-            .with_context(|| {
-                format!("{} has no handler {}", probe.path.display(), probe.handler)
-            })?;
+            .find(|h| {
+                h.triggers.iter().any(|trigger| match trigger {
+                    wit::Trigger::RestQuery(route) | wit::Trigger::RestCommand(route) => {
+                        format!("{} {}", method_name(route.method), route.path) == probe.route
+                    }
+                    _ => false,
+                })
+            })
+            .with_context(|| format!("{} has no route {}", probe.path.display(), probe.route))?;
+        let trigger = handler
+            .triggers
+            .iter()
+            .find(|t| matches!(t, wit::Trigger::RestQuery(_) | wit::Trigger::RestCommand(_)))
+            .cloned()
+            .expect("the trigger just found");
         let request = wit::Request {
             handler: handler.name.clone(),
-            trigger: handler.triggers[0].clone(),
+            trigger,
             payload: "null".into(),
             params: Vec::new(),
             query: Vec::new(),

@@ -325,17 +325,17 @@ fn probes() -> anyhow::Result<Vec<load::Probe>> {
         load::Probe {
             language: "rust",
             path: component("test_probe")?,
-            handler: "GET /probe/noop",
+            route: "GET /probe/noop",
         },
         load::Probe {
             language: "python",
             path: server::example("python-grader", "grader")?,
-            handler: "version",
+            route: "GET /grader/version",
         },
         load::Probe {
             language: "javascript",
             path: server::example("js-notifier", "notifier")?,
-            handler: "version",
+            route: "GET /notifier/version",
         },
     ])
 }
