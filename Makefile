@@ -11,7 +11,7 @@ WASM_DIR := target/$(WASM_TARGET)/release
 BUNDLED := guest_exam guest_attempt
 # Components built only for tests and benchmarks.
 TEST_GUESTS := -p test-probe -p test-participant -p test-orchestrator -p test-not-a-service \
-	-p test-broken-saga -p test-hijack -p test-old-wit
+	-p test-broken-saga -p test-hijack -p test-old-wit -p test-wrong-compensation
 # Second builds of two components (feature variant-b), for the hot-swap tests.
 VARIANTS := guest_exam test_orchestrator
 

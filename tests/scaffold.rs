@@ -116,7 +116,11 @@ fn write_and_build(dir: &TempDir, language: &str, name: &str, extra: &[&str]) ->
     }
     assert!(project.join(source).is_file(), "{name}: no {source}");
 
+    // `build.sh test` builds, then runs the project's tests/smoke.json in `saga-host test-run`.
     let mut build = Command::new(project.join("build.sh"));
+    build
+        .arg("test")
+        .env("SAGA_HOST", env!("CARGO_BIN_EXE_saga-host"));
     match language {
         "rust" => {
             build.env("CARGO_TARGET_DIR", repository().join("target/scaffold"));
@@ -162,7 +166,7 @@ fn write_and_build(dir: &TempDir, language: &str, name: &str, extra: &[&str]) ->
 }
 
 /// The request steps at the start of a participant's tests/smoke.json, run against the real
-/// host: the script and the component agree (the `saga-host test-run` tests run all of it).
+/// host too: the script and the component agree (`build.sh test` ran all of it in the harness).
 async fn replay_smoke_requests(http: &Http, project: &Path) {
     let smoke: Value =
         serde_json::from_str(&std::fs::read_to_string(project.join("tests/smoke.json")).unwrap())

@@ -119,6 +119,56 @@ impl Running {
 /// Opens storage, loads every component of the components directory (any failure stops the
 /// start with the file and the cause), resumes what was left, and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    let parts = assemble(&config).await?;
+    parts
+        .broker
+        .set_consumer(Arc::new(Consumer(Arc::downgrade(&parts.router))));
+    parts
+        .deployer
+        .load_components()
+        .await
+        .map_err(|e| StartError::Component(e.to_string()))?;
+    resume(
+        &config,
+        &parts.host_id,
+        &parts.storage,
+        &parts.broker,
+        &parts.orchestrator,
+    )
+    .await?;
+    tokio::spawn(prune(
+        parts.storage.clone(),
+        config.history_retention,
+        Arc::downgrade(&parts.orchestrator),
+    ));
+    if let Some(every) = config.watch {
+        tokio::spawn(Deployer::watch(Arc::downgrade(&parts.deployer), every));
+    }
+    let registry = parts.api.registry.clone();
+    let (addr, shutdown, server) = serve(config.listen, parts.api).await?;
+    Ok(Running {
+        addr,
+        registry,
+        _router: parts.router,
+        shutdown,
+        server,
+    })
+}
+
+/// A host's parts, wired together but not yet consuming, loaded or serving: `start` finishes
+/// them into a serving host, the test harness into an in-process one.
+pub(crate) struct Parts {
+    pub host_id: String,
+    pub storage: Storage,
+    pub broker: Broker,
+    pub orchestrator: Arc<Orchestrator>,
+    pub deployer: Arc<Deployer>,
+    pub router: Arc<Router>,
+    pub api: Arc<Api>,
+}
+
+/// Opens storage and the broker and builds every part on them.
+pub(crate) async fn assemble(config: &Config) -> Result<Parts, StartError> {
     let storage = Storage::open(&config.database_url()).await?;
     let broker = Broker::connect(
         storage.clone(),
@@ -160,7 +210,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         handlers: handlers.clone(),
         broker: broker.clone(),
     });
-    broker.set_consumer(Arc::new(Consumer(Arc::downgrade(&router))));
     let deployer = Arc::new(Deployer::new(
         runtime,
         registry.clone(),
@@ -168,35 +217,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.data_dir,
         config.components_dir.clone(),
     ));
-    deployer
-        .load_components()
-        .await
-        .map_err(|e| StartError::Component(e.to_string()))?;
-    resume(&config, &host_id, &storage, &broker, &orchestrator).await?;
-    tokio::spawn(prune(
-        storage.clone(),
-        config.history_retention,
-        Arc::downgrade(&orchestrator),
-    ));
-    if let Some(every) = config.watch {
-        tokio::spawn(Deployer::watch(Arc::downgrade(&deployer), every));
-    }
     let api = Arc::new(Api {
         handlers,
-        orchestrator,
-        deployer,
-        registry: registry.clone(),
-        storage,
-        broker,
+        orchestrator: orchestrator.clone(),
+        deployer: deployer.clone(),
+        registry,
+        storage: storage.clone(),
+        broker: broker.clone(),
         settings: config.http.clone(),
     });
-    let (addr, shutdown, server) = serve(config.listen, api).await?;
-    Ok(Running {
-        addr,
-        registry,
-        _router: router,
-        shutdown,
-        server,
+    Ok(Parts {
+        host_id,
+        storage,
+        broker,
+        orchestrator,
+        deployer,
+        router,
+        api,
     })
 }
 
@@ -263,7 +300,7 @@ async fn serve(
 
 /// Where a queued message goes: replies to the orchestrator, everything else to its service's
 /// handler.
-struct Router {
+pub(crate) struct Router {
     orchestrator: Arc<Orchestrator>,
     registry: Arc<Registry>,
     handlers: Arc<Handlers>,
@@ -272,7 +309,7 @@ struct Router {
 
 impl Router {
     /// Delivers a message in a span of its own, in the trace of the work that sent it.
-    async fn route(&self, delivery: Delivery) -> Outcome {
+    pub(crate) async fn route(&self, delivery: Delivery) -> Outcome {
         let message = &delivery.message;
         let span = tracing::debug_span!(
             "deliver",

@@ -3,11 +3,13 @@
 //! map of the code.
 
 pub mod broker;
+pub mod check;
 pub mod cluster;
 pub mod deploy;
 pub mod ends;
 pub mod files;
 pub mod handler;
+pub mod harness;
 pub mod host;
 pub mod http;
 pub mod runtime;
@@ -47,6 +49,13 @@ mod architecture {
             "http",
             &["handler", "saga", "deploy", "runtime", "broker", "storage"],
         ),
+        (
+            "harness",
+            &[
+                "host", "http", "handler", "saga", "runtime", "broker", "storage",
+            ],
+        ),
+        ("check", &["harness", "saga", "runtime"]),
         (
             "host",
             &[

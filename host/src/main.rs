@@ -59,6 +59,36 @@ enum Command {
     /// Writes a ready-to-build service (rust, python or js): its source, build script, README
     /// and a test script for `test-run`.
     New(scaffold::New),
+    /// Runs a test script (JSON) against components in a host inside this process, with
+    /// stubbed participants and a clock the script moves; prints a JSON report and exits 1 when
+    /// an expectation failed, 2 when the script could not run.
+    TestRun {
+        /// The script: {"components": [...], "stubs": {...}, "steps": [...]}.
+        script: PathBuf,
+    },
+    /// Explores every path of a component's sagas with stubbed participants, running its real
+    /// callbacks, and checks on each that what acted is compensated once, in reverse, and that
+    /// a failed saga leaves nothing behind; exits 1 when a path breaks one.
+    Check(Check),
+}
+
+#[derive(Args)]
+struct Check {
+    /// The component (.wasm) to check.
+    component: PathBuf,
+    /// Only this saga; default: every saga the component defines.
+    #[arg(long)]
+    saga: Option<String>,
+    /// The context the sagas start with (a JSON object).
+    #[arg(long, default_value = "{}")]
+    context: String,
+    /// The payload of a participant's SUCCESS reply on TOPIC (default null): TOPIC=JSON,
+    /// repeatable.
+    #[arg(long = "reply", value_name = "TOPIC=JSON")]
+    replies: Vec<String>,
+    /// Paths explored per saga at most.
+    #[arg(long, default_value_t = 500)]
+    max_paths: usize,
 }
 
 #[derive(Args)]
@@ -191,6 +221,16 @@ fn main() -> anyhow::Result<()> {
     let (remote, command) = match cli.command {
         Command::Serve(serve) => return runtime.block_on(run(*serve)),
         Command::New(new) => return scaffold::run(new),
+        Command::TestRun { script } => {
+            let code = runtime.block_on(test_run(&script));
+            drop(runtime);
+            std::process::exit(code);
+        }
+        Command::Check(check) => {
+            let code = runtime.block_on(check_paths(check))?;
+            drop(runtime);
+            std::process::exit(code);
+        }
         Command::Deploy(deploy) => {
             let remote = cli::Remote {
                 url: deploy.to,
@@ -287,4 +327,47 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = terminate.recv() => {}
     }
     Ok(())
+}
+
+/// `saga-host test-run`: 0 when every expectation held, 1 when one failed, 2 when the script
+/// could not run.
+async fn test_run(script: &std::path::Path) -> i32 {
+    match saga_host::harness::script::run(script).await {
+        Ok(report) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report.json).unwrap_or_default()
+            );
+            if report.passed { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            2
+        }
+    }
+}
+
+/// `saga-host check`: 0 when every path keeps the rules, 1 when one breaks them.
+async fn check_paths(args: Check) -> anyhow::Result<i32> {
+    let context: serde_json::Value = serde_json::from_str(&args.context)
+        .with_context(|| format!("--context {:?} is not JSON", args.context))?;
+    let mut replies = std::collections::BTreeMap::new();
+    for reply in &args.replies {
+        let (topic, json) = reply
+            .split_once('=')
+            .with_context(|| format!("--reply {reply:?} must read TOPIC=JSON"))?;
+        let payload = serde_json::from_str(json)
+            .with_context(|| format!("--reply {reply:?}: {json:?} is not JSON"))?;
+        replies.insert(topic.to_string(), payload);
+    }
+    let options = saga_host::check::Options {
+        component: args.component,
+        saga: args.saga,
+        context,
+        replies,
+        max_paths: args.max_paths,
+    };
+    let report = saga_host::check::run(&options).await?;
+    print!("{}", report.table());
+    Ok(if report.passed() { 0 } else { 1 })
 }

@@ -26,7 +26,7 @@ use crate::broker::{Message, ReplyTo};
 use crate::handler;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallError, Called, Scope, ServiceVersion};
-use crate::storage::{self, Resolve, Transaction};
+use crate::storage::{Resolve, Transaction};
 
 /// Why a transition stopped before it could be stored.
 pub(super) enum Stop {
@@ -72,7 +72,7 @@ struct HostEnv<'a>(&'a Orchestrator);
 
 impl saga_core::engine::Env for HostEnv<'_> {
     fn now(&self) -> i64 {
-        storage::now_ms()
+        self.0.now()
     }
 
     fn message_id(&mut self) -> saga_core::ids::MessageId {
@@ -176,6 +176,14 @@ impl<'a> Transition<'a> {
     }
 
     async fn call(&mut self, callback: Callback) -> Result<Event, Stop> {
+        if let Some(probe) = self.orchestrator.probe()
+            && let Err(error) = probe.callback(&self.stored.exec, &callback)
+        {
+            return Ok(Event::Called {
+                outcome: Err(error),
+                cost: Default::default(),
+            });
+        }
         let runtime = &self.orchestrator.runtime;
         let version = &self.version;
         let context = self.call_context(version.clone(), Access::ReadWrite);
@@ -313,6 +321,7 @@ impl<'a> Transition<'a> {
     /// The storage transaction of this transition: the saga's row and history, and its writes
     /// — staged under the saga, promoted or discarded as it ends.
     pub fn into_transaction(self, owner: &str) -> Prepared {
+        let orchestrator_now = self.orchestrator.now();
         let Transition {
             mut stored,
             mut tx,
@@ -348,7 +357,7 @@ impl<'a> Transition<'a> {
             }
             None => {}
         }
-        stored.exec.updated_at = storage::now_ms().max(stored.exec.updated_at);
+        stored.exec.updated_at = orchestrator_now.max(stored.exec.updated_at);
         tx.saga = Some(stored.to_row(owner, &history));
         Prepared {
             stored,

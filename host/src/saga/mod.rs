@@ -14,12 +14,15 @@ mod driver;
 pub mod record;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use saga_core::engine::{Context, Entry, ErrorInfo, Event, Execution, OperatorAction, Rejected};
+use saga_core::engine::{
+    Callback, Context, Entry, ErrorInfo, Event, Execution, OperatorAction, Rejected,
+};
 use saga_core::ids::{Digest, SagaId, ServiceName};
 use tokio::sync::oneshot;
 
@@ -77,6 +80,17 @@ pub struct Orchestrator {
     cached: Mutex<HashMap<SagaId, Stored>>,
     /// Timers scheduled in memory, by saga: the earliest.
     timers: Mutex<HashMap<SagaId, i64>>,
+    /// How far the test harness moved this orchestrator's clock ahead, in ms (0 in a host).
+    clock_ahead_ms: AtomicI64,
+    /// What the path checker makes of the callbacks (none in a host).
+    probe: OnceLock<Arc<dyn Probe>>,
+}
+
+/// Watches and steers the saga callbacks a transition runs: the path checker's way to make a
+/// callback fail where it would have succeeded, and to see which ran.
+pub trait Probe: Send + Sync + 'static {
+    /// Called before `callback` runs; an error fails it without running it.
+    fn callback(&self, exec: &Execution, callback: &Callback) -> Result<(), ErrorInfo>;
 }
 
 /// Unfinished executions kept in memory at most; beyond, replies read them from storage.
@@ -159,6 +173,8 @@ impl Orchestrator {
             waiters: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
+            clock_ahead_ms: AtomicI64::new(0),
+            probe: OnceLock::new(),
         });
         let _ = orchestrator.me.set(Arc::downgrade(&orchestrator));
         orchestrator
@@ -168,6 +184,55 @@ impl Orchestrator {
     /// because the environment refers back to the orchestrator).
     pub fn set_env(&self, env: &Arc<CallEnv>) {
         let _ = self.env.set(Arc::downgrade(env));
+    }
+
+    /// Sets the probe of the callbacks (once; the path checker's).
+    pub fn set_probe(&self, probe: Arc<dyn Probe>) {
+        let _ = self.probe.set(probe);
+    }
+
+    fn probe(&self) -> Option<&Arc<dyn Probe>> {
+        self.probe.get()
+    }
+
+    /// The time the rules go by, in ms since the epoch: the wall clock, unless the test harness
+    /// moved it ahead.
+    pub fn now(&self) -> i64 {
+        storage::now_ms() + self.clock_ahead_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves the clock ahead and fires every timer that is due by then, one saga after the
+    /// other (the test harness's way to let time pass).
+    pub async fn advance_clock(&self, by: Duration) {
+        self.clock_ahead_ms
+            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        let now = self.now();
+        let mut due: Vec<(i64, SagaId)> = {
+            let mut timers = self.timers.lock().expect("timers lock");
+            let due: Vec<(i64, SagaId)> = timers
+                .iter()
+                .filter(|&(_, &at)| at <= now)
+                .map(|(&id, &at)| (at, id))
+                .collect();
+            for (_, id) in &due {
+                timers.remove(id);
+            }
+            due
+        };
+        due.sort_unstable();
+        for (_, id) in due {
+            self.on_timer(id).await;
+        }
+    }
+
+    /// When the earliest timer scheduled here is due.
+    pub fn next_timer_at(&self) -> Option<i64> {
+        self.timers
+            .lock()
+            .expect("timers lock")
+            .values()
+            .min()
+            .copied()
     }
 
     fn env(&self) -> Option<Arc<CallEnv>> {
@@ -222,7 +287,7 @@ impl Orchestrator {
             Digest(version.digest.clone()),
             context,
             caller.user,
-            storage::now_ms(),
+            self.now(),
         );
         let finished = wait.then(|| self.register_waiter(template.id));
         match self
@@ -402,13 +467,13 @@ impl Orchestrator {
             Ok(exec) => {
                 if let Some(at) = exec.timer_at() {
                     // Never sooner than shortly: a timer that found nothing to do must not spin.
-                    self.schedule(id, at.max(storage::now_ms() + 100));
+                    self.schedule(id, at.max(self.now() + 100));
                 }
             }
             Err(TransitionError::Gone | TransitionError::Duplicate) => {}
             Err(error) => {
                 tracing::warn!(saga = %id, "a timer could not fire: {error}; trying again in a second");
-                self.schedule(id, storage::now_ms() + 1_000);
+                self.schedule(id, self.now() + 1_000);
             }
         }
     }
@@ -648,8 +713,8 @@ impl Orchestrator {
         let Some(me) = self.me.get().cloned() else {
             return;
         };
+        let wait = Duration::from_millis((at - self.now()).max(0) as u64);
         tokio::spawn(async move {
-            let wait = Duration::from_millis((at - storage::now_ms()).max(0) as u64);
             tokio::time::sleep(wait).await;
             let Some(orchestrator) = me.upgrade() else {
                 return;
