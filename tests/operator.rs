@@ -642,3 +642,42 @@ async fn a_finished_saga_would_refuse(http: &Http) {
         "{refused}"
     );
 }
+
+/// Without an admin token the operator API is open: that is refused at start on an address
+/// other machines reach, unless accepted by name. (Nothing here listens beyond loopback: the
+/// refused start stops before listening, and the accepted one stops at its missing components
+/// directory, past the check.)
+#[test]
+fn an_open_operator_api_on_a_reachable_address_is_refused_at_start() {
+    let dir = TempDir::new("open-operator-api");
+    let missing = dir.path().join("no-components-here");
+    let serve = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_saga-host"))
+            .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--components")
+            .arg(&missing)
+            .args(extra)
+            .env_remove("SAGA_HOST_ADMIN_TOKEN")
+            .output()
+            .expect("saga-host runs")
+    };
+    let refused = serve(&[]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("--listen 0.0.0.0:0 is reachable from other machines")
+            && said.contains("--insecure-open-operator-api"),
+        "{said}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was set up");
+    for accepted in [
+        &["--insecure-open-operator-api"][..],
+        &["--admin-token", "secret"][..],
+    ] {
+        let past = serve(accepted);
+        let said = String::from_utf8_lossy(&past.stderr);
+        assert!(!said.contains("reachable from other machines"), "{said}");
+        assert!(said.contains("no-components-here"), "{said}");
+    }
+}

@@ -52,6 +52,9 @@ enum Command {
     Instantiate(InstantiateArgs),
     /// POST /exams/graded: the exam saga with the Python and JavaScript participants.
     Polyglot(Load),
+    /// POST /exams served by the tutorial's services written with the SDKs: the Python pair,
+    /// and the JavaScript Exam with the Rust Attempt.
+    Tutorial(Load),
     /// POST /exams on PostgreSQL + NATS with one and two hosts, next to the embedded default.
     Cluster(ClusterArgs),
     /// POST /exams next to a service whose calls loop, against a quiet host.
@@ -153,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
             Command::Polyglot(load) => polyglot(&load).await,
+            Command::Tutorial(load) => tutorial(&load).await,
             Command::Neighbour(args) => neighbour(&args).await,
             Command::Console(args) => console::run(args.sagas, args.requests).await,
             Command::Cluster(args) => cluster::run(&args.load, &args.postgres, &args.nats).await,
@@ -255,6 +259,41 @@ async fn exams(load: &Load) -> anyhow::Result<()> {
         load,
     )
     .await
+}
+
+async fn tutorial(load: &Load) -> anyhow::Result<()> {
+    let pairs = [
+        (
+            "Python pair",
+            [
+                server::example("python-tutorial", "exam")?,
+                server::example("python-tutorial", "attempt")?,
+            ],
+        ),
+        (
+            "JavaScript Exam, Rust Attempt",
+            [
+                server::example("js-tutorial", "exam")?,
+                component("guest_attempt")?,
+            ],
+        ),
+    ];
+    for (label, components) in pairs {
+        let server = Server::start(&components, &host_args(load))?;
+        println!(
+            "POST /exams, {label}, fresh user per request {:?}",
+            load.host_args
+        );
+        header();
+        measure(
+            &[server.addr.as_str()],
+            "POST /exams",
+            exam_workload(),
+            load,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {

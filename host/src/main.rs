@@ -143,6 +143,11 @@ struct Serve {
     /// Bearer token of the operator API (/admin, /sagas). Without it /admin is off.
     #[arg(long, env = "SAGA_HOST_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Serve the operator API (/sagas, its actions) without a token on an address other
+    /// machines can reach. Without this, such a start is refused: anyone who reaches the port
+    /// could list, cancel and retry sagas.
+    #[arg(long, env = "SAGA_HOST_INSECURE_OPEN_OPERATOR_API")]
+    insecure_open_operator_api: bool,
     /// Run saga steps whose participant is loaded in this host within the saga's own
     /// transaction (one commit instead of two per step); false: always through the queue.
     #[arg(long, env = "SAGA_HOST_INLINE_STEPS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -247,6 +252,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
+    if !serve.listen.ip().is_loopback()
+        && serve.admin_token.is_none()
+        && !serve.insecure_open_operator_api
+    {
+        anyhow::bail!(
+            "--listen {} is reachable from other machines, and without an admin token the operator \
+             API (/sagas: list, cancel, retry) would be open to anyone who reaches it; give \
+             --admin-token TOKEN (or SAGA_HOST_ADMIN_TOKEN), listen on 127.0.0.1, or accept it \
+             with --insecure-open-operator-api",
+            serve.listen
+        );
+    }
     let defaults = Limits {
         memory_bytes: serve.memory_mb << 20,
         cpu_time: Duration::from_millis(serve.cpu_ms),
