@@ -140,6 +140,9 @@ struct InstantiateArgs {
     /// Calls to time (a tenth of that for the Python and JavaScript components).
     #[arg(long, default_value_t = 20_000)]
     calls: usize,
+    /// Only these languages (rust, python, javascript); default: all three.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -154,7 +157,12 @@ fn main() -> anyhow::Result<()> {
             Command::Swap(args) => {
                 swap::run(args.swaps, args.clients, Duration::from_secs(args.seconds)).await
             }
-            Command::Instantiate(args) => load::instantiate(args.calls, &probes()?).await,
+            Command::Instantiate(args) => {
+                let mut probes = probes()?;
+                probes
+                    .retain(|p| args.only.is_empty() || args.only.iter().any(|l| l == p.language));
+                load::instantiate(args.calls, &probes).await
+            }
             Command::Polyglot(load) => polyglot(&load).await,
             Command::Tutorial(load) => tutorial(&load).await,
             Command::Neighbour(args) => neighbour(&args).await,
