@@ -604,3 +604,77 @@ async fn a_deployed_component_is_on_disk_before_it_serves() {
         );
     }
 }
+
+/// `bytes` with a custom section appended: the same service, another version (digest).
+fn variant(bytes: &[u8], n: usize) -> Vec<u8> {
+    let name = b"variant";
+    let payload = n.to_le_bytes();
+    let mut out = bytes.to_vec();
+    out.push(0); // custom section
+    out.push((1 + name.len() + payload.len()) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn dir_size(dir: &std::path::Path) -> (usize, u64) {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries.flatten().fold((0, 0), |(n, bytes), entry| {
+                (n + 1, bytes + entry.metadata().map_or(0, |m| m.len()))
+            })
+        })
+        .unwrap_or((0, 0))
+}
+
+/// Fifty deploys of the Exam service: the version store keeps only what is loaded, run by a
+/// saga or replaced within the longest call's time; the compile cache stays within
+/// --cache-max-mb.
+#[tokio::test]
+async fn fifty_deploys_keep_the_disk_bounded() {
+    let dir = TempDir::new("bounded-disk");
+    let cache = dir.path().join("cache");
+    let cache_arg = cache.display().to_string();
+    let host = Host::start_with(
+        &dir,
+        &["guest_exam", "guest_attempt"],
+        &[
+            "--admin-token",
+            TOKEN,
+            "--cache",
+            &cache_arg,
+            "--cache-max-mb",
+            "8",
+            // A replaced version's bytes stay as long as a call on it may still start a saga.
+            "--call-timeout-s",
+            "1",
+        ],
+    );
+    let exam = wasm("guest_exam");
+    let artifact = dir_size(&cache).1 / 2; // the two bundled components' artifacts
+    assert!(
+        artifact * 50 > 8 << 20,
+        "fifty artifacts of {artifact} bytes would fit in 8 MiB anyway: the test proves nothing"
+    );
+    for n in 0..50 {
+        let answer = put_component(&host, "exam", variant(&exam, n), Some(TOKEN)).await;
+        assert_eq!(answer.status, 200, "deploy {n}: {}", answer.body);
+        let accepted = submit(&host).await;
+        assert_eq!(accepted.status, 200, "deploy {n}: {}", accepted.body);
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let answer = put_component(&host, "exam", variant(&exam, 50), Some(TOKEN)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (versions, _) = dir_size(&host.data.join("versions"));
+    assert_eq!(
+        versions, 2,
+        "the current Exam version and the one it just replaced are kept, no other (no saga runs on one)"
+    );
+    let (artifacts, bytes) = dir_size(&cache);
+    assert!(
+        bytes <= 8 << 20,
+        "the compile cache holds {bytes} bytes in {artifacts} artifacts, beyond --cache-max-mb 8"
+    );
+    assert!(artifacts >= 2, "the loaded versions' artifacts stay");
+}

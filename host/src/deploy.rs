@@ -95,6 +95,9 @@ pub struct Deployer {
     sources: std::sync::Mutex<Sources>,
     /// Deploys happen one at a time.
     deploying: tokio::sync::Mutex<()>,
+    /// Versions replaced lately, and when: a call still running on one may start a saga on it,
+    /// so its bytes stay until no such call can be running (the longest call's time).
+    replaced: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
 }
 
 impl Deployer {
@@ -113,6 +116,7 @@ impl Deployer {
             components_dir,
             sources: Default::default(),
             deploying: tokio::sync::Mutex::new(()),
+            replaced: Default::default(),
         }
     }
 
@@ -214,6 +218,10 @@ impl Deployer {
         if let Some(replaced) = replaced
             && replaced.digest != version.digest
         {
+            self.replaced
+                .lock()
+                .expect("replaced lock")
+                .push((replaced.digest.clone(), std::time::Instant::now()));
             self.retire_if_pinned(replaced).await;
         }
         tracing::info!(
@@ -222,7 +230,61 @@ impl Deployer {
             source,
             "component deployed"
         );
+        self.prune_disk().await;
         Ok(version)
+    }
+
+    /// Keeps the disk bounded: removes the stored bytes of versions that are neither loaded
+    /// (current, or kept for their sagas), nor the version of an unfinished saga, nor replaced
+    /// so lately that a call still running on it could start a saga; and the compile cache's
+    /// least recently used artifacts beyond its limit (never a loaded version's). Run after
+    /// every deploy, with deploys held.
+    async fn prune_disk(&self) {
+        let recent = {
+            let longest_call = self.runtime.config().limits.longest_call();
+            let mut replaced = self.replaced.lock().expect("replaced lock");
+            replaced.retain(|(_, at)| at.elapsed() <= longest_call);
+            replaced
+                .iter()
+                .map(|(digest, _)| digest.clone())
+                .collect::<Vec<_>>()
+        };
+        let mut needed: std::collections::HashSet<String> = self
+            .registry
+            .current()
+            .by_name
+            .values()
+            .chain(self.registry.retired().iter())
+            .map(|version| version.digest.clone())
+            .chain(recent)
+            .collect();
+        match self.storage.running_versions().await {
+            Ok(running) => needed.extend(running.into_iter().map(|(_, digest, _)| digest)),
+            Err(error) => {
+                tracing::warn!(%error, "could not read which versions sagas run on; pruning nothing");
+                return;
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.versions_dir) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let digest = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or_default();
+                if path.extension().is_some_and(|e| e == "wasm") && !needed.contains(digest) {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {
+                            tracing::debug!(path = %path.display(), "removed a version no saga runs on")
+                        }
+                        Err(error) => {
+                            tracing::warn!(path = %path.display(), %error, "could not remove an unused version")
+                        }
+                    }
+                }
+            }
+        }
+        self.runtime.prune_cache(&needed);
     }
 
     /// Removes a service: its routes and topics go at once; a version sagas still run on stays

@@ -92,6 +92,7 @@ struct Check {
 }
 
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct Serve {
     /// Address to serve HTTP on.
     #[arg(long, env = "SAGA_HOST_LISTEN", default_value = "127.0.0.1:8080")]
@@ -102,6 +103,10 @@ struct Serve {
     /// Directory for compiled components, reused across restarts; default: DATA/cache.
     #[arg(long, env = "SAGA_HOST_CACHE")]
     cache: Option<PathBuf>,
+    /// The compile cache's size at most, in MiB: past it the least recently used artifacts
+    /// are removed (never a loaded version's).
+    #[arg(long, env = "SAGA_HOST_CACHE_MAX_MB", default_value_t = 1024)]
+    cache_max_mb: u64,
     /// Directory whose *.wasm components are loaded at start.
     #[arg(long, env = "SAGA_HOST_COMPONENTS", default_value = "./components")]
     components: PathBuf,
@@ -284,6 +289,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
                 overrides,
             },
             cache_dir: Some(serve.cache.unwrap_or_else(|| serve.data.join("cache"))),
+            cache_max_bytes: serve.cache_max_mb << 20,
             ..RuntimeConfig::default()
         },
         data_dir: serve.data,

@@ -134,6 +134,16 @@ impl LimitTable {
             .max()
             .unwrap_or_default()
     }
+
+    /// The longest any component call may take, waiting included.
+    pub fn longest_call(&self) -> std::time::Duration {
+        self.overrides
+            .values()
+            .map(|l| l.wall_time)
+            .chain([self.defaults.wall_time])
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,8 @@ pub struct RuntimeConfig {
     pub max_instances: u32,
     /// Where compiled components are cached; none: compile at every load.
     pub cache_dir: Option<PathBuf>,
+    /// The compile cache's size at most, in bytes; the least recently used artifacts go first.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -56,6 +58,7 @@ impl Default for RuntimeConfig {
             limits: LimitTable::default(),
             max_instances: 1000,
             cache_dir: None,
+            cache_max_bytes: 1 << 30,
         }
     }
 }
@@ -368,6 +371,11 @@ impl Runtime {
                 // by this engine configuration for exactly these bytes (both are in its name).
                 match unsafe { Component::deserialize_file(&engine, path) } {
                     Ok(component) => {
+                        // Used now: the cache's pruning goes by this time.
+                        let _ = std::fs::File::options()
+                            .append(true)
+                            .open(path)
+                            .and_then(|file| file.set_modified(std::time::SystemTime::now()));
                         metrics::component_loaded(true, started.elapsed());
                         tracing::info!(digest = short, ms = started.elapsed().as_millis() as u64, "component loaded from the compile cache");
                         return Ok(component);
@@ -389,6 +397,46 @@ impl Runtime {
         })
         .await
         .map_err(|e| format!("compilation panicked: {e}"))?
+    }
+
+    /// Removes the compile cache's least recently used artifacts until it holds at most
+    /// `cache_max_bytes`, keeping those of the `needed` digests whatever their size.
+    pub fn prune_cache(&self, needed: &std::collections::HashSet<String>) {
+        let Some(dir) = &self.config.cache_dir else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut artifacts: Vec<(std::time::SystemTime, u64, PathBuf, bool)> = entries
+            .flatten()
+            .filter(|entry| entry.path().extension().is_some_and(|e| e == "cwasm"))
+            .filter_map(|entry| {
+                let meta = entry.metadata().ok()?;
+                let path = entry.path();
+                let name = path.file_name()?.to_str()?;
+                let keep = needed
+                    .iter()
+                    .any(|digest| name.starts_with(digest.as_str()));
+                Some((meta.modified().ok()?, meta.len(), path, keep))
+            })
+            .collect();
+        let mut total: u64 = artifacts.iter().map(|a| a.1).sum();
+        artifacts.sort();
+        for (_, size, path, keep) in artifacts {
+            if total <= self.config.cache_max_bytes {
+                break;
+            }
+            if keep {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => total -= size,
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "could not prune the compile cache")
+                }
+            }
+        }
     }
 
     pub async fn handle(
