@@ -9,6 +9,20 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+/// The host of a plain `http://` URL that is not this machine (loopback or `localhost`).
+fn in_clear_beyond_loopback(base: &str) -> Option<String> {
+    let uri: hyper::Uri = base.parse().ok()?;
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_string())
+}
+
 /// A running host's operator API, reached over HTTP.
 pub struct Client {
     base: String,
@@ -38,10 +52,20 @@ impl std::fmt::Display for ClientError {
 
 impl Client {
     /// A client of the host at `base` (http://HOST:PORT), with the admin token if given.
+    /// Warns on standard error when the token would cross the network in clear.
     pub fn new(base: &str, token: Option<String>) -> Client {
+        let token = token.filter(|t| !t.is_empty());
+        if token.is_some()
+            && let Some(host) = in_clear_beyond_loopback(base)
+        {
+            eprintln!(
+                "warning: {host} is reached over plain http, so the admin token travels in clear; \
+                 reach it through a TLS-terminating proxy or an SSH tunnel"
+            );
+        }
         Client {
             base: base.trim_end_matches('/').to_string(),
-            token: token.filter(|t| !t.is_empty()),
+            token,
             http: Hyper::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -111,5 +135,30 @@ impl Client {
             status: status.as_u16(),
             message,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_clear_beyond_loopback;
+
+    #[test]
+    fn the_token_in_clear_is_noticed_beyond_loopback_only() {
+        assert_eq!(
+            in_clear_beyond_loopback("http://10.0.0.7:8080").as_deref(),
+            Some("10.0.0.7")
+        );
+        assert_eq!(
+            in_clear_beyond_loopback("http://saga.example.com").as_deref(),
+            Some("saga.example.com")
+        );
+        for quiet in [
+            "http://127.0.0.1:8080",
+            "http://localhost:8080",
+            "http://[::1]:8080",
+            "https://saga.example.com",
+        ] {
+            assert_eq!(in_clear_beyond_loopback(quiet), None, "{quiet}");
+        }
     }
 }
