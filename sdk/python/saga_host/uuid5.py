@@ -1,8 +1,10 @@
 """Name-based UUIDs (RFC 4122 version 5) that work inside a component.
 
 componentize-py's Python has no `hashlib`, so `uuid.uuid5` fails there with "No module named
-'hashlib'". This computes the SHA-1 that version 5 is defined by in plain Python. It is only
-meant for uuid5 (short names, a few per call), not as a general-purpose hash.
+'hashlib'". This takes the SHA-1 that version 5 is defined by from CPython's built-in `_sha1`
+module, which hashlib wraps, and computes it in plain Python where that is missing too. The
+built-in one cut the tutorial's Attempt handler from 4.9 to 3.9 ms a call (the plain one is
+meant for uuid5's short names only, not as a general-purpose hash).
 """
 
 from uuid import UUID
@@ -40,8 +42,17 @@ def sha1(data: bytes) -> bytes:
     return b"".join(x.to_bytes(4, "big") for x in state)
 
 
+try:
+    # CPython's own SHA-1, when the interpreter was built with it.
+    from _sha1 import sha1 as _native_sha1
+except ImportError:
+    _native_sha1 = None
+
+
 def uuid5(namespace: UUID, name: str | bytes) -> UUID:
     """What `uuid.uuid5(namespace, name)` returns, without hashlib."""
     if isinstance(name, str):
         name = name.encode("utf-8")
-    return UUID(bytes=sha1(namespace.bytes + name)[:16], version=5)
+    data = namespace.bytes + name
+    digest = _native_sha1(data).digest() if _native_sha1 else sha1(data)
+    return UUID(bytes=digest[:16], version=5)

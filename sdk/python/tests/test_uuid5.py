@@ -1,11 +1,15 @@
 """saga_host.uuid5 against CPython's uuid.uuid5 (which has hashlib)."""
 
 import hashlib
+import importlib
 import random
 import unittest
 import uuid
 
 from saga_host.uuid5 import sha1, uuid5
+
+# The module (the package's `uuid5` is the function).
+uuid5_module = importlib.import_module("saga_host.uuid5")
 
 
 class Uuid5Test(unittest.TestCase):
@@ -18,6 +22,18 @@ class Uuid5Test(unittest.TestCase):
             self.assertEqual(sha1(data[:length]), hashlib.sha1(data[:length]).digest(), length)
 
     def test_uuid5_matches_cpython_for_many_names(self):
+        self.check_many_names()
+
+    def test_uuid5_without_the_native_sha1_matches_cpython(self):
+        # Where the interpreter lacks CPython's _sha1, uuid5 falls back to the pure sha1.
+        native = uuid5_module._native_sha1
+        uuid5_module._native_sha1 = None
+        try:
+            self.check_many_names()
+        finally:
+            uuid5_module._native_sha1 = native
+
+    def check_many_names(self):
         generator = random.Random(5)
         namespaces = [uuid.NAMESPACE_DNS, uuid.NAMESPACE_URL, uuid.NAMESPACE_OID, uuid.NAMESPACE_X500]
         names = ["", "a", "attempt/7f1f3b4e-4c39-4fd2-9d0c-2f5b0c8f6a11/0b6f0a5e-12c4-4a8e-9a52-6f7c3f0d9e21", "ünïcødé ✓"]
