@@ -188,3 +188,89 @@ async fn when_one_of_two_hosts_is_killed_the_other_finishes_every_saga_once() {
         b.log()
     );
 }
+
+/// A NATS server of the test's own, on a free loopback port, that wants a user and password;
+/// stopped (by its process id) when dropped.
+struct AuthNats {
+    child: std::process::Child,
+    port: u16,
+    _store: TempDir,
+}
+
+impl AuthNats {
+    fn start(user: &str, password: &str) -> AuthNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let store = TempDir::new("nats-auth");
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .args(["--user", user, "--pass", password])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (the machine's NATS is)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        AuthNats {
+            child,
+            port,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for AuthNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Credentials in the broker URL reach NATS; wrong ones stop the start with NATS's refusal and
+/// without the password in the message.
+#[tokio::test]
+async fn a_nats_server_that_wants_credentials_gets_them_from_the_url() {
+    let nats = AuthNats::start("saga", "s3cr3t-pw");
+    let database = PgDatabase::create("nats-auth").await;
+    let dir = TempDir::new("nats-auth-host");
+    let components = common::components_dir(&dir, &["guest_exam", "guest_attempt"]);
+    let broker = format!("nats://saga:s3cr3t-pw@127.0.0.1:{}/auth", nats.port);
+    let host = common::Host::launch(
+        &dir,
+        &components,
+        &["--database", &database.url, "--broker", &broker],
+    )
+    .unwrap_or_else(|f| panic!("the host did not start with the right credentials: {f:?}"));
+    let submission = json!({"user_uuid": Uuid::new_v4(), "exam_uuid": Uuid::new_v4()});
+    let answer = host.http().post_json("/exams", &submission).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    host.stop();
+
+    let wrong = format!("nats://saga:not-it@127.0.0.1:{}/auth", nats.port);
+    let dir = TempDir::new("nats-auth-wrong");
+    let components = common::components_dir(&dir, &["guest_exam", "guest_attempt"]);
+    let failure = common::Host::launch(
+        &dir,
+        &components,
+        &["--database", &database.url, "--broker", &wrong],
+    )
+    .err()
+    .expect("a wrong password stops the start");
+    assert!(
+        failure
+            .stderr
+            .contains("cannot connect to NATS at nats://127.0.0.1:"),
+        "{}",
+        failure.stderr
+    );
+    assert!(!failure.stderr.contains("not-it"), "{}", failure.stderr);
+}

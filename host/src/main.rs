@@ -113,9 +113,10 @@ struct Serve {
     /// Database URL: sqlite://PATH or postgres://…; default: a SQLite file in the data directory.
     #[arg(long, env = "SAGA_HOST_DATABASE")]
     database: Option<String>,
-    /// Broker URL: nats://HOST:PORT[/CLUSTER-NAME] to share the work with the other hosts on the
-    /// same database and NATS JetStream; default: the in-process broker (one host).
-    #[arg(long, env = "SAGA_HOST_BROKER")]
+    /// Broker URL: nats://[USER:PASSWORD@ or TOKEN@]HOST:PORT[/CLUSTER-NAME] to share the
+    /// work with the other hosts on the same database and NATS JetStream; default: the
+    /// in-process broker (one host).
+    #[arg(long, env = "SAGA_HOST_BROKER", hide_env_values = true)]
     broker: Option<String>,
     /// With NATS: how long a host may stay silent before the others count it dead and take its
     /// sagas over, in seconds.

@@ -40,9 +40,10 @@ const MAX_ACK_PENDING: i64 = 100_000;
 /// Republished copies of a message within this window are dropped by the stream.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Where the cluster's stream is: `nats://HOST:PORT[/NAME][?replicas=N]`.
+/// Where the cluster's stream is: `nats://[USER:PASSWORD@ | TOKEN@]HOST[:PORT][/NAME][?replicas=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsUrl {
+    /// `nats://HOST:PORT`, without credentials (it appears in messages).
     pub server: String,
     /// Names the stream and prefixes the subjects: clusters with different names share a NATS
     /// server without seeing each other's messages.
@@ -50,20 +51,61 @@ pub struct NatsUrl {
     /// Copies JetStream keeps of every message (1 on a single server; 3 on a cluster of three
     /// survives the loss of one server).
     pub replicas: usize,
+    pub credentials: Credentials,
+}
+
+/// How the host proves who it is to NATS: as the URL's user information says.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    None,
+    /// `USER:PASSWORD@`.
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    /// `TOKEN@` (a user without a password, as NATS reads it).
+    Token(String),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::None => f.write_str("none"),
+            Credentials::UserPassword { user, .. } => write!(f, "user {user:?} with a password"),
+            Credentials::Token(_) => f.write_str("a token"),
+        }
+    }
 }
 
 impl NatsUrl {
-    pub fn parse(url: &str) -> Result<NatsUrl, String> {
-        let rest = url
-            .strip_prefix("nats://")
-            .ok_or_else(|| format!("{url:?} is not a nats:// URL"))?;
-        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (server, name) = rest.split_once('/').unwrap_or((rest, ""));
-        if server.is_empty() {
+    pub fn parse(text: &str) -> Result<NatsUrl, String> {
+        // Never echo the URL itself: it may hold a password.
+        let url = url::Url::parse(text).map_err(|e| format!("the NATS URL is not a URL: {e}"))?;
+        if url.scheme() != "nats" {
             return Err(format!(
-                "{url:?} names no server, e.g. nats://127.0.0.1:4222"
+                "the NATS URL must start with nats://, not {}://",
+                url.scheme()
             ));
         }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or("the NATS URL names no server, e.g. nats://127.0.0.1:4222")?;
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| "the NATS URL's credentials are not UTF-8".to_string())
+        };
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => Credentials::None,
+            (token, None) => Credentials::Token(decode(token)?),
+            (user, Some(password)) => Credentials::UserPassword {
+                user: decode(user)?,
+                password: decode(password)?,
+            },
+        };
+        let name = url.path().trim_start_matches('/');
         let name = if name.is_empty() { "saga-host" } else { name };
         if name.len() > 64
             || !name
@@ -71,31 +113,44 @@ impl NatsUrl {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
             return Err(format!(
-                "the cluster name {name:?} in {url:?} must be 1 to 64 letters, digits, '-' or '_'"
+                "the cluster name {name:?} in the NATS URL must be 1 to 64 letters, digits, '-' or '_'"
             ));
         }
         let mut replicas = 1;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("replicas", n)) => {
-                    replicas = n
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "replicas" => {
+                    replicas = value
                         .parse()
                         .ok()
                         .filter(|n| (1..=5).contains(n))
-                        .ok_or_else(|| format!("replicas must be 1 to 5, not {n:?}"))?
+                        .ok_or_else(|| format!("replicas must be 1 to 5, not {value:?}"))?
                 }
-                _ => {
+                other => {
                     return Err(format!(
-                        "{pair:?} in {url:?} is not a known option (replicas=N)"
+                        "{other:?} in the NATS URL is not a known option (replicas=N)"
                     ));
                 }
             }
         }
         Ok(NatsUrl {
-            server: format!("nats://{server}"),
+            server: format!("nats://{host}:{}", url.port().unwrap_or(4222)),
             name: name.to_string(),
             replicas,
+            credentials,
         })
+    }
+
+    /// The client options these credentials make.
+    fn options(&self) -> async_nats::ConnectOptions {
+        let options = async_nats::ConnectOptions::new().name("saga-host");
+        match &self.credentials {
+            Credentials::None => options,
+            Credentials::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Credentials::Token(token) => options.token(token.clone()),
+        }
     }
 }
 
@@ -111,8 +166,8 @@ pub struct Nats {
 
 impl Nats {
     pub async fn connect(url: &NatsUrl) -> Result<Nats, String> {
-        let client = async_nats::ConnectOptions::new()
-            .name("saga-host")
+        let client = url
+            .options()
             .connect(&url.server)
             .await
             .map_err(|e| format!("cannot connect to NATS at {}: {e}", url.server))?;
@@ -361,7 +416,7 @@ async fn consume_pulled(broker: Broker, service: String, message: jetstream::Mes
 
 #[cfg(test)]
 mod tests {
-    use super::NatsUrl;
+    use super::{Credentials, NatsUrl};
 
     #[test]
     fn urls_name_the_server_the_cluster_and_the_replicas() {
@@ -370,10 +425,30 @@ mod tests {
             (url.server.as_str(), url.name.as_str(), url.replicas),
             ("nats://127.0.0.1:4222", "saga-host", 1)
         );
+        assert_eq!(url.credentials, Credentials::None);
         let url = NatsUrl::parse("nats://n1:4222/exams?replicas=3").unwrap();
         assert_eq!((url.name.as_str(), url.replicas), ("exams", 3));
+        let url = NatsUrl::parse("nats://host-a:s%40cr%3At@n1/exams").unwrap();
+        assert_eq!(
+            url.server, "nats://n1:4222",
+            "no credentials in what is shown"
+        );
+        assert_eq!(
+            url.credentials,
+            Credentials::UserPassword {
+                user: "host-a".into(),
+                password: "s@cr:t".into()
+            }
+        );
+        assert_eq!(
+            format!("{:?}", url.credentials),
+            "user \"host-a\" with a password"
+        );
+        let url = NatsUrl::parse("nats://t0k3n@n1:4333").unwrap();
+        assert_eq!(url.credentials, Credentials::Token("t0k3n".into()));
+        assert!(!format!("{url:?}").contains("t0k3n"));
         for (bad, says) in [
-            ("http://x", "is not a nats:// URL"),
+            ("http://x", "must start with nats://"),
             ("nats:///x", "names no server"),
             ("nats://h/a.b", "must be 1 to 64 letters"),
             ("nats://h/x?replicas=9", "replicas must be 1 to 5"),
