@@ -18,7 +18,7 @@ VARIANTS := guest_exam test_orchestrator
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test setup test-tools components test-components examples sdk-test lint fuzz bench clean-data
+.PHONY: run test setup test-tools components test-components examples sdk-test lint fuzz bench soak clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -91,3 +91,9 @@ bench: test-components
 
 clean-data:
 	rm -rf data
+
+## Longer kill campaigns than `make test` (not part of it): the crash test and the two-host kill
+## test for seeds 1..SEEDS (default 100), with a summary; needs what `make test` sets up.
+SEEDS ?= 100
+soak: test-components
+	SEEDS=$(SEEDS) ops/soak.sh
