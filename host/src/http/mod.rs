@@ -90,6 +90,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(operator)
         .merge(console::routes(api.clone()))
         .route_layer(axum::middleware::from_fn(observe::note_route))
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(component_route)
         .layer(axum::middleware::from_fn_with_state(
             api.clone(),
@@ -188,6 +189,19 @@ async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Respo
         .extensions_mut()
         .insert(observe::RouteTemplate(template));
     response
+}
+
+/// A host route asked with a method it does not take: 405, as JSON like every refusal (axum
+/// keeps the `Allow` header it computed).
+async fn method_not_allowed(request: Request) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}; see the Allow header, or GET /openapi.json for the host's routes",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 /// The answer to a request no component route matches: 404, or 405 with the methods the path
