@@ -147,7 +147,9 @@ pub async fn metrics_page(State(api): State<Arc<Api>>, request: Request) -> Resp
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        if given != Some(expected) {
+        if !given.is_some_and(|given| {
+            super::operator::constant_time_eq(given.as_bytes(), expected.as_bytes())
+        }) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "GET /metrics needs the metrics token: send Authorization: Bearer TOKEN",

@@ -296,12 +296,11 @@ async fn deploy_component(
     name: Option<String>,
     bytes: Vec<u8>,
 ) -> Result<Value, ApiError> {
-    let replaced = name
-        .as_deref()
-        .and_then(|name| api.registry.service(name))
-        .map(|v| v.digest.clone());
+    // The services as they were: the one the component turns out to be is looked up after.
+    let before = api.registry.current();
     match api.deployer.deploy(bytes, Origin::Api(name)).await {
         Ok(version) => {
+            let replaced = before.by_name.get(version.name()).map(|v| v.digest.clone());
             let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
             sagas.sort();
             Ok(json!({
