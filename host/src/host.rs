@@ -21,7 +21,7 @@ use crate::http::{Api, Settings};
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
-use crate::storage::{Consumed, Executions, Queue, Storage, StorageError, Transaction};
+use crate::storage::{Consumed, Executions, Queue, Storage, StorageError};
 use crate::telemetry;
 
 /// Everything the host is configured with.
@@ -359,33 +359,14 @@ impl Router {
     /// A message the loaded version of its service no longer handles: whoever waits for a reply
     /// is told why, rather than the message being retried for ever.
     async fn refuse(&self, delivery: Delivery, problem: String) -> Outcome {
-        let message = delivery.message;
-        tracing::warn!(message_id = %message.id, "{problem}; the message is dropped");
-        let reply = self.broker.address_reply(
-            &message,
-            500,
-            serde_json::Value::String(problem).to_string(),
-        );
-        let tx = Transaction {
-            ack: delivery.queued,
-            consumed: vec![Consumed {
-                consumer: delivery.consumer.clone(),
-                message_id: message.id.to_string(),
-                reply: reply.clone(),
-            }],
-            messages: reply.into_iter().collect(),
-            ..Transaction::default()
+        tracing::warn!(message_id = %delivery.message.id, "{problem}; the message is dropped");
+        let payload = serde_json::Value::String(problem).to_string();
+        let consumed = Consumed {
+            consumer: delivery.consumer,
+            message_id: delivery.message.id.to_string(),
+            reply: self.broker.address_reply(&delivery.message, 500, payload),
         };
-        match self.broker.commit(tx).await {
-            Ok(()) => Outcome::Done,
-            Err(StorageError::Duplicate(_)) => {
-                let id = message.id.to_string();
-                self.broker
-                    .settle_duplicate(delivery.queued, &delivery.consumer, &id)
-                    .await
-            }
-            Err(error) => Outcome::Retry(error.to_string()),
-        }
+        self.broker.acknowledge(delivery.queued, consumed).await
     }
 }
 

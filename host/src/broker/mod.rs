@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub use saga_core::message::{Kind, Message, ReplyTo};
 
 use crate::storage::{
-    self, Committed, Consumes, DeadLettering, NewMessage, Queue, QueuedMessage, Storage,
+    self, Committed, Consumed, Consumes, DeadLettering, NewMessage, Queue, QueuedMessage, Storage,
     StorageError, TopicKind, Transaction, Transactions,
 };
 use crate::telemetry::{self, metrics};
@@ -481,6 +481,26 @@ impl Broker {
         self.inner.storage.commit(tx).await?;
         metrics::dead_lettered();
         Ok(())
+    }
+
+    /// Consumes a message no handler runs for: removes it from the queue (`queued`), records
+    /// it as consumed, and sends the reply the record holds, if any — in one transaction. A copy
+    /// consumed before is settled instead.
+    pub async fn acknowledge(&self, queued: Option<i64>, consumed: Consumed) -> Outcome {
+        let tx = Transaction {
+            ack: queued,
+            messages: consumed.reply.clone().into_iter().collect(),
+            consumed: vec![consumed.clone()],
+            ..Transaction::default()
+        };
+        match self.commit(tx).await {
+            Ok(()) => Outcome::Done,
+            Err(StorageError::Duplicate(_)) => {
+                self.settle_duplicate(queued, &consumed.consumer, &consumed.message_id)
+                    .await
+            }
+            Err(error) => Outcome::Retry(error.to_string()),
+        }
     }
 
     /// Settles a copy of a message that `consumer` consumed before: removes it from the queue

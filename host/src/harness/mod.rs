@@ -43,7 +43,7 @@ use crate::host::{Config, Parts};
 use crate::http::Settings;
 use crate::runtime::{RuntimeConfig, ServiceVersion};
 use crate::saga::{Orchestrator, SagaConfig, record::Stored};
-use crate::storage::{Consumed, Consumes, Queue, StorageError, TopicKind, Transaction};
+use crate::storage::{Consumed, Consumes, Queue, TopicKind, Transaction};
 
 /// The consumer name the stubbed topics are addressed to.
 const STUBS: &str = "harness-stubs";
@@ -474,7 +474,7 @@ struct StubbingConsumer {
 
 impl StubbingConsumer {
     async fn answer(&self, delivery: Delivery) -> Outcome {
-        let message = delivery.message;
+        let message = &delivery.message;
         let answering = self
             .stubs
             .answers
@@ -482,7 +482,7 @@ impl StubbingConsumer {
             .expect("stubs lock")
             .get(&message.topic)
             .cloned();
-        let reply = answering.map_or(Reply::None, |answer| answer(&message));
+        let reply = answering.map_or(Reply::None, |answer| answer(message));
         self.stubs
             .received
             .lock()
@@ -494,30 +494,14 @@ impl StubbingConsumer {
                 saga: message.saga,
                 reply: reply.clone(),
             });
-        let reply = reply
-            .message()
-            .and_then(|(status, payload)| self.broker.address_reply(&message, status, payload));
         let consumed = Consumed {
             consumer: delivery.consumer.clone(),
             message_id: message.id.to_string(),
-            reply: reply.clone(),
+            reply: reply
+                .message()
+                .and_then(|(status, payload)| self.broker.address_reply(message, status, payload)),
         };
-        let tx = Transaction {
-            ack: delivery.queued,
-            consumed: vec![consumed],
-            messages: reply.into_iter().collect(),
-            ..Transaction::default()
-        };
-        match self.broker.commit(tx).await {
-            Ok(()) => Outcome::Done,
-            Err(StorageError::Duplicate(_)) => {
-                let id = message.id.to_string();
-                self.broker
-                    .settle_duplicate(delivery.queued, &delivery.consumer, &id)
-                    .await
-            }
-            Err(error) => Outcome::Retry(error.to_string()),
-        }
+        self.broker.acknowledge(delivery.queued, consumed).await
     }
 }
 

@@ -34,7 +34,7 @@ use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Caller, Runtime, SagaRunner, ServiceVersion};
-use crate::storage::{self, Consumed, Executions, Storage, StorageError, Transaction};
+use crate::storage::{self, Consumed, Executions, Storage, StorageError};
 use crate::telemetry::metrics;
 use counts::count;
 use driver::{Prepared, Stop, Transition};
@@ -424,11 +424,11 @@ impl Orchestrator {
         let message = delivery.message;
         let (Some(saga), Some(answers)) = (message.saga, message.in_reply_to) else {
             tracing::warn!(message_id = %message.id, "a reply that names no saga step is dropped");
-            return self.acknowledge(delivery.queued, consumed).await;
+            return self.broker.acknowledge(delivery.queued, consumed).await;
         };
         let Some(target) = saga.target else {
             tracing::warn!(message_id = %message.id, "a reply that names no saga step is dropped");
-            return self.acknowledge(delivery.queued, consumed).await;
+            return self.broker.acknowledge(delivery.queued, consumed).await;
         };
         let event = Event::Replied {
             target,
@@ -452,7 +452,7 @@ impl Orchestrator {
             }
             Err(TransitionError::Gone) => {
                 tracing::warn!(saga = %saga.id, "a reply for an unknown saga is dropped");
-                self.acknowledge(delivery.queued, consumed).await
+                self.broker.acknowledge(delivery.queued, consumed).await
             }
             Err(error) => Outcome::Retry(error.to_string()),
         }
@@ -504,23 +504,6 @@ impl Orchestrator {
             self.notify_end(&stored.exec);
         }
         self.ends.ended(id);
-    }
-
-    async fn acknowledge(&self, queued: Option<i64>, consumed: Consumed) -> Outcome {
-        let tx = Transaction {
-            ack: queued,
-            consumed: vec![consumed.clone()],
-            ..Transaction::default()
-        };
-        match self.broker.commit(tx).await {
-            Ok(()) => Outcome::Done,
-            Err(StorageError::Duplicate(_)) => {
-                self.broker
-                    .settle_duplicate(queued, &consumed.consumer, &consumed.message_id)
-                    .await
-            }
-            Err(error) => Outcome::Retry(error.to_string()),
-        }
     }
 
     /// Loads the execution a transition starts from, with the version it runs on.
