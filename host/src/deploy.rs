@@ -126,8 +126,21 @@ impl Deployer {
 
     /// Validates a component completely and installs it, replacing its service's current
     /// version; a component the API deploys is also written to the components directory, so
-    /// that a restart loads it again.
+    /// that a restart loads it again. Then removes from disk what no version needs any more.
     pub async fn deploy(
+        &self,
+        bytes: Vec<u8>,
+        origin: Origin,
+    ) -> Result<Arc<ServiceVersion>, DeployError> {
+        let deployed = self.deploy_one(bytes, origin).await;
+        if deployed.is_ok() {
+            self.prune_disk().await;
+        }
+        deployed
+    }
+
+    /// `deploy` without the pruning, counted.
+    async fn deploy_one(
         &self,
         bytes: Vec<u8>,
         origin: Origin,
@@ -230,16 +243,17 @@ impl Deployer {
             source,
             "component deployed"
         );
-        self.prune_disk().await;
         Ok(version)
     }
 
     /// Keeps the disk bounded: removes the stored bytes of versions that are neither loaded
     /// (current, or kept for their sagas), nor the version of an unfinished saga, nor replaced
     /// so lately that a call still running on it could start a saga; and the compile cache's
-    /// least recently used artifacts beyond its limit (never a loaded version's). Run after
-    /// every deploy, with deploys held.
+    /// least recently used artifacts beyond its limit (never a loaded version's). Run after a
+    /// deploy, and once when the components have loaded at start, with deploys held (a deploy
+    /// writes its version's bytes before the version is installed).
     async fn prune_disk(&self) {
+        let _one_at_a_time = self.deploying.lock().await;
         let recent = {
             let longest_call = self.runtime.config().limits.longest_call();
             let mut replaced = self.replaced.lock().expect("replaced lock");
@@ -352,7 +366,7 @@ impl Deployer {
         for path in files {
             let bytes = std::fs::read(&path)
                 .map_err(|e| DeployError::Io(format!("{}: cannot read it: {e}", path.display())))?;
-            self.deploy(bytes, Origin::File(path)).await?;
+            self.deploy_one(bytes, Origin::File(path)).await?;
         }
         for (service, digest, count) in self.storage.running_versions().await? {
             if self.registry.version(&service, &digest).is_some() {
@@ -377,6 +391,7 @@ impl Deployer {
                 ),
             }
         }
+        self.prune_disk().await;
         Ok(())
     }
 
