@@ -251,12 +251,32 @@ pub fn exam_workload() -> Workload {
 }
 
 async fn exams(load: &Load) -> anyhow::Result<()> {
-    let server = Server::start(
-        &[component("guest_exam")?, component("guest_attempt")?],
-        &host_args(load),
-    )?;
+    let components = [component("guest_exam")?, component("guest_attempt")?];
+    post_exams("SQLite synchronous=FULL", &components, load).await
+}
+
+async fn tutorial(load: &Load) -> anyhow::Result<()> {
+    let python = [
+        server::example("python-tutorial", "exam")?,
+        server::example("python-tutorial", "attempt")?,
+    ];
+    post_exams("the Python pair", &python, load).await?;
+    let javascript = [
+        server::example("js-tutorial", "exam")?,
+        component("guest_attempt")?,
+    ];
+    post_exams("the JavaScript Exam, the Rust Attempt", &javascript, load).await
+}
+
+/// `POST /exams` for a fresh user per request on a host serving `components`.
+async fn post_exams(
+    label: &str,
+    components: &[std::path::PathBuf],
+    load: &Load,
+) -> anyhow::Result<()> {
+    let server = Server::start(components, &host_args(load))?;
     println!(
-        "POST /exams, fresh user per request, SQLite synchronous=FULL {:?}",
+        "POST /exams, fresh user per request, {label} {:?}",
         load.host_args
     );
     header();
@@ -267,41 +287,6 @@ async fn exams(load: &Load) -> anyhow::Result<()> {
         load,
     )
     .await
-}
-
-async fn tutorial(load: &Load) -> anyhow::Result<()> {
-    let pairs = [
-        (
-            "Python pair",
-            [
-                server::example("python-tutorial", "exam")?,
-                server::example("python-tutorial", "attempt")?,
-            ],
-        ),
-        (
-            "JavaScript Exam, Rust Attempt",
-            [
-                server::example("js-tutorial", "exam")?,
-                component("guest_attempt")?,
-            ],
-        ),
-    ];
-    for (label, components) in pairs {
-        let server = Server::start(&components, &host_args(load))?;
-        println!(
-            "POST /exams, {label}, fresh user per request {:?}",
-            load.host_args
-        );
-        header();
-        measure(
-            &[server.addr.as_str()],
-            "POST /exams",
-            exam_workload(),
-            load,
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
