@@ -178,6 +178,15 @@ async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Respo
         _ => "unmatched".to_string(),
     };
     let service = matched.target.service.clone();
+    // The database is down (the storage writer lost it and has not connected again): refuse
+    // at once with why, rather than wait for it and fail.
+    if let Some(down) = api.storage.unreachable() {
+        let mut response = error(StatusCode::SERVICE_UNAVAILABLE, down.to_string());
+        response
+            .extensions_mut()
+            .insert(observe::RouteTemplate(template));
+        return response;
+    }
     let mut response = match invocation(&api, &services, matched, &parts, body).await {
         Ok(invocation) => {
             drop(services);
@@ -337,6 +346,16 @@ fn answer(service: &str, handled: Result<Handled, HandleError>) -> Response {
         Err(blocked @ HandleError::Blocked(_)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, blocked.to_string())
         }
-        Err(failure) => error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string()),
+        Err(HandleError::Storage(failure)) => match failure.outage() {
+            // The database down or full: 503 or 507, with what to do.
+            Some(outage) => error(
+                StatusCode::from_u16(outage.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                failure.to_string(),
+            ),
+            None => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("storage failed: {failure}"),
+            ),
+        },
     }
 }

@@ -34,7 +34,7 @@ use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Caller, Runtime, SagaRunner, ServiceVersion};
-use crate::storage::{self, Consumed, Executions, Storage, StorageError};
+use crate::storage::{self, Consumed, Executions, Outage, Storage, StorageError};
 use crate::telemetry::metrics;
 use counts::count;
 use driver::{Prepared, Stop, Transition};
@@ -124,6 +124,8 @@ pub enum TransitionError {
     /// An operator's request that does not fit the saga's state.
     Rejected(Rejected),
     Storage(String),
+    /// The database could not be used (down, or its disk full); nothing was stored.
+    Unavailable(Outage, String),
 }
 
 impl std::fmt::Display for TransitionError {
@@ -132,9 +134,9 @@ impl std::fmt::Display for TransitionError {
             TransitionError::Gone => f.write_str("no such saga"),
             TransitionError::Duplicate => f.write_str("its message was handled before"),
             TransitionError::Rejected(rejected) => rejected.fmt(f),
-            TransitionError::Unloaded(problem) | TransitionError::Storage(problem) => {
-                f.write_str(problem)
-            }
+            TransitionError::Unloaded(problem)
+            | TransitionError::Storage(problem)
+            | TransitionError::Unavailable(_, problem) => f.write_str(problem),
         }
     }
 }
@@ -303,8 +305,14 @@ impl Orchestrator {
                     .lock()
                     .expect("waiters lock")
                     .remove(&template.id);
+                // A database that is down or full is the server's condition, not a fault:
+                // the caller gets its status (503, 507) and may try again.
+                let status = match &error {
+                    TransitionError::Unavailable(outage, _) => outage.status(),
+                    _ => 500,
+                };
                 Err(wit::Error {
-                    status: 500,
+                    status,
                     message: format!("saga {name} could not be stored: {error}"),
                 })
             }
@@ -595,7 +603,10 @@ impl Orchestrator {
                     // meanwhile: its reply is on the way; start over from the stored state.
                     Err(PersistError::Duplicate(_)) => None,
                     Err(PersistError::Storage(error)) => {
-                        return Err(TransitionError::Storage(error.to_string()));
+                        return Err(match error.outage() {
+                            Some(outage) => TransitionError::Unavailable(outage, error.to_string()),
+                            None => TransitionError::Storage(error.to_string()),
+                        });
                     }
                 },
             };

@@ -261,10 +261,87 @@ pub enum StorageError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("a stored row is corrupt: {0}")]
     Corrupt(String),
+    /// The database cannot be used at all right now (it is down, or its disk is full); the
+    /// message says which and what to do.
+    #[error("{}", .outage.describe(.detail))]
+    Unavailable { outage: Outage, detail: String },
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("the storage writer has stopped")]
     WriterGone,
+}
+
+/// Why the database cannot be used right now: a condition of the server or the machine that
+/// passes (the host keeps trying), not a fault of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// No connection: the server is down, restarting or refusing connections.
+    Unreachable,
+    /// The disk the database writes to is full.
+    DiskFull,
+}
+
+impl Outage {
+    /// The outage an error of the database driver shows, if it is one.
+    pub fn of(error: &sqlx::Error) -> Option<Outage> {
+        match error {
+            sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                Some(Outage::DiskFull)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Some(Outage::Unreachable),
+            sqlx::Error::Database(error) => {
+                let code = error.code().unwrap_or_default();
+                // SQLite: SQLITE_FULL (13), also as the low byte of an extended code.
+                // PostgreSQL: disk_full (53100), connection exceptions (class 08), and the
+                // server shutting down or starting up (57P01, 57P02, 57P03).
+                let sqlite_full = code.parse::<i32>().is_ok_and(|c| c & 0xff == 13);
+                if sqlite_full || code == "53100" {
+                    Some(Outage::DiskFull)
+                } else if code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03") {
+                    Some(Outage::Unreachable)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// The HTTP status that tells a client: 503 (try again later), 507 (insufficient storage).
+    pub fn status(self) -> u16 {
+        match self {
+            Outage::Unreachable => 503,
+            Outage::DiskFull => 507,
+        }
+    }
+
+    /// What an operator and a client read: what is wrong, that nothing was stored, what to do.
+    pub fn describe(self, detail: &str) -> String {
+        match self {
+            Outage::Unreachable => format!(
+                "the database is unreachable ({detail}); try again once it is back (the host reconnects by itself)"
+            ),
+            Outage::DiskFull => format!(
+                "the disk of the database is full ({detail}); nothing was stored — free space on it (the host resumes by itself), then try again"
+            ),
+        }
+    }
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(error: sqlx::Error) -> Self {
+        match Outage::of(&error) {
+            Some(outage) => StorageError::Unavailable {
+                outage,
+                detail: error.to_string(),
+            },
+            None => StorageError::Database(error),
+        }
+    }
 }
 
 impl StorageError {
@@ -276,6 +353,14 @@ impl StorageError {
             StorageError::SagaChanged(_) => Some("saga_changed"),
             StorageError::Overwritten { .. } => Some("overwritten"),
             StorageError::Duplicate(_) => Some("duplicate"),
+            _ => None,
+        }
+    }
+
+    /// The outage behind this error, when the database could not be used at all.
+    pub fn outage(&self) -> Option<Outage> {
+        match self {
+            StorageError::Unavailable { outage, .. } => Some(*outage),
             _ => None,
         }
     }

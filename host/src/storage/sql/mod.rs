@@ -4,10 +4,10 @@
 //! its own savepoint so that one transaction's conflict does not undo the others.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyConnection, AnyPool, Connection, Executor};
+use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::mpsc;
 
 mod aggregates;
@@ -36,9 +36,15 @@ struct Inner {
     reads: AnyPool,
     writer: mpsc::Sender<writer::Job>,
     dialect: Dialect,
+    /// Why the writer has no connection to the database, while it has none.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// How long getting a connection may take (the read pool's, the writer's): beyond it the
+/// database counts as unreachable, and a request fails with a clear 503 rather than waiting.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Storage {
     /// Opens (creating if needed) the database at `url` — `sqlite://PATH` or `postgres://…` —
@@ -67,6 +73,7 @@ impl Storage {
         let options: AnyConnectOptions = url.parse().map_err(open_error)?;
         let reads = AnyPoolOptions::new()
             .max_connections(4)
+            .acquire_timeout(CONNECT_TIMEOUT)
             .after_connect(move |conn, _| Box::pin(async move { configure(conn, dialect).await }))
             .connect_with(options.clone())
             .await
@@ -75,20 +82,36 @@ impl Storage {
             Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&reads).await?,
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&reads).await?,
         }
-        let mut writer_conn = AnyConnection::connect_with(&options)
-            .await
-            .map_err(open_error)?;
-        configure(&mut writer_conn, dialect)
+        let writer_conn = writer::connect(&options, dialect)
             .await
             .map_err(open_error)?;
         let (writer, jobs) = mpsc::channel(4096);
-        tokio::spawn(writer::write_loop(writer_conn, jobs, dialect));
+        let lost = Arc::new(Mutex::new(None));
+        tokio::spawn(writer::write_loop(
+            writer_conn,
+            options,
+            jobs,
+            dialect,
+            lost.clone(),
+        ));
         Ok(Storage {
             inner: Arc::new(Inner {
                 reads,
                 writer,
                 dialect,
+                lost,
             }),
+        })
+    }
+
+    /// The database is unreachable, as far as the writer knows: it lost its connection and has
+    /// not connected again yet (it tries every second). A request that would only wait for
+    /// it and fail is refused with this at once.
+    pub fn unreachable(&self) -> Option<StorageError> {
+        let lost = self.inner.lost.lock().expect("lost lock");
+        lost.as_ref().map(|detail| StorageError::Unavailable {
+            outage: super::Outage::Unreachable,
+            detail: detail.clone(),
         })
     }
 

@@ -2,6 +2,9 @@
 //! is first applied whole; if one transaction fails, it is applied again with each transaction
 //! in its own savepoint, so that only the failing one fails.
 
+use std::sync::{Arc, Mutex};
+
+use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, Connection, Row};
 
 use saga_core::ids::SagaId;
@@ -10,7 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::writes::{apply_write, discard, enqueue, promote, stage_message, stage_write};
 use super::{Dialect, Result, Storage};
 use crate::storage::{
-    Committed, NewMessage, Resolve, SagaRow, StorageError, Transaction, Transactions, now_ms,
+    Committed, NewMessage, Outage, Resolve, SagaRow, StorageError, Transaction, Transactions,
+    now_ms,
 };
 use crate::telemetry::metrics;
 
@@ -37,12 +41,65 @@ impl Transactions for Storage {
     }
 }
 
+/// Opens and configures the writer's connection.
+pub(super) async fn connect(
+    options: &AnyConnectOptions,
+    dialect: Dialect,
+) -> Result<AnyConnection, sqlx::Error> {
+    let mut conn =
+        tokio::time::timeout(super::CONNECT_TIMEOUT, AnyConnection::connect_with(options))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    super::configure(&mut conn, dialect).await?;
+    Ok(conn)
+}
+
+/// How often the writer tries to connect again while it has no connection.
+const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Commits what arrives, batch after batch. A connection the database dropped (a server
+/// restart), or that failed on a full disk, is not used again: the writer connects again — before the next batch, and every
+/// second while it has no connection, whether or not anything waits to be written — so that
+/// the host recovers by itself once the database is back. Meanwhile `lost` says why it has
+/// none, and each batch fails as unreachable.
 pub(super) async fn write_loop(
-    mut conn: AnyConnection,
+    conn: AnyConnection,
+    options: AnyConnectOptions,
     mut jobs: mpsc::Receiver<Job>,
     dialect: Dialect,
+    lost: Arc<Mutex<Option<String>>>,
 ) {
-    while let Some(first) = jobs.recv().await {
+    let mut kept = Some(conn);
+    let note = |why: Option<String>| {
+        let mut lost = lost.lock().expect("lost lock");
+        match (&*lost, &why) {
+            (None, Some(why)) => {
+                tracing::error!(error = %why, "lost the connection to the database; reconnecting every second");
+            }
+            (Some(_), None) => tracing::info!("connected to the database again"),
+            _ => {}
+        }
+        *lost = why;
+    };
+    loop {
+        let next = if kept.is_some() {
+            jobs.recv().await
+        } else {
+            match tokio::time::timeout(RECONNECT_EVERY, jobs.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    match connect(&options, dialect).await {
+                        Ok(conn) => {
+                            kept = Some(conn);
+                            note(None);
+                        }
+                        Err(error) => note(Some(error.to_string())),
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(first) = next else { break };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -51,7 +108,35 @@ pub(super) async fn write_loop(
             }
         }
         let started = std::time::Instant::now();
-        let results = commit_batch(&mut conn, &batch, dialect).await;
+        let connection = match kept.take() {
+            Some(conn) => Ok(conn),
+            None => connect(&options, dialect).await,
+        };
+        let results = match connection {
+            Ok(mut conn) => {
+                let results = commit_batch(&mut conn, &batch, dialect).await;
+                let outage = results.iter().find_map(|r| match r {
+                    Err(e) => e.outage().map(|outage| (outage, e.to_string())),
+                    Ok(_) => None,
+                });
+                // A connection that failed so is not used again: it is dead (the server went
+                // away), or it may be left inside a transaction whose COMMIT failed (SQLite on
+                // a full disk), which would fail every later batch.
+                if outage.is_none() {
+                    kept = Some(conn);
+                }
+                note(
+                    outage
+                        .filter(|(outage, _)| *outage == Outage::Unreachable)
+                        .map(|(_, why)| why),
+                );
+                results
+            }
+            Err(error) => {
+                note(Some(error.to_string()));
+                fail_all(&batch, &error)
+            }
+        };
         metrics::commit(batch.len(), started.elapsed());
         for (job, result) in batch.into_iter().zip(results) {
             if let Err(refused) = &result
@@ -84,9 +169,13 @@ fn fail_all(batch: &[Job], error: &sqlx::Error) -> Vec<Result<Committed>> {
     batch
         .iter()
         .map(|_| {
-            Err(StorageError::Database(sqlx::Error::Protocol(
-                error.to_string(),
-            )))
+            Err(match Outage::of(error) {
+                Some(outage) => StorageError::Unavailable {
+                    outage,
+                    detail: error.to_string(),
+                },
+                None => StorageError::Database(sqlx::Error::Protocol(error.to_string())),
+            })
         })
         .collect()
 }
