@@ -9,12 +9,12 @@
 //! its history entries and the acknowledgement of the reply it consumed. A crash therefore
 //! leaves all of a transition or none of it.
 
+mod clock;
 mod counts;
 mod driver;
 pub mod record;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -34,8 +34,9 @@ use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Caller, Runtime, SagaRunner, ServiceVersion};
-use crate::storage::{self, Consumed, Executions, Outage, Storage, StorageError};
+use crate::storage::{Consumed, Executions, Outage, Storage, StorageError};
 use crate::telemetry::metrics;
+use clock::Clock;
 use counts::count;
 use driver::{Prepared, Stop, Transition};
 use record::Stored;
@@ -80,8 +81,8 @@ pub struct Orchestrator {
     cached: Mutex<HashMap<SagaId, Stored>>,
     /// Timers scheduled in memory, by saga: the earliest.
     timers: Mutex<HashMap<SagaId, i64>>,
-    /// How far the test harness moved this orchestrator's clock ahead, in ms (0 in a host).
-    clock_ahead_ms: AtomicI64,
+    /// The time the rules and the timers go by (`clock.rs`).
+    clock: Clock,
     /// What the path checker makes of the callbacks (none in a host).
     probe: OnceLock<Arc<dyn Probe>>,
 }
@@ -175,7 +176,7 @@ impl Orchestrator {
             waiters: Mutex::new(HashMap::new()),
             cached: Mutex::new(HashMap::new()),
             timers: Mutex::new(HashMap::new()),
-            clock_ahead_ms: AtomicI64::new(0),
+            clock: Clock::new(),
             probe: OnceLock::new(),
         });
         let _ = orchestrator.me.set(Arc::downgrade(&orchestrator));
@@ -197,17 +198,17 @@ impl Orchestrator {
         self.probe.get()
     }
 
-    /// The time the rules go by, in ms since the epoch: the wall clock, unless the test harness
-    /// moved it ahead.
+    /// The time the rules go by, in ms since the epoch: the wall clock at start carried forward
+    /// by the monotonic clock (a step of the system clock moves no timer), plus however far the
+    /// test harness moved it ahead.
     pub fn now(&self) -> i64 {
-        storage::now_ms() + self.clock_ahead_ms.load(Ordering::Relaxed)
+        self.clock.now()
     }
 
     /// Moves the clock ahead and fires every timer that is due by then, one saga after the
     /// other (the test harness's way to let time pass).
     pub async fn advance_clock(&self, by: Duration) {
-        self.clock_ahead_ms
-            .fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+        self.clock.advance(by);
         let now = self.now();
         let mut due: Vec<(i64, SagaId)> = {
             let mut timers = self.timers.lock().expect("timers lock");
