@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::sagas::{Rng, Started, check_all_ended_once, seed, start_sagas};
+use common::servers::NatsServer;
 use common::{NatsCluster, PgDatabase, TempDir, cluster_host, component, example};
 use serde_json::json;
 use uuid::Uuid;
@@ -189,57 +190,12 @@ async fn when_one_of_two_hosts_is_killed_the_other_finishes_every_saga_once() {
     );
 }
 
-/// A NATS server of the test's own, on a free loopback port, that wants a user and password;
-/// stopped (by its process id) when dropped.
-struct AuthNats {
-    child: std::process::Child,
-    port: u16,
-    _store: TempDir,
-}
-
-impl AuthNats {
-    fn start(user: &str, password: &str) -> AuthNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let store = TempDir::new("nats-auth");
-        let child = std::process::Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .args(["--user", user, "--pass", password])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (the machine's NATS is)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        AuthNats {
-            child,
-            port,
-            _store: store,
-        }
-    }
-}
-
-impl Drop for AuthNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Credentials in the broker URL reach NATS; wrong ones stop the start with NATS's refusal and
 /// without the password in the message.
 #[tokio::test]
 async fn a_nats_server_that_wants_credentials_gets_them_from_the_url() {
-    let nats = AuthNats::start("saga", "s3cr3t-pw");
+    // A NATS server of the test's own that wants a user and password.
+    let nats = NatsServer::start(&["--user", "saga", "--pass", "s3cr3t-pw"]);
     let database = PgDatabase::create("nats-auth").await;
     let dir = TempDir::new("nats-auth-host");
     let components = common::components_dir(&dir, &["guest_exam", "guest_attempt"]);

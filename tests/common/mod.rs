@@ -6,6 +6,7 @@
 
 pub mod exam_flow;
 pub mod sagas;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -171,7 +172,11 @@ impl Host {
         let stdout = child.stdout.take().expect("stdout is piped");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.strip_prefix("saga-host listening on http://") {
+                let listening = line.strip_prefix("saga-host listening on ");
+                if let Some(rest) = listening.and_then(|rest| {
+                    rest.strip_prefix("http://")
+                        .or(rest.strip_prefix("https://"))
+                }) {
                     let addr = rest
                         .split_whitespace()
                         .next()
@@ -547,15 +552,20 @@ pub fn cluster_host(
     nats: &NatsCluster,
     extra: &[&str],
 ) -> Host {
+    cluster_host_on(dir, components, &database.url, &nats.url, extra)
+}
+
+/// One host of a cluster on the database and the NATS broker at these URLs (see
+/// `cluster_host`).
+pub fn cluster_host_on(
+    dir: &TempDir,
+    components: &[PathBuf],
+    database: &str,
+    broker: &str,
+    extra: &[&str],
+) -> Host {
     let components = components_dir_of(dir, components);
-    let mut args = vec![
-        "--database",
-        database.url.as_str(),
-        "--broker",
-        nats.url.as_str(),
-        "--lease-s",
-        "1",
-    ];
+    let mut args = vec!["--database", database, "--broker", broker, "--lease-s", "1"];
     args.extend_from_slice(extra);
     Host::launch(dir, &components, &args).unwrap_or_else(|failure| {
         panic!(
