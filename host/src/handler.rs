@@ -3,6 +3,11 @@
 //! handled and the reply to it; if it fails nothing of it is kept. A call whose writes collide
 //! with another writer's (or with aggregates a running saga holds) is run again once the other
 //! is done, so concurrent requests serialise on the aggregates they share.
+//!
+//! A request with an idempotency key (`run_keyed`) first claims the key in a transaction of its
+//! own, so that a repeat sent meanwhile waits instead of running too; the answer is stored in
+//! the same transaction as the call's effects, and every later repeat gets it. A call that
+//! stored nothing (a system error, a trap, a database outage) gives the key up: a retry runs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +18,9 @@ use crate::broker::{Broker, Kind, Message};
 use crate::ends::SagaEnds;
 use crate::runtime::bindings::types as wit;
 use crate::runtime::{Access, CallContext, CallEnv, CallError, Runtime, Scope, ServiceVersion};
-use crate::storage::{Consumed, StorageError, Transaction};
+use crate::storage::{
+    Consumed, KeyRecord, KeyUse, Keys, RequestKey, StorageError, Transaction, now_ms,
+};
 use crate::telemetry::metrics;
 
 /// Runs handler calls of every service, each as one transaction (see the module).
@@ -46,6 +53,25 @@ pub enum Handled {
     Failed(CallError),
     /// The message was handled before; this delivery changed nothing.
     Duplicate,
+}
+
+/// A request's idempotency key, with what tells a repeat of the request from another one.
+pub struct Keyed {
+    pub key: RequestKey,
+    /// A digest of what the request asks (its path, query and body).
+    pub request_hash: String,
+    /// A claim older than this (its host died while running it) may be taken over by a repeat.
+    pub stale_after: Duration,
+}
+
+/// How a request with an idempotency key ended.
+pub enum KeyedOutcome {
+    /// It ran, this time.
+    Ran(Result<Handled, HandleError>),
+    /// It ran before: the status and JSON body it was answered with then.
+    Replayed { status: u16, body: String },
+    /// The key was used before for another request.
+    Reused,
 }
 
 /// Why a handler call could not be made or stored at all.
@@ -131,6 +157,73 @@ impl Handlers {
         )
     )]
     pub async fn run(&self, invocation: Invocation) -> Result<Handled, HandleError> {
+        self.attempt(&invocation, None).await.0
+    }
+
+    /// Runs a request once per key: claims the key (waiting while another run holds it), runs
+    /// the call with its answer stored alongside its effects, and gives the key up when the call
+    /// stored nothing. A repeat of an answered request gets the first answer.
+    pub async fn run_keyed(
+        &self,
+        invocation: Invocation,
+        keyed: Keyed,
+    ) -> Result<KeyedOutcome, HandleError> {
+        let claim = uuid::Uuid::new_v4().to_string();
+        let claimed = || KeyUse::Claim {
+            key: keyed.key.clone(),
+            request_hash: keyed.request_hash.clone(),
+            claim: claim.clone(),
+            stale_before: now_ms() - keyed.stale_after.as_millis() as i64,
+        };
+        loop {
+            let tx = Transaction {
+                key: Some(claimed()),
+                ..Transaction::default()
+            };
+            match self.broker.commit(tx).await {
+                Ok(()) => break,
+                Err(StorageError::KeyHeld(_)) => {}
+                Err(error) => return Err(HandleError::Storage(error)),
+            }
+            let record = self.env.storage.request_key(&keyed.key).await;
+            match record.map_err(HandleError::Storage)? {
+                // Given up meanwhile: claim it again.
+                None => {}
+                Some(KeyRecord { request_hash, .. }) if request_hash != keyed.request_hash => {
+                    return Ok(KeyedOutcome::Reused);
+                }
+                Some(KeyRecord {
+                    answer: Some((status, body)),
+                    ..
+                }) => return Ok(KeyedOutcome::Replayed { status, body }),
+                // Running elsewhere: wait for its answer (the request's own timeout bounds this).
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let (handled, stored) = self.attempt(&invocation, Some((&keyed.key, &claim))).await;
+        if !stored {
+            let tx = Transaction {
+                key: Some(KeyUse::Release {
+                    key: keyed.key.clone(),
+                    claim,
+                }),
+                ..Transaction::default()
+            };
+            if let Err(error) = self.broker.commit(tx).await {
+                // The claim then lapses after `stale_after`, when a repeat takes it over.
+                tracing::warn!(%error, key = keyed.key.key, "could not give up an idempotency key");
+            }
+        }
+        Ok(KeyedOutcome::Ran(handled))
+    }
+
+    /// One call, run again while it collides with other writers; with a key claim, the answer
+    /// is stored under it. Also says whether the call's transaction was stored.
+    async fn attempt(
+        &self,
+        invocation: &Invocation,
+        claim: Option<(&RequestKey, &str)>,
+    ) -> (Result<Handled, HandleError>, bool) {
         let given_up = Instant::now() + self.lock_wait;
         loop {
             let mut context = CallContext::new(
@@ -150,7 +243,9 @@ impl Handlers {
                 .await;
             if let Err(CallError::Raced { holder, .. }) = &result {
                 drop(context);
-                self.wait_to_retry(*holder, given_up).await?;
+                if let Err(blocked) = self.wait_to_retry(*holder, given_up).await {
+                    return (Err(blocked), false);
+                }
                 continue;
             }
             // A failure nobody is told about (no reply requested) must not consume the message:
@@ -162,15 +257,25 @@ impl Handlers {
                 .as_ref()
                 .is_some_and(|(_, m)| m.reply_to.is_some());
             if !answered && !reply_requested {
-                return Ok(match result {
+                let handled = match result {
                     Ok(answer) => Handled::Answered(answer),
                     Err(error) => Handled::Failed(error),
-                });
+                };
+                return (Ok(handled), false);
             }
             let mut tx = Transaction::default();
             if matches!(&result, Ok(Ok(_))) {
                 tx.writes = context.effects.writes;
                 tx.messages = context.effects.messages;
+            }
+            if let (Some((key, claim)), Ok(answer)) = (claim, &result) {
+                let (status, body) = http_answer(invocation.service.name(), answer);
+                tx.key = Some(KeyUse::Answer {
+                    key: key.clone(),
+                    claim: claim.to_string(),
+                    status,
+                    body,
+                });
             }
             if let Some((queued, message)) = &invocation.message {
                 tx.ack = *queued;
@@ -185,10 +290,11 @@ impl Handlers {
             }
             match self.broker.commit(tx).await {
                 Ok(()) => {
-                    return Ok(match result {
+                    let handled = match result {
                         Ok(answer) => Handled::Answered(answer),
                         Err(error) => Handled::Failed(error),
-                    });
+                    };
+                    return (Ok(handled), true);
                 }
                 Err(StorageError::Duplicate(_)) => {
                     // Consumed before: settle this copy, change nothing else.
@@ -201,13 +307,15 @@ impl Handlers {
                             )
                             .await;
                     }
-                    return Ok(Handled::Duplicate);
+                    return (Ok(Handled::Duplicate), false);
                 }
                 Err(StorageError::Conflict { holder, .. }) => {
                     let holder = holder.and_then(|h| h.parse().ok());
-                    self.wait_to_retry(holder, given_up).await?
+                    if let Err(blocked) = self.wait_to_retry(holder, given_up).await {
+                        return (Err(blocked), false);
+                    }
                 }
-                Err(error) => return Err(HandleError::Storage(error)),
+                Err(error) => return (Err(HandleError::Storage(error)), false),
             }
         }
     }
@@ -228,6 +336,36 @@ impl Handlers {
             None => tokio::task::yield_now().await,
         }
         Ok(())
+    }
+}
+
+/// What an HTTP client is answered when a handler answered: its status and JSON body, or a
+/// 500 when the answer breaks the contract (a success status for success, a JSON payload); an
+/// error as `{"error": MESSAGE}` with its 4xx or 5xx status.
+pub fn http_answer(service: &str, answer: &Result<wit::Response, wit::Error>) -> (u16, String) {
+    let error =
+        |status: u16, message: &str| (status, serde_json::json!({ "error": message }).to_string());
+    match answer {
+        Ok(response) if !(200..=299).contains(&response.status) => error(
+            500,
+            &format!(
+                "service {service} answered with status {}, which is not a success status; errors must be returned as errors",
+                response.status
+            ),
+        ),
+        Ok(response)
+            if serde_json::from_str::<serde::de::IgnoredAny>(&response.payload).is_err() =>
+        {
+            error(
+                500,
+                &format!("service {service} answered with a payload that is not JSON"),
+            )
+        }
+        Ok(response) => (response.status, response.payload.clone()),
+        Err(failure) if (400..=599).contains(&failure.status) => {
+            error(failure.status, &failure.message)
+        }
+        Err(failure) => error(500, &failure.message),
     }
 }
 

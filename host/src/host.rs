@@ -21,13 +21,16 @@ use crate::http::{Api, Settings};
 use crate::runtime::registry::Registry;
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
-use crate::storage::{Consumed, Executions, Queue, Storage, StorageError};
+use crate::storage::{Consumed, Executions, Keys, Queue, Storage, StorageError};
 use crate::telemetry;
+use crate::tls::{TlsFiles, TlsListener};
 
 /// Everything the host is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Serve HTTPS with these files instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub components_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; none: a SQLite file in the data directory.
@@ -48,6 +51,8 @@ pub struct Config {
     pub lease: Duration,
     /// How long an ended saga and its history are kept.
     pub history_retention: Duration,
+    /// How long a request's idempotency key and its answer are kept.
+    pub idempotency_retention: Duration,
 }
 
 impl Config {
@@ -72,6 +77,8 @@ pub enum StartError {
     Engine(String),
     #[error("{0}")]
     Component(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -119,6 +126,11 @@ impl Running {
 /// Opens storage, loads every component of the components directory (any failure stops the
 /// start with the file and the cause), resumes what was left, and starts serving.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // Checked before anything is opened: a bad certificate changes nothing.
+    let tls = (config.tls.as_ref())
+        .map(|files| files.server_config(std::time::SystemTime::now()))
+        .transpose()
+        .map_err(StartError::Tls)?;
     let parts = assemble(&config).await?;
     parts
         .broker
@@ -138,14 +150,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .await?;
     tokio::spawn(prune(
         parts.storage.clone(),
-        config.history_retention,
+        Retention {
+            history: config.history_retention,
+            idempotency: config.idempotency_retention,
+        },
         Arc::downgrade(&parts.orchestrator),
     ));
     if let Some(every) = config.watch {
         tokio::spawn(Deployer::watch(Arc::downgrade(&parts.deployer), every));
     }
     let registry = parts.api.registry.clone();
-    let (addr, shutdown, server) = serve(config.listen, parts.api).await?;
+    let (addr, shutdown, server) = serve(config.listen, tls, parts.api).await?;
     Ok(Running {
         addr,
         registry,
@@ -276,6 +291,7 @@ type Server = tokio::task::JoinHandle<std::io::Result<()>>;
 
 async fn serve(
     listen: SocketAddr,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     api: Arc<Api>,
 ) -> Result<(SocketAddr, tokio::sync::oneshot::Sender<()>, Server), StartError> {
     let listen_error = |source| StartError::Listen {
@@ -288,13 +304,24 @@ async fn serve(
     let addr = listener.local_addr().map_err(listen_error)?;
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let app = crate::http::router(api);
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.await;
-            })
-            .await
-    });
+    let stopped = async move {
+        let _ = stop.await;
+    };
+    let server = match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls).map_err(listen_error)?;
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .into_future(),
+            )
+        }
+        None => tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .into_future(),
+        ),
+    };
     Ok((addr, shutdown, server))
 }
 
@@ -404,10 +431,18 @@ const CONSUMED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Ended sagas forgotten per round at most, so that one round never holds the writer long.
 const PRUNE_BATCH: u32 = 10_000;
 
-/// Forgets, hourly while the host runs, old consumed-message records and the sagas (with their
-/// history) that ended longer than `history_retention` ago. A saga that has not ended is never
-/// forgotten.
-async fn prune(storage: Storage, history_retention: Duration, host: Weak<Orchestrator>) {
+/// How long what the host keeps about finished work is kept.
+struct Retention {
+    /// Sagas that ended, with their history.
+    history: Duration,
+    /// Requests' idempotency keys, with their answers.
+    idempotency: Duration,
+}
+
+/// Forgets, hourly while the host runs, old consumed-message records, idempotency keys past
+/// their retention, and the sagas (with their history) that ended longer ago than theirs. A
+/// saga that has not ended is never forgotten.
+async fn prune(storage: Storage, retention: Retention, host: Weak<Orchestrator>) {
     // The first round a minute after the start, out of the way of the start's own work.
     let first = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut every_hour = tokio::time::interval_at(first, Duration::from_secs(3600));
@@ -423,7 +458,13 @@ async fn prune(storage: Storage, history_retention: Duration, host: Weak<Orchest
             Ok(pruned) => tracing::info!(pruned, "forgot old consumed-message records"),
             Err(error) => tracing::warn!(%error, "could not prune consumed-message records"),
         }
-        let before = now - history_retention.as_millis() as i64;
+        let before = now - retention.idempotency.as_millis() as i64;
+        match storage.prune_keys(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "forgot idempotency keys past their retention"),
+            Err(error) => tracing::warn!(%error, "could not prune idempotency keys"),
+        }
+        let before = now - retention.history.as_millis() as i64;
         loop {
             match storage.prune_ended_sagas(before, PRUNE_BATCH).await {
                 Ok(0) => break,

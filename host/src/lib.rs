@@ -16,6 +16,7 @@ pub mod runtime;
 pub mod saga;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 pub use host::{Config, Running, StartError, start};
 
@@ -33,6 +34,8 @@ mod architecture {
     const MAY_USE: &[(&str, &[&str])] = &[
         ("telemetry", &[]),
         ("files", &[]),
+        // The HTTPS listener and its certificate checks.
+        ("tls", &[]),
         ("storage", &[]),
         // The binary's remote commands talk to a host over HTTP only.
         ("cli", &[]),
@@ -60,7 +63,7 @@ mod architecture {
             "host",
             &[
                 "http", "cluster", "deploy", "saga", "handler", "runtime", "broker", "storage",
-                "ends",
+                "ends", "tls",
             ],
         ),
     ];

@@ -16,6 +16,7 @@ use saga_host::http::Settings;
 use saga_host::runtime::{LimitTable, Limits, RuntimeConfig, limits};
 use saga_host::saga::{Rules, SagaConfig};
 use saga_host::telemetry::{self, LogFormat};
+use saga_host::tls::TlsFiles;
 
 #[derive(Parser)]
 #[command(
@@ -97,6 +98,13 @@ struct Serve {
     /// Address to serve HTTP on.
     #[arg(long, env = "SAGA_HOST_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (the host's certificate first); needs
+    /// --tls-key.
+    #[arg(long, env = "SAGA_HOST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; not encrypted).
+    #[arg(long, env = "SAGA_HOST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Directory for the host's data (the SQLite database, the compiled-component cache).
     #[arg(long, env = "SAGA_HOST_DATA", default_value = "./data")]
     data: PathBuf,
@@ -113,9 +121,10 @@ struct Serve {
     /// Database URL: sqlite://PATH or postgres://…; default: a SQLite file in the data directory.
     #[arg(long, env = "SAGA_HOST_DATABASE")]
     database: Option<String>,
-    /// Broker URL: nats://[USER:PASSWORD@ or TOKEN@]HOST:PORT[/CLUSTER-NAME] to share the
-    /// work with the other hosts on the same database and NATS JetStream; default: the
-    /// in-process broker (one host).
+    /// Broker URL: nats://[USER:PASSWORD@ or TOKEN@]HOST:PORT[/CLUSTER-NAME][?OPTIONS] to
+    /// share the work with the other hosts on the same database and NATS JetStream (tls://
+    /// requires TLS; options: replicas=N, creds=FILE, nkey=FILE, ca=FILE, cert=FILE&key=FILE);
+    /// default: the in-process broker (one host).
     #[arg(long, env = "SAGA_HOST_BROKER", hide_env_values = true)]
     broker: Option<String>,
     /// With NATS: how long a host may stay silent before the others count it dead and take its
@@ -199,6 +208,9 @@ struct Serve {
     /// they end).
     #[arg(long, env = "SAGA_HOST_HISTORY_DAYS", default_value_t = 7)]
     history_days: u64,
+    /// How long a request's Idempotency-Key and the answer a repeat gets are kept, in hours.
+    #[arg(long, env = "SAGA_HOST_IDEMPOTENCY_HOURS", default_value_t = 24)]
+    idempotency_hours: u64,
     /// Largest component the admin API accepts, in MiB.
     #[arg(long, env = "SAGA_HOST_MAX_COMPONENT_MB", default_value_t = 64)]
     max_component_mb: usize,
@@ -208,12 +220,15 @@ struct Serve {
 struct Deploy {
     /// The component (.wasm) to deploy.
     file: PathBuf,
-    /// The host to deploy to, e.g. http://127.0.0.1:8080.
+    /// The host to deploy to, e.g. http://127.0.0.1:8080 or https://saga.example.com.
     #[arg(long)]
     to: String,
     /// The host's admin token.
     #[arg(long, env = "SAGA_HOST_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust the https host's certificate when a CA of this PEM file signed it.
+    #[arg(long, env = "SAGA_HOST_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -246,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             let remote = cli::Remote {
                 url: deploy.to,
                 token: deploy.token,
+                ca_cert: deploy.ca_cert,
                 json: false,
             };
             (remote, cli::Command::Deploy(deploy.file))
@@ -284,6 +300,10 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     }
     let config = Config {
         listen: serve.listen,
+        tls: serve
+            .tls_cert
+            .zip(serve.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
         runtime: RuntimeConfig {
             limits: LimitTable {
                 defaults,
@@ -325,14 +345,20 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         },
         watch: (serve.watch_ms > 0).then(|| Duration::from_millis(serve.watch_ms)),
         history_retention: Duration::from_secs(serve.history_days * 24 * 3600),
+        idempotency_retention: Duration::from_secs(serve.idempotency_hours * 3600),
     };
     telemetry::metrics::install().map_err(anyhow::Error::msg)?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let running = saga_host::start(config)
         .await
         .context("saga-host could not start")?;
     let services = running.services();
     println!(
-        "saga-host listening on http://{} (services: {})",
+        "saga-host listening on {scheme}://{} (services: {})",
         running.addr,
         services.join(", ")
     );

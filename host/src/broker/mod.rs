@@ -185,7 +185,7 @@ impl Broker {
             Some(url) => {
                 let url = NatsUrl::parse(url).map_err(|e| {
                     BrokerError::Connect(format!(
-                        "{e}; the broker URL is nats://[USER:PASSWORD@]HOST:PORT[/CLUSTER-NAME], or none for the in-process broker"
+                        "{e}; the broker URL is nats://[USER:PASSWORD@]HOST:PORT[/CLUSTER-NAME][?OPTIONS] (tls:// to require TLS), or none for the in-process broker"
                     ))
                 })?;
                 Some(Arc::new(

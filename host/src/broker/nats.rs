@@ -15,6 +15,7 @@
 //! a saga another host finished learns of it at once.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,10 +41,14 @@ const MAX_ACK_PENDING: i64 = 100_000;
 /// Republished copies of a message within this window are dropped by the stream.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
-/// Where the cluster's stream is: `nats://[USER:PASSWORD@ | TOKEN@]HOST[:PORT][/NAME][?replicas=N]`.
+/// Where the cluster's stream is and how to reach it:
+/// `nats://` or `tls://` `[USER:PASSWORD@ | TOKEN@]HOST[:PORT][/NAME][?OPTION=VALUE&…]`, the
+/// options being `replicas=N`, `creds=FILE` (a `.creds` file: user JWT and NKey seed),
+/// `nkey=FILE` (a file holding an NKey seed), `ca=FILE` (PEM CAs that signed the server's
+/// certificate), `cert=FILE&key=FILE` (a client certificate, for servers that verify clients).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsUrl {
-    /// `nats://HOST:PORT`, without credentials (it appears in messages).
+    /// `nats://HOST:PORT` or `tls://HOST:PORT`, without credentials (it appears in messages).
     pub server: String,
     /// Names the stream and prefixes the subjects: clusters with different names share a NATS
     /// server without seeing each other's messages.
@@ -52,9 +57,11 @@ pub struct NatsUrl {
     /// survives the loss of one server).
     pub replicas: usize,
     pub credentials: Credentials,
+    /// How the connection is encrypted and whom it trusts.
+    pub tls: Tls,
 }
 
-/// How the host proves who it is to NATS: as the URL's user information says.
+/// How the host proves who it is to NATS: as the URL says.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     None,
@@ -65,6 +72,10 @@ pub enum Credentials {
     },
     /// `TOKEN@` (a user without a password, as NATS reads it).
     Token(String),
+    /// `?nkey=FILE`: signs the server's challenge with the NKey seed the file holds.
+    Nkey(PathBuf),
+    /// `?creds=FILE`: a decentralised-auth `.creds` file (user JWT and NKey seed).
+    CredsFile(PathBuf),
 }
 
 impl std::fmt::Debug for Credentials {
@@ -73,18 +84,29 @@ impl std::fmt::Debug for Credentials {
             Credentials::None => f.write_str("none"),
             Credentials::UserPassword { user, .. } => write!(f, "user {user:?} with a password"),
             Credentials::Token(_) => f.write_str("a token"),
+            Credentials::Nkey(file) => write!(f, "the NKey seed in {}", file.display()),
+            Credentials::CredsFile(file) => write!(f, "the credentials file {}", file.display()),
         }
     }
+}
+
+/// The connection's TLS: required by `tls://` (else as the server asks), checked against the
+/// CAs of `ca` (else those the system trusts), with a client certificate if given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub required: bool,
+    pub ca: Option<PathBuf>,
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl NatsUrl {
     pub fn parse(text: &str) -> Result<NatsUrl, String> {
         // Never echo the URL itself: it may hold a password.
         let url = url::Url::parse(text).map_err(|e| format!("the NATS URL is not a URL: {e}"))?;
-        if url.scheme() != "nats" {
+        let scheme = url.scheme();
+        if scheme != "nats" && scheme != "tls" {
             return Err(format!(
-                "the NATS URL must start with nats://, not {}://",
-                url.scheme()
+                "the NATS URL must start with nats:// or tls://, not {scheme}://"
             ));
         }
         let host = url
@@ -97,7 +119,7 @@ impl NatsUrl {
                 .map(|s| s.into_owned())
                 .map_err(|_| "the NATS URL's credentials are not UTF-8".to_string())
         };
-        let credentials = match (url.username(), url.password()) {
+        let mut credentials = match (url.username(), url.password()) {
             ("", None) => Credentials::None,
             (token, None) => Credentials::Token(decode(token)?),
             (user, Some(password)) => Credentials::UserPassword {
@@ -117,8 +139,14 @@ impl NatsUrl {
             ));
         }
         let mut replicas = 1;
-        for (key, value) in url.query_pairs() {
-            match key.as_ref() {
+        let mut tls = Tls {
+            required: scheme == "tls",
+            ..Tls::default()
+        };
+        let (mut cert, mut key) = (None, None);
+        for (option, value) in url.query_pairs() {
+            let file = || PathBuf::from(value.as_ref());
+            match option.as_ref() {
                 "replicas" => {
                     replicas = value
                         .parse()
@@ -126,31 +154,101 @@ impl NatsUrl {
                         .filter(|n| (1..=5).contains(n))
                         .ok_or_else(|| format!("replicas must be 1 to 5, not {value:?}"))?
                 }
+                "creds" | "nkey" => {
+                    if credentials != Credentials::None {
+                        return Err(
+                            "the NATS URL gives more than one kind of credentials; give one of \
+                             USER:PASSWORD@, TOKEN@, creds=FILE or nkey=FILE"
+                                .to_string(),
+                        );
+                    }
+                    credentials = if option == "creds" {
+                        Credentials::CredsFile(file())
+                    } else {
+                        Credentials::Nkey(file())
+                    };
+                }
+                "ca" => tls.ca = Some(file()),
+                "cert" => cert = Some(file()),
+                "key" => key = Some(file()),
                 other => {
                     return Err(format!(
-                        "{other:?} in the NATS URL is not a known option (replicas=N)"
+                        "{other:?} in the NATS URL is not a known option (replicas=N, creds=FILE, \
+                         nkey=FILE, ca=FILE, cert=FILE, key=FILE)"
                     ));
                 }
             }
         }
+        tls.client = match (cert, key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "the NATS URL gives cert= without key= or key= without cert=; a client \
+                     certificate needs both"
+                        .to_string(),
+                );
+            }
+        };
         Ok(NatsUrl {
-            server: format!("nats://{host}:{}", url.port().unwrap_or(4222)),
+            server: format!("{scheme}://{host}:{}", url.port().unwrap_or(4222)),
             name: name.to_string(),
             replicas,
             credentials,
+            tls,
         })
     }
 
-    /// The client options these credentials make.
-    fn options(&self) -> async_nats::ConnectOptions {
-        let options = async_nats::ConnectOptions::new().name("saga-host");
-        match &self.credentials {
+    /// The client options this URL makes; reads the files it names (each named when it
+    /// cannot be read).
+    async fn options(&self) -> Result<async_nats::ConnectOptions, String> {
+        let readable = |file: &Path, what: &str| {
+            std::fs::metadata(file)
+                .map(|_| ())
+                .map_err(|e| format!("cannot read the NATS {what} {}: {e}", file.display()))
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name("saga-host")
+            .require_tls(self.tls.required);
+        if let Some(ca) = &self.tls.ca {
+            readable(ca, "CA certificate (ca=)")?;
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls.client {
+            readable(cert, "client certificate (cert=)")?;
+            readable(key, "client key (key=)")?;
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(match &self.credentials {
             Credentials::None => options,
             Credentials::UserPassword { user, password } => {
                 options.user_and_password(user.clone(), password.clone())
             }
             Credentials::Token(token) => options.token(token.clone()),
-        }
+            Credentials::Nkey(file) => {
+                let seed = std::fs::read_to_string(file).map_err(|e| {
+                    format!(
+                        "cannot read the NATS NKey seed (nkey=) {}: {e}",
+                        file.display()
+                    )
+                })?;
+                let seed = seed.trim();
+                if nkeys::KeyPair::from_seed(seed).is_err() {
+                    return Err(format!(
+                        "{} does not hold an NKey seed (a line starting with \"SU\"; `nsc` or \
+                         `nk -gen user` make one)",
+                        file.display()
+                    ));
+                }
+                options.nkey(seed.to_string())
+            }
+            Credentials::CredsFile(file) => options.credentials_file(file).await.map_err(|e| {
+                format!(
+                    "cannot use the NATS credentials file (creds=) {}: {e}",
+                    file.display()
+                )
+            })?,
+        })
     }
 }
 
@@ -168,6 +266,7 @@ impl Nats {
     pub async fn connect(url: &NatsUrl) -> Result<Nats, String> {
         let client = url
             .options()
+            .await?
             .connect(&url.server)
             .await
             .map_err(|e| format!("cannot connect to NATS at {}: {e}", url.server))?;
@@ -444,11 +543,31 @@ mod tests {
             format!("{:?}", url.credentials),
             "user \"host-a\" with a password"
         );
+        let url = NatsUrl::parse("tls://n1/exams?creds=/etc/h.creds&ca=/etc/ca.pem").unwrap();
+        assert_eq!(url.server, "tls://n1:4222");
+        assert_eq!(
+            url.credentials,
+            Credentials::CredsFile("/etc/h.creds".into())
+        );
+        assert!(url.tls.required);
+        assert_eq!(
+            url.tls.ca.as_deref(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        let url = NatsUrl::parse("nats://n1?nkey=seed.nk&cert=c.pem&key=k.pem").unwrap();
+        assert_eq!(url.credentials, Credentials::Nkey("seed.nk".into()));
+        assert!(!url.tls.required, "nats:// leaves TLS to the server");
+        assert_eq!(url.tls.client, Some(("c.pem".into(), "k.pem".into())));
         let url = NatsUrl::parse("nats://t0k3n@n1:4333").unwrap();
         assert_eq!(url.credentials, Credentials::Token("t0k3n".into()));
         assert!(!format!("{url:?}").contains("t0k3n"));
         for (bad, says) in [
-            ("http://x", "must start with nats://"),
+            ("http://x", "must start with nats:// or tls://"),
+            (
+                "nats://u:p@h/x?nkey=/k",
+                "more than one kind of credentials",
+            ),
+            ("nats://h/x?cert=/c", "needs both"),
             ("nats:///x", "names no server"),
             ("nats://h/a.b", "must be 1 to 64 letters"),
             ("nats://h/x?replicas=9", "replicas must be 1 to 5"),

@@ -1,13 +1,21 @@
 //! The one HTTP client of the command line: every subcommand that talks to a running host
-//! (`deploy`, `sagas`, `components`, `dead-letters`) goes through `Client`, which sends the
-//! admin token and turns the host's answers into values or into the host's own error words.
+//! (`deploy`, `sagas`, `components`, `dead-letters`) goes through `Client`, which reaches
+//! `http://` and `https://` hosts, sends the admin token and turns the host's answers into
+//! values or into the host's own error words.
+
+use std::path::Path;
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as Hyper;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 /// The host of a plain `http://` URL that is not this machine (loopback or `localhost`).
 fn in_clear_beyond_loopback(base: &str) -> Option<String> {
@@ -23,11 +31,50 @@ fn in_clear_beyond_loopback(base: &str) -> Option<String> {
     (!loopback).then(|| host.to_string())
 }
 
-/// A running host's operator API, reached over HTTP.
+/// What an https host's certificate is checked against: the CAs of `ca_cert`, or those the
+/// system trusts (none found: https hosts are refused, with a word on --ca-cert).
+fn tls_config(ca_cert: Option<&Path>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .map_err(|e| format!("cannot read the CA certificate {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&text) {
+                let cert = cert.map_err(|e| {
+                    format!(
+                        "the CA certificate {} is not valid PEM: {e}",
+                        path.display()
+                    )
+                })?;
+                roots.add(cert).map_err(|e| {
+                    format!("the CA certificate {} cannot be used: {e}", path.display())
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "the CA certificate {} holds no certificate (expected PEM \"-----BEGIN CERTIFICATE-----\")",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            // Unreadable system certificates leave https to --ca-cert; plain http works anyway.
+            let _ = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// A running host's operator API, reached over HTTP or HTTPS.
 pub struct Client {
     base: String,
     token: Option<String>,
-    http: Hyper<HttpConnector, Full<Bytes>>,
+    http: Hyper<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 /// Why a request to the host did not give an answer to use.
@@ -51,9 +98,15 @@ impl std::fmt::Display for ClientError {
 }
 
 impl Client {
-    /// A client of the host at `base` (http://HOST:PORT), with the admin token if given.
-    /// Warns on standard error when the token would cross the network in clear.
-    pub fn new(base: &str, token: Option<String>) -> Client {
+    /// A client of the host at `base` (http:// or https://HOST:PORT), with the admin token if
+    /// given. An https host's certificate must be signed by a CA of `ca_cert` (a PEM file) when
+    /// given, else by one the system trusts. Warns on standard error when the token would
+    /// cross the network in clear.
+    pub fn new(
+        base: &str,
+        token: Option<String>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Client, String> {
         let token = token.filter(|t| !t.is_empty());
         if token.is_some()
             && let Some(host) = in_clear_beyond_loopback(base)
@@ -63,11 +116,16 @@ impl Client {
                  reach it through a TLS-terminating proxy or an SSH tunnel"
             );
         }
-        Client {
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(ca_cert)?)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: Hyper::builder(TokioExecutor::new()).build_http(),
-        }
+            http: Hyper::builder(TokioExecutor::new()).build(connector),
+        })
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
@@ -105,9 +163,15 @@ impl Client {
                 "{url} is not a valid URL: give --host as http://HOST:PORT"
             ))
         })?;
-        let unreachable = |e: &dyn std::fmt::Display| {
+        let unreachable = |e: &(dyn std::error::Error + 'static)| {
             ClientError::Unreachable(format!(
-                "cannot reach {url} ({e}); is the host running there? (--host or SAGA_HOST_URL)"
+                "cannot reach {url} ({}); is the host running there? (--host or SAGA_HOST_URL{})",
+                error_chain(e),
+                if url.starts_with("https:") {
+                    "; --ca-cert for a host whose certificate the system does not trust"
+                } else {
+                    ""
+                }
             ))
         };
         let response = self
@@ -136,6 +200,19 @@ impl Client {
             message,
         })
     }
+}
+
+/// An error and its causes, `: `-separated (hyper's own words are only "client error
+/// (Connect)"; the cause says which certificate was refused and why).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut words = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        words.push_str(": ");
+        words.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    words
 }
 
 #[cfg(test)]

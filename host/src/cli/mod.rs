@@ -33,6 +33,10 @@ pub struct Remote {
         global = true
     )]
     pub token: Option<String>,
+    /// Trust the https host's certificate when a CA of this PEM file signed it (instead of
+    /// the CAs the system trusts).
+    #[arg(long, env = "SAGA_HOST_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Print the host's JSON instead of a table (for scripts).
     #[arg(long, global = true)]
     pub json: bool,
@@ -164,7 +168,13 @@ pub enum Command {
 
 /// Runs a remote command; returns the process's exit code.
 pub async fn run(remote: &Remote, command: Command) -> i32 {
-    let client = Client::new(&remote.url, remote.token.clone());
+    let client = match Client::new(&remote.url, remote.token.clone(), remote.ca_cert.as_deref()) {
+        Ok(client) => client,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return 2;
+        }
+    };
     let outcome = match command {
         Command::Sagas(sagas) => run_sagas(&client, remote.json, *sagas).await,
         Command::Components(components) => run_components(&client, remote.json, components).await,

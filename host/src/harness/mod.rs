@@ -145,6 +145,7 @@ impl Harness {
     async fn assemble(dir: PathBuf) -> anyhow::Result<Harness> {
         let config = Config {
             listen: ([127, 0, 0, 1], 0).into(),
+            tls: None,
             data_dir: dir.clone(),
             components_dir: dir.join("components"),
             database_url: None,
@@ -167,6 +168,7 @@ impl Harness {
             broker_url: None,
             lease: Duration::from_secs(5),
             history_retention: Duration::from_secs(7 * 24 * 3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
         };
         let parts = crate::host::assemble(&config)
             .await

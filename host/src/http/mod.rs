@@ -21,12 +21,12 @@ use serde_json::json;
 
 use crate::broker::Broker;
 use crate::deploy::Deployer;
-use crate::handler::{HandleError, Handled, Handlers, Invocation};
+use crate::handler::{self, HandleError, Handled, Handlers, Invocation, Keyed, KeyedOutcome};
 use crate::runtime::bindings::types as wit;
 use crate::runtime::registry::{Matched, Registry, Services};
 use crate::runtime::{Access, Scope};
 use crate::saga::Orchestrator;
-use crate::storage::Storage;
+use crate::storage::{RequestKey, Storage};
 
 /// What the HTTP front serves with: the parts of the host it reaches, and its settings.
 pub struct Api {
@@ -187,17 +187,117 @@ async fn component_route(State(api): State<Arc<Api>>, request: Request) -> Respo
             .insert(observe::RouteTemplate(template));
         return response;
     }
-    let mut response = match invocation(&api, &services, matched, &parts, body).await {
-        Ok(invocation) => {
-            drop(services);
-            answer(&service, api.handlers.run(invocation).await)
-        }
-        Err(refusal) => refusal,
+    let keyed = !matched.target.read_only;
+    let mut response = match idempotency_key(&parts.headers) {
+        Err(refusal) => refusal.into_response(),
+        Ok(key) => match invocation(&api, &services, matched, &parts, body).await {
+            Ok((invocation, body)) => {
+                drop(services);
+                match key.filter(|_| keyed) {
+                    None => answer(&service, api.handlers.run(invocation).await),
+                    Some(key) => {
+                        let route = format!("{} {template}", parts.method);
+                        let keyed = Keyed {
+                            request_hash: request_hash(&parts.uri, &body),
+                            key: RequestKey {
+                                service: service.clone(),
+                                route,
+                                key,
+                            },
+                            stale_after: api.settings.request_timeout + STALE_CLAIM_MARGIN,
+                        };
+                        let key = keyed.key.clone();
+                        answer_keyed(
+                            &service,
+                            &key,
+                            api.handlers.run_keyed(invocation, keyed).await,
+                        )
+                    }
+                }
+            }
+            Err(refusal) => refusal,
+        },
     };
     response
         .extensions_mut()
         .insert(observe::RouteTemplate(template));
     response
+}
+
+/// How much longer than a request may take a claim on its idempotency key is honoured: past
+/// it, the host that held it is taken for dead and a repeat runs.
+const STALE_CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The request's `Idempotency-Key`, if it has one: 1 to 255 printable ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the Idempotency-Key header must be 1 to 255 printable ASCII characters (a UUID is a good key); this one is {} bytes{}",
+                bytes.len(),
+                if bytes.iter().all(|b| (0x20..=0x7e).contains(b)) {
+                    ""
+                } else {
+                    " with characters outside printable ASCII"
+                }
+            ),
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// What tells a repeat of a request from another request under the same key: a digest of its
+/// path, query and body.
+fn request_hash(uri: &axum::http::Uri, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update(uri.path().as_bytes());
+    digest.update([0]);
+    digest.update(uri.query().unwrap_or_default().as_bytes());
+    digest.update([0]);
+    digest.update(body);
+    format!("{:x}", digest.finalize())
+}
+
+/// The HTTP answer to a request with an idempotency key.
+fn answer_keyed(
+    service: &str,
+    key: &RequestKey,
+    outcome: Result<KeyedOutcome, HandleError>,
+) -> Response {
+    match outcome {
+        Ok(KeyedOutcome::Ran(handled)) => answer(service, handled),
+        Ok(KeyedOutcome::Replayed { status, body }) => json_response(status, body, true),
+        Ok(KeyedOutcome::Reused) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the Idempotency-Key {:?} was already used for another request to {} (another body, path or query); send a new key with a new request",
+                key.key, key.route
+            ),
+        ),
+        Err(failure) => answer(service, Err(failure)),
+    }
+}
+
+/// A JSON body with its status; `replayed` marks the stored answer to an earlier request.
+fn json_response(status: u16, body: String, replayed: bool) -> Response {
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json");
+    if replayed {
+        response = response.header("idempotent-replayed", "true");
+    }
+    response.body(Body::from(body)).unwrap_or_else(|_| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not build the response",
+        )
+    })
 }
 
 /// A host route asked with a method it does not take: 405, as JSON like every refusal (axum
@@ -244,7 +344,7 @@ async fn invocation(
     matched: Matched<'_>,
     parts: &axum::http::request::Parts,
     body: Body,
-) -> Result<Invocation, Response> {
+) -> Result<(Invocation, axum::body::Bytes), Response> {
     let limit = api.settings.max_body_bytes;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Err(error(
@@ -276,7 +376,7 @@ async fn invocation(
             format!("no route for {} {}", parts.method, parts.uri.path()),
         ));
     };
-    Ok(Invocation {
+    let invocation = Invocation {
         service,
         request: wit::Request {
             handler: target.handler,
@@ -299,45 +399,16 @@ async fn invocation(
         },
         user: checked.user,
         message: None,
-    })
+    };
+    Ok((invocation, bytes))
 }
 
 /// The HTTP answer to what a handler did.
 fn answer(service: &str, handled: Result<Handled, HandleError>) -> Response {
     match handled {
-        Ok(Handled::Answered(Ok(response))) => {
-            if !(200..=299).contains(&response.status) {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!(
-                        "service {service} answered with status {}, which is not a success status; errors must be returned as errors",
-                        response.status
-                    ),
-                );
-            }
-            if serde_json::from_str::<serde::de::IgnoredAny>(&response.payload).is_err() {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("service {service} answered with a payload that is not JSON"),
-                );
-            }
-            Response::builder()
-                .status(response.status)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(response.payload))
-                .unwrap_or_else(|_| {
-                    error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "could not build the response",
-                    )
-                })
-        }
-        Ok(Handled::Answered(Err(failure))) => {
-            let status = StatusCode::from_u16(failure.status)
-                .ok()
-                .filter(|s| s.is_client_error() || s.is_server_error())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            error(status, failure.message)
+        Ok(Handled::Answered(answered)) => {
+            let (status, body) = handler::http_answer(service, &answered);
+            json_response(status, body, false)
         }
         Ok(Handled::Failed(failure)) => {
             error(StatusCode::INTERNAL_SERVER_ERROR, failure.to_string())

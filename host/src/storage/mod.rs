@@ -5,8 +5,9 @@
 //!
 //! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
 //! the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
-//! `Executions`, `Queue`, `Hosts`, `Transactions` — each a trait, all implemented once over sqlx
-//! for SQLite and PostgreSQL (`sql/`); a part of the host uses the capabilities it needs.
+//! `Executions`, `Queue`, `Hosts`, `Keys`, `Transactions` — each a trait, all implemented once
+//! over sqlx for SQLite and PostgreSQL (`sql/`); a part of the host uses the capabilities it
+//! needs.
 
 mod sql;
 
@@ -212,6 +213,60 @@ pub struct Transaction {
     pub redrive: Option<i64>,
     pub saga: Option<SagaRow>,
     pub resolve: Option<Resolve>,
+    /// A request's idempotency key: claimed, answered or given up.
+    pub key: Option<KeyUse>,
+}
+
+/// A request's `Idempotency-Key`, within the service and route it was sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    pub service: String,
+    /// The route: its method and path template ("POST /exams").
+    pub route: String,
+    pub key: String,
+}
+
+/// What a transaction does with a request's idempotency key; each is refused as `KeyHeld`
+/// when the key is not the run's to use.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyUse {
+    /// Takes the key for the run named `claim`: refused while another run holds it or once it
+    /// was answered, unless the other's claim is older than `stale_before` (ms since the
+    /// epoch: its host died) and was made for the same request.
+    Claim {
+        key: RequestKey,
+        request_hash: String,
+        claim: String,
+        stale_before: i64,
+    },
+    /// Stores the answer the run gave, which every repeat gets.
+    Answer {
+        key: RequestKey,
+        claim: String,
+        status: u16,
+        body: String,
+    },
+    /// Gives the key up, unanswered: the run failed in a way a retry may mend.
+    Release { key: RequestKey, claim: String },
+}
+
+impl KeyUse {
+    pub fn key(&self) -> &RequestKey {
+        match self {
+            KeyUse::Claim { key, .. }
+            | KeyUse::Answer { key, .. }
+            | KeyUse::Release { key, .. } => key,
+        }
+    }
+}
+
+/// A stored key: the request it was first used for and, once the run answered, the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub request_hash: String,
+    pub claimed_at: i64,
+    /// The status and JSON body the request was answered with.
+    pub answer: Option<(u16, String)>,
 }
 
 impl Transaction {
@@ -252,6 +307,10 @@ pub enum StorageError {
     /// The saga execution was changed by someone else since it was read.
     #[error("saga {0} was changed concurrently")]
     SagaChanged(String),
+    /// The idempotency key is held by another run or was answered, or this run's claim on it
+    /// was taken over.
+    #[error("the Idempotency-Key {0:?} is held by another request")]
+    KeyHeld(String),
     /// A message this transaction consumes was consumed before.
     #[error("message {0} was already handled")]
     Duplicate(String),
@@ -548,6 +607,18 @@ pub trait Queue {
     /// many.
     fn prune_consumed(&self, before: i64)
     -> impl Future<Output = Result<u64, StorageError>> + Send;
+}
+
+/// Requests' idempotency keys (claimed, answered and given up through `Transaction::key`).
+pub trait Keys {
+    /// The key's record, if it was used and not forgotten.
+    fn request_key(
+        &self,
+        key: &RequestKey,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StorageError>> + Send;
+
+    /// Forgets keys claimed before `before` (ms since the epoch); returns how many.
+    fn prune_keys(&self, before: i64) -> impl Future<Output = Result<u64, StorageError>> + Send;
 }
 
 /// The hosts of a cluster: heartbeats, and what each one's services consume.

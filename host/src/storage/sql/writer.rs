@@ -255,6 +255,9 @@ async fn commit_isolated(
 async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> Result<Committed> {
     let mut committed = Committed::default();
     let now = now_ms();
+    if let Some(used) = &tx.key {
+        super::idempotency::apply(conn, used, now).await?;
+    }
     for consumed in &tx.consumed {
         let reply = consumed.reply.as_ref();
         let recorded = sqlx::query(

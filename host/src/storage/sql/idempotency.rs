@@ -1,0 +1,105 @@
+//! Idempotency keys: a claim taken (or a stale one taken over) before a keyed request runs,
+//! its answer stored with the request's effects, the key given up when the run failed.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{Result, Storage};
+use crate::storage::{KeyRecord, KeyUse, Keys, RequestKey, StorageError};
+
+impl Keys for Storage {
+    async fn request_key(&self, key: &RequestKey) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query(
+            "SELECT request_hash, claimed_at, status, response FROM idempotency \
+             WHERE service = $1 AND route = $2 AND idempotency_key = $3",
+        )
+        .bind(&key.service)
+        .bind(&key.route)
+        .bind(&key.key)
+        .fetch_optional(&self.inner.reads)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let status: Option<i32> = row.try_get("status")?;
+        let response: Option<String> = row.try_get("response")?;
+        Ok(Some(KeyRecord {
+            request_hash: row.try_get("request_hash")?,
+            claimed_at: row.try_get("claimed_at")?,
+            answer: status
+                .zip(response)
+                .map(|(status, body)| (status as u16, body)),
+        }))
+    }
+
+    async fn prune_keys(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM idempotency WHERE claimed_at < $1")
+            .bind(before)
+            .execute(&self.inner.reads)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// Applies a transaction's use of a key; `KeyHeld` when the key is not this run's to use.
+pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> Result<()> {
+    let done = match used {
+        KeyUse::Claim {
+            key,
+            request_hash,
+            claim,
+            stale_before,
+        } => {
+            sqlx::query(
+                "INSERT INTO idempotency \
+                 (service, route, idempotency_key, request_hash, claimed_by, claimed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (service, route, idempotency_key) DO UPDATE \
+                 SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
+                 WHERE idempotency.status IS NULL AND idempotency.claimed_at < $7 \
+                 AND idempotency.request_hash = excluded.request_hash",
+            )
+            .bind(&key.service)
+            .bind(&key.route)
+            .bind(&key.key)
+            .bind(request_hash)
+            .bind(claim)
+            .bind(now)
+            .bind(stale_before)
+            .execute(&mut *conn)
+            .await?
+        }
+        KeyUse::Answer {
+            key,
+            claim,
+            status,
+            body,
+        } => {
+            sqlx::query(
+                "UPDATE idempotency SET status = $1, response = $2 \
+                 WHERE service = $3 AND route = $4 AND idempotency_key = $5 AND claimed_by = $6",
+            )
+            .bind(i32::from(*status))
+            .bind(body)
+            .bind(&key.service)
+            .bind(&key.route)
+            .bind(&key.key)
+            .bind(claim)
+            .execute(&mut *conn)
+            .await?
+        }
+        KeyUse::Release { key, claim } => {
+            sqlx::query(
+                "DELETE FROM idempotency WHERE service = $1 AND route = $2 \
+                 AND idempotency_key = $3 AND claimed_by = $4 AND status IS NULL",
+            )
+            .bind(&key.service)
+            .bind(&key.route)
+            .bind(&key.key)
+            .bind(claim)
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    if done.rows_affected() == 0 && !matches!(used, KeyUse::Release { .. }) {
+        return Err(StorageError::KeyHeld(used.key().key.clone()));
+    }
+    Ok(())
+}
