@@ -32,6 +32,14 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
+/// The `saga-host` binary the tests start: this build's, or `SAGA_TEST_HOST_BIN` (`make soak`
+/// runs a copy, so that a rebuild during the campaign does not change what it tests).
+pub fn host_binary() -> PathBuf {
+    std::env::var_os("SAGA_TEST_HOST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_saga-host")))
+}
+
 /// A component built by `make components`, by crate name with underscores ("guest_exam").
 pub fn component(name: &str) -> PathBuf {
     let path = target_dir()
@@ -142,7 +150,7 @@ impl Host {
     pub fn launch(dir: &TempDir, components: &Path, args: &[&str]) -> Result<Host, StartFailure> {
         let data = dir.path().join("data");
         let cache = target_dir().join("test-cache");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_saga-host"))
+        let mut child = Command::new(host_binary())
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data")
