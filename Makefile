@@ -12,8 +12,9 @@ BUNDLED := guest_exam guest_attempt
 # Components built only for tests and benchmarks.
 TEST_GUESTS := -p test-probe -p test-participant -p test-orchestrator -p test-not-a-service \
 	-p test-broken-saga -p test-hijack -p test-old-wit -p test-wrong-compensation
-# Second builds of two components (feature variant-b), for the hot-swap tests.
-VARIANTS := guest_exam test_orchestrator
+# Second builds of three components (feature variant-b), for the hot-swap and cluster-deploy
+# tests.
+VARIANTS := guest_exam test_orchestrator test_hijack
 
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
@@ -55,7 +56,7 @@ components: setup
 ## Builds the test components too, and the variant builds (as NAME_variant_b.wasm).
 test-components: setup
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p test-orchestrator \
-		--features guest-exam/variant-b,test-orchestrator/variant-b
+		-p test-hijack --features guest-exam/variant-b,test-orchestrator/variant-b,test-hijack/variant-b
 	@for c in $(VARIANTS); do cp $(WASM_DIR)/$$c.wasm $(WASM_DIR)/$${c}_variant_b.wasm; done
 	$(CARGO) build --release --target $(WASM_TARGET) -p guest-exam -p guest-attempt $(TEST_GUESTS)
 	@mkdir -p components

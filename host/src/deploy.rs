@@ -3,16 +3,23 @@
 //! async threads), linked, described and checked against the other services before it replaces
 //! the old one atomically; a refused one changes nothing. A replaced version stays loaded while
 //! sagas that started on it are running, and its bytes are kept in the data directory so that
-//! they can finish on it after a restart too.
+//! they can finish on it after a restart too. On a cluster, a deploy reaches every host that runs
+//! the service (`cluster.rs`).
 
-use std::collections::HashMap;
+mod cluster;
+
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
-use crate::runtime::registry::Registry;
+use futures::future::BoxFuture;
+
+pub use cluster::{Announce, ClusterLink, ClusterView, DEPLOY_WAIT, HostAnswer, HostOutcome};
+
+use crate::runtime::registry::{Fetch, Registry};
 use crate::runtime::{Runtime, ServiceVersion};
-use crate::storage::{Aggregates, Executions, Storage};
+use crate::storage::{Aggregates, Deploys, Executions, Storage};
 use crate::telemetry::metrics;
 
 /// Where a new version comes from.
@@ -22,6 +29,14 @@ pub enum Origin {
     File(PathBuf),
     /// The admin API; with the service name the URL names, if any.
     Api(Option<String>),
+    /// Another host's deploy to the cluster, of service `service` (cluster deploy `id`; none
+    /// when this host catches up with the cluster's version at start or after a missed
+    /// announcement).
+    Cluster {
+        service: String,
+        id: Option<String>,
+        by: String,
+    },
 }
 
 /// Why a deploy (or removal) was refused or failed; the service keeps its current version.
@@ -98,7 +113,19 @@ pub struct Deployer {
     /// Versions replaced lately, and when: a call still running on one may start a saga on it,
     /// so its bytes stay until no such call can be running (the longest call's time).
     replaced: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
+    /// The cluster this host belongs to (NATS broker), if any: deploys are shared through it.
+    cluster: OnceLock<ClusterLink>,
+    /// A deploy here and its sharing with the cluster happen together, apart from this host
+    /// catching up with the cluster (which could otherwise undo it in between).
+    sharing: tokio::sync::Mutex<()>,
+    /// Cluster deploys this host refused, by digest: not tried again until deployed again.
+    refused: std::sync::Mutex<HashSet<String>>,
+    /// Versions that could not be loaded for their sagas lately, and when.
+    unfetchable: std::sync::Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a version that could not be loaded for its sagas is not tried again.
+const FETCH_AGAIN_AFTER: Duration = Duration::from_secs(5);
 
 impl Deployer {
     pub fn new(
@@ -117,6 +144,10 @@ impl Deployer {
             sources: Default::default(),
             deploying: tokio::sync::Mutex::new(()),
             replaced: Default::default(),
+            cluster: OnceLock::new(),
+            sharing: tokio::sync::Mutex::new(()),
+            refused: Default::default(),
+            unfetchable: Default::default(),
         }
     }
 
@@ -165,6 +196,9 @@ impl Deployer {
             Origin::File(path) => path.display().to_string(),
             Origin::Api(Some(name)) => format!("component {name} (admin API)"),
             Origin::Api(None) => "component (admin API)".to_string(),
+            Origin::Cluster { service, by, .. } => {
+                format!("component {service} (deployed to the cluster through host {by})")
+            }
         };
         let version = self
             .runtime
@@ -172,7 +206,10 @@ impl Deployer {
             .await
             .map_err(|e| DeployError::Invalid(e.to_string()))?;
         let name = version.name().to_string();
-        if let Origin::Api(Some(expected)) = &origin
+        if let Origin::Api(Some(expected))
+        | Origin::Cluster {
+            service: expected, ..
+        } = &origin
             && *expected != name
         {
             return Err(DeployError::Invalid(format!(
@@ -209,9 +246,13 @@ impl Deployer {
             .install(version.clone())
             .await
             .map_err(|conflict| DeployError::Conflict(format!("{source}: {conflict}")))?;
+        let deploy_id = match &origin {
+            Origin::Cluster { id, .. } => id.clone(),
+            _ => None,
+        };
         let file = match origin {
             Origin::File(path) => path,
-            Origin::Api(_) => {
+            Origin::Api(_) | Origin::Cluster { .. } => {
                 let path =
                     owner.unwrap_or_else(|| self.components_dir.join(format!("{name}.wasm")));
                 if let Err(error) = crate::files::write_durably(&path, &bytes) {
@@ -228,6 +269,9 @@ impl Deployer {
                 stamp: stamp(&file),
             },
         );
+        let released = (replaced.as_ref())
+            .map(|old| old.digest.clone())
+            .filter(|old| *old != version.digest);
         if let Some(replaced) = replaced
             && replaced.digest != version.digest
         {
@@ -236,6 +280,16 @@ impl Deployer {
                 .expect("replaced lock")
                 .push((replaced.digest.clone(), std::time::Instant::now()));
             self.retire_if_pinned(replaced).await;
+        }
+        if let Some(link) = self.cluster.get() {
+            link.record(
+                &self.storage,
+                &version,
+                &bytes,
+                deploy_id.as_deref(),
+                released.as_deref(),
+            )
+            .await;
         }
         tracing::info!(
             service = name,
@@ -325,6 +379,11 @@ impl Deployer {
             tracing::warn!(path = %path.display(), %error, "could not remove the component file");
         }
         self.retire_if_pinned(removed.clone()).await;
+        if let Some(link) = self.cluster.get()
+            && let Err(error) = self.storage.forget_component(&link.host, name).await
+        {
+            tracing::warn!(%error, "removed, but the cluster's record still says this host runs it");
+        }
         tracing::info!(service = name, "component removed");
         Ok(removed)
     }
@@ -368,21 +427,17 @@ impl Deployer {
                 .map_err(|e| DeployError::Io(format!("{}: cannot read it: {e}", path.display())))?;
             self.deploy_one(bytes, Origin::File(path)).await?;
         }
+        // On a cluster, the version the cluster last deployed wins over the directory's file.
+        self.catch_up_with_cluster(true).await;
         for (service, digest, count) in self.storage.running_versions().await? {
-            if self.registry.version(&service, &digest).is_some() {
+            // On a cluster, the sagas of services other hosts run are theirs.
+            let elsewhere =
+                self.cluster.get().is_some() && self.registry.service(&service).is_none();
+            if elsewhere || self.registry.version(&service, &digest).is_some() {
                 continue;
             }
-            let stored = self.version_store(&digest);
-            let loaded = match std::fs::read(&stored) {
-                Ok(bytes) => self
-                    .runtime
-                    .load(bytes, stored.display().to_string())
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(error) => Err(format!("{}: {error}", stored.display())),
-            };
-            match loaded {
-                Ok(version) => self.registry.retire(version),
+            match self.load_pinned(&service, &digest).await {
+                Ok(_) => {}
                 Err(problem) => tracing::error!(
                     service,
                     digest,
@@ -393,6 +448,59 @@ impl Deployer {
         }
         self.prune_disk().await;
         Ok(())
+    }
+
+    /// Loads version `digest` of `service` for the sagas that run on it, from the version store
+    /// or (on a cluster) the database, and keeps it loaded beside the current version.
+    async fn load_pinned(
+        &self,
+        service: &str,
+        digest: &str,
+    ) -> Result<Arc<ServiceVersion>, String> {
+        let stored = self.version_store(digest);
+        let (bytes, source) = match std::fs::read(&stored) {
+            Ok(bytes) => (bytes, stored.display().to_string()),
+            Err(error) if self.cluster.get().is_none() => {
+                return Err(format!("{}: {error}", stored.display()));
+            }
+            Err(error) => match self.storage.stored_version(digest).await {
+                Ok(Some((_, bytes))) => {
+                    let short = &digest[..digest.len().min(12)];
+                    (
+                        bytes,
+                        format!("version {short} of {service} (the cluster's database)"),
+                    )
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "{}: {error}, and the cluster's database does not have it either",
+                        stored.display()
+                    ));
+                }
+                Err(failure) => {
+                    return Err(format!(
+                        "{}: {error}, and the cluster's database could not be read: {failure}",
+                        stored.display()
+                    ));
+                }
+            },
+        };
+        let version =
+            (self.runtime.load(bytes.clone(), source).await).map_err(|e| e.to_string())?;
+        if version.name() != service || version.digest != digest {
+            return Err(format!(
+                "the stored bytes are version {} of service {}, not {digest} of {service}",
+                version.short_digest(),
+                version.name()
+            ));
+        }
+        if !stored.exists()
+            && let Err(error) = crate::files::write_durably(&stored, &bytes)
+        {
+            tracing::warn!(path = %stored.display(), %error, "could not keep a version sagas run on");
+        }
+        self.registry.retire(version.clone());
+        Ok(version)
     }
 
     /// Watches the components directory: a new or changed file is deployed, a removed one
@@ -438,7 +546,10 @@ impl Deployer {
                     }
                     continue;
                 }
-                match this.deploy(bytes, Origin::File(path.clone())).await {
+                match this
+                    .deploy_everywhere(bytes, Origin::File(path.clone()), false)
+                    .await
+                {
                     Ok(_) => {
                         this.sources
                             .lock()
@@ -469,5 +580,47 @@ impl Deployer {
                 }
             }
         }
+    }
+}
+
+impl Fetch for Deployer {
+    fn fetch<'a>(
+        &'a self,
+        service: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Option<Arc<ServiceVersion>>> {
+        Box::pin(async move {
+            let failed_lately = (self.unfetchable.lock().expect("unfetchable lock"))
+                .get(digest)
+                .is_some_and(|at| at.elapsed() < FETCH_AGAIN_AFTER);
+            if failed_lately {
+                return None;
+            }
+            // Held like a deploy: pruning must not remove the bytes before the version is kept.
+            let _one_at_a_time = self.deploying.lock().await;
+            if let Some(version) = self.registry.version(service, digest) {
+                return Some(version);
+            }
+            match self.load_pinned(service, digest).await {
+                Ok(version) => {
+                    tracing::info!(
+                        service,
+                        digest = version.short_digest(),
+                        "loaded the version a saga here runs on"
+                    );
+                    Some(version)
+                }
+                Err(problem) => {
+                    tracing::error!(
+                        service,
+                        digest,
+                        "a saga runs on a version this host cannot load: {problem}"
+                    );
+                    (self.unfetchable.lock().expect("unfetchable lock"))
+                        .insert(digest.to_string(), Instant::now());
+                    None
+                }
+            }
+        })
     }
 }

@@ -14,11 +14,11 @@ use tracing::Instrument;
 
 use crate::broker::{Broker, Consume, Delivery, Kind, Outcome, RetryPolicy};
 use crate::cluster::Membership;
-use crate::deploy::Deployer;
+use crate::deploy::{ClusterLink, Deployer};
 use crate::ends::SagaEnds;
 use crate::handler::{self, Handled, Handlers, Invocation};
 use crate::http::{Api, Settings};
-use crate::runtime::registry::Registry;
+use crate::runtime::registry::{Fetch, Registry};
 use crate::runtime::{CallEnv, Runtime, RuntimeConfig};
 use crate::saga::{Orchestrator, Runner, SagaConfig};
 use crate::storage::{Consumed, Executions, Keys, Queue, Storage, StorageError};
@@ -232,6 +232,7 @@ pub(crate) async fn assemble(config: &Config) -> Result<Parts, StartError> {
         &config.data_dir,
         config.components_dir.clone(),
     ));
+    share_deploys(config, &host_id, &broker, &registry, &deployer);
     let api = Arc::new(Api {
         handlers,
         orchestrator: orchestrator.clone(),
@@ -250,6 +251,39 @@ pub(crate) async fn assemble(config: &Config) -> Result<Parts, StartError> {
         router,
         api,
     })
+}
+
+/// Sagas resuming on a version this host does not have loaded get it from the deployer; on a
+/// cluster, the deployer shares deploys with the other hosts through the database and NATS
+/// (`deploy/cluster.rs`), and follows theirs.
+fn share_deploys(
+    config: &Config,
+    host_id: &str,
+    broker: &Broker,
+    registry: &Registry,
+    deployer: &Arc<Deployer>,
+) {
+    registry.set_fetch(Arc::downgrade(deployer) as Weak<dyn Fetch>);
+    if !broker.is_shared() {
+        return;
+    }
+    let announcer = broker.clone();
+    deployer.join_cluster(ClusterLink {
+        host: host_id.to_string(),
+        lease: config.lease,
+        announce: Arc::new(move |note: String| {
+            let broker = announcer.clone();
+            async move { broker.announce_deployed(note).await }.boxed()
+        }),
+    });
+    let (notes, follow) = tokio::sync::mpsc::unbounded_channel();
+    broker.listen_for_deploys(notes);
+    let every = config.lease;
+    tokio::spawn(Deployer::follow_cluster(
+        Arc::downgrade(deployer),
+        follow,
+        every,
+    ));
 }
 
 /// Takes up what was left: alone on its database, every saga with a timer and every queued

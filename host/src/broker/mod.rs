@@ -249,6 +249,21 @@ impl Broker {
         }
     }
 
+    /// Tells the other hosts that a service has a new version in the cluster (NATS only).
+    pub async fn announce_deployed(&self, note: String) -> Result<(), String> {
+        match &self.inner.nats {
+            Some(nats) => nats.announce_deployed(note).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Passes the note of every deploy announced in the cluster to `notes` (NATS only).
+    pub fn listen_for_deploys(&self, notes: tokio::sync::mpsc::UnboundedSender<String>) {
+        if let Some(nats) = &self.inner.nats {
+            nats.listen_for_deploys(notes);
+        }
+    }
+
     async fn saga_ended(&self, id: &str) {
         if let Some(consumer) = self.inner.consumer.get() {
             consumer.saga_ended(id.to_string()).await;

@@ -12,7 +12,8 @@
 //! The stream keeps messages on file (`StorageType::File`) until their consumer acknowledges
 //! them (work-queue retention), and deduplicates republished copies by message id for two
 //! minutes. Saga ends are announced on the core subject `NAME.ended`, so that a host waiting for
-//! a saga another host finished learns of it at once.
+//! a saga another host finished learns of it at once; deploys on `NAME.deployed`, so that every
+//! host that runs the service loads the new version (from the database) at once.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -362,6 +363,34 @@ impl Nats {
             while let Some(end) = ends.next().await {
                 if let Ok(id) = std::str::from_utf8(&end.payload) {
                     broker.saga_ended(id).await;
+                }
+            }
+        });
+    }
+
+    /// Tells every host that a service has a new version in the cluster (the note says which),
+    /// once the server has it.
+    pub async fn announce_deployed(&self, note: String) -> Result<(), String> {
+        let subject = format!("{}.deployed", self.name);
+        (self.client.publish(subject, note.into()).await).map_err(|e| e.to_string())?;
+        self.client.flush().await.map_err(|e| e.to_string())
+    }
+
+    /// Passes the note of every deploy any host announces to `notes`, while it is open.
+    pub fn listen_for_deploys(&self, notes: tokio::sync::mpsc::UnboundedSender<String>) {
+        let (client, subject) = (self.client.clone(), format!("{}.deployed", self.name));
+        tokio::spawn(async move {
+            let mut deploys = match client.subscribe(subject).await {
+                Ok(deploys) => deploys,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for deploys; hosts catch up with the cluster's versions every lease");
+                    return;
+                }
+            };
+            while let Some(deploy) = deploys.next().await {
+                let note = String::from_utf8_lossy(&deploy.payload).into_owned();
+                if notes.send(note).is_err() {
+                    return;
                 }
             }
         });

@@ -282,9 +282,23 @@ pub fn deployed(v: &Value) -> String {
         Some(old) => format!(", replacing version {}", cut(old, 12)),
         None => String::new(),
     };
-    format!(
+    let mut said = format!(
         "deployed {} version {}{replaced}",
         text(&v["service"]),
         cut(&text(&v["digest"]), 12)
-    )
+    );
+    // On a cluster: each host's result, the host deployed to first.
+    for host in items(&v["hosts"]) {
+        let here = if host["here"] == true { " (here)" } else { "" };
+        let error = host["error"]
+            .as_str()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        said.push_str(&format!(
+            "\n  host {}{here}: {}{error}",
+            cut(&text(&host["host"]), 8),
+            text(&host["result"])
+        ));
+    }
+    said
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Api, ApiError, error};
 use crate::broker::Message;
-use crate::deploy::{DeployError, Origin};
+use crate::deploy::{ClusterView, DEPLOY_WAIT, DeployError, HostOutcome, Origin};
 use crate::saga::record;
 use crate::storage::{Executions, Queue};
 use saga_core::ids::SagaId;
@@ -180,8 +180,8 @@ pub async fn redrive_letter(api: &Api, seq: i64) -> Result<(), ApiError> {
     }
 }
 
-/// `GET /admin/components`: each service's current version, its routes, topics and sagas, and
-/// every version sagas still run on.
+/// `GET /admin/components`: each service's current version, its routes, topics and sagas,
+/// every version sagas still run on, and on a cluster which version each host runs.
 pub async fn list_components(State(api): State<Arc<Api>>) -> Response {
     match components(&api).await {
         Ok(list) => Json(list).into_response(),
@@ -202,6 +202,8 @@ pub async fn components(api: &Api) -> Result<Vec<Value>, ApiError> {
             .find(|(s, v, _)| s == service && v == digest)
             .map_or(0, |(_, _, count)| *count)
     };
+    let cluster = (api.deployer.cluster_view().await)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let retired = api.registry.retired();
     let services = api.registry.current();
     let list: Vec<Value> = services
@@ -229,7 +231,7 @@ pub async fn components(api: &Api) -> Result<Vec<Value>, ApiError> {
             );
             let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
             sagas.sort();
-            json!({
+            let mut listed = json!({
                 "name": version.name(),
                 "digest": version.digest,
                 "source": version.source,
@@ -242,10 +244,33 @@ pub async fn components(api: &Api) -> Result<Vec<Value>, ApiError> {
                     .collect::<Vec<_>>(),
                 "sagas": sagas,
                 "versions": versions,
-            })
+            });
+            if let Some(cluster) = &cluster {
+                listed["cluster"] = cluster_json(cluster, version.name());
+            }
+            listed
         })
         .collect();
     Ok(list)
+}
+
+/// A service as the cluster runs it: the version it last deployed, and each live host's current
+/// version (and the last deploy it could not load, with the reason).
+fn cluster_json(cluster: &ClusterView, service: &str) -> Value {
+    let hosts: Vec<Value> = (cluster.hosts.iter())
+        .filter(|row| row.service == service)
+        .map(|row| {
+            json!({
+                "host": row.host,
+                "here": row.host == cluster.host,
+                "current": row.current,
+                "failed": row.failed.as_ref().map(|(digest, _)| digest),
+                "error": row.failed.as_ref().map(|(_, error)| error),
+                "at": row.at,
+            })
+        })
+        .collect();
+    json!({"digest": cluster.current.get(service), "hosts": hosts})
 }
 
 /// `POST /admin/components`: deploys the component in the body under the name it gives itself.
@@ -290,7 +315,8 @@ async fn upload(api: &Api, request: Request) -> Result<Vec<u8>, ApiError> {
     }
 }
 
-/// What deploying `bytes` gave: the service, its digest and the version it replaced.
+/// What deploying `bytes` gave: the service, its digest and the version it replaced; on a
+/// cluster, each live host's result (`current`, `failed` with the reason, or `no answer`).
 async fn deploy_component(
     api: &Api,
     name: Option<String>,
@@ -298,17 +324,45 @@ async fn deploy_component(
 ) -> Result<Value, ApiError> {
     // The services as they were: the one the component turns out to be is looked up after.
     let before = api.registry.current();
-    match api.deployer.deploy(bytes, Origin::Api(name)).await {
-        Ok(version) => {
+    match (api.deployer)
+        .deploy_everywhere(bytes, Origin::Api(name), true)
+        .await
+    {
+        Ok((version, hosts)) => {
             let replaced = before.by_name.get(version.name()).map(|v| v.digest.clone());
             let mut sagas: Vec<&String> = version.manifest.sagas.keys().collect();
             sagas.sort();
-            Ok(json!({
+            let mut deployed = json!({
                 "service": version.name(),
                 "digest": version.digest,
                 "replaced": replaced,
                 "sagas": sagas,
-            }))
+            });
+            if let Some(hosts) = hosts {
+                let hosts: Vec<Value> = (hosts.iter())
+                    .map(|answer| {
+                        let (result, error) = match &answer.outcome {
+                            HostOutcome::Current => ("current", None),
+                            HostOutcome::Failed(error) => ("failed", Some(error.clone())),
+                            HostOutcome::NoAnswer => (
+                                "no answer",
+                                Some(format!(
+                                    "it did not load the version within {} s; it catches up when it can",
+                                    DEPLOY_WAIT.as_secs()
+                                )),
+                            ),
+                        };
+                        json!({
+                            "host": answer.host,
+                            "here": answer.here,
+                            "result": result,
+                            "error": error,
+                        })
+                    })
+                    .collect();
+                deployed["hosts"] = Value::Array(hosts);
+            }
+            Ok(deployed)
         }
         Err(failure @ DeployError::Invalid(_)) => {
             Err(ApiError::new(StatusCode::BAD_REQUEST, failure.to_string()))

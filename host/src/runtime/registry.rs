@@ -3,9 +3,10 @@
 //! replaces the old one atomically, so a request always sees one consistent set.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
+use futures::future::BoxFuture;
 
 use super::ServiceVersion;
 use super::bindings::types as wit;
@@ -141,6 +142,19 @@ impl Services {
     }
 }
 
+/// Loads, on demand, a version of a service that is not loaded here: a saga taken over from
+/// another host of a cluster, or resumed after a restart, may run on a version this host never
+/// had (the host's deployer finds its bytes in the version store or the cluster's database).
+pub trait Fetch: Send + Sync {
+    /// Loads version `digest` of `service` and keeps it for the sagas running on it; none when
+    /// it cannot (the log says why).
+    fn fetch<'a>(
+        &'a self,
+        service: &'a str,
+        digest: &'a str,
+    ) -> BoxFuture<'a, Option<Arc<ServiceVersion>>>;
+}
+
 /// The current set of services, swapped atomically, and the older versions that running
 /// sagas are still pinned to.
 pub struct Registry {
@@ -150,6 +164,8 @@ pub struct Registry {
     change: tokio::sync::Mutex<()>,
     /// Replaced versions kept for the sagas that started on them, by digest.
     retired: std::sync::Mutex<HashMap<String, Arc<ServiceVersion>>>,
+    /// Where versions that are not loaded come from (weak: the deployer holds the registry).
+    fetch: OnceLock<Weak<dyn Fetch>>,
 }
 
 impl Registry {
@@ -159,7 +175,26 @@ impl Registry {
             broker,
             change: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(HashMap::new()),
+            fetch: OnceLock::new(),
         }
+    }
+
+    /// Sets where versions that are not loaded come from; done once, when the host starts.
+    pub fn set_fetch(&self, fetch: Weak<dyn Fetch>) {
+        let _ = self.fetch.set(fetch);
+    }
+
+    /// A version of a service, loaded first if it is not (see `Fetch`).
+    pub async fn version_or_fetch(
+        &self,
+        service: &str,
+        digest: &str,
+    ) -> Option<Arc<ServiceVersion>> {
+        if let Some(version) = self.version(service, digest) {
+            return Some(version);
+        }
+        let fetch = self.fetch.get().and_then(Weak::upgrade)?;
+        fetch.fetch(service, digest).await
     }
 
     /// A version of a service: the current one, or a retired one a saga is pinned to.
@@ -226,10 +261,13 @@ impl Registry {
     ) -> Result<Option<Arc<ServiceVersion>>, String> {
         let _change = self.change.lock().await;
         let mut by_name = self.current.load().by_name.clone();
+        let digest = version.digest.clone();
         let replaced = by_name.insert(version.manifest.name.clone(), version);
         let services = Services::build(by_name)?;
         self.broker.set_topics(services.topics.clone());
         self.current.store(Arc::new(services));
+        // A version loaded for its sagas before it became current is current now.
+        self.retired.lock().expect("retired lock").remove(&digest);
         Ok(replaced)
     }
 

@@ -534,7 +534,18 @@ impl Orchestrator {
                     Ok(None) => return Err(TransitionError::Gone),
                     Err(problem) => return Err(TransitionError::Storage(problem)),
                 };
-                let version = self.version_of(&stored.exec)?;
+                let version = match self.version_of(&stored.exec) {
+                    Ok(version) => version,
+                    // Taken over from another host, or resumed after a restart, on a version
+                    // this host does not have loaded: loaded from where versions are kept.
+                    Err(unloaded) => {
+                        let (service, digest) = (&stored.exec.service, &stored.exec.digest);
+                        (self.registry)
+                            .version_or_fetch(service.as_str(), digest.as_str())
+                            .await
+                            .ok_or(unloaded)?
+                    }
+                };
                 Ok((stored, version))
             }
         }

@@ -5,10 +5,11 @@
 //!
 //! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
 //! the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
-//! `Executions`, `Queue`, `Hosts`, `Keys`, `Transactions` — each a trait, all implemented once
-//! over sqlx for SQLite and PostgreSQL (`sql/`); a part of the host uses the capabilities it
-//! needs.
+//! `Executions`, `Queue`, `Hosts`, `Keys`, `Deploys` (`deploys.rs`), `Transactions` — each a
+//! trait, all implemented once over sqlx for SQLite and PostgreSQL (`sql/`); a part of the host
+//! uses the capabilities it needs.
 
+mod deploys;
 mod sql;
 
 pub use saga_core::{AggregateRecord, condition};
@@ -19,6 +20,7 @@ use condition::{FieldPath, Prefilter};
 use saga_core::engine::Status;
 use saga_core::ids::SagaId;
 
+pub use deploys::{ClusterComponent, ClusterDeploy, Deploys, HostComponent};
 pub use sql::Storage;
 
 /// The stored state of one aggregate, including a deletion (a deleted aggregate's uuid is never
@@ -643,7 +645,7 @@ pub trait Hosts {
         alive_since: i64,
     ) -> impl Future<Output = Result<u64, StorageError>> + Send;
 
-    /// Forgets the hosts silent since before `before`, and what they consumed.
+    /// Forgets the hosts silent since before `before`, what they consumed and what they ran.
     fn forget_hosts(&self, before: i64) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 

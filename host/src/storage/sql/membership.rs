@@ -74,6 +74,12 @@ impl Hosts for Storage {
         .bind(before)
         .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "DELETE FROM host_components WHERE host IN (SELECT id FROM hosts WHERE heartbeat_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM hosts WHERE heartbeat_at < $1")
             .bind(before)
             .execute(&mut *tx)

@@ -11,6 +11,7 @@ use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::mpsc;
 
 mod aggregates;
+mod deploys;
 mod idempotency;
 mod membership;
 mod queue;
