@@ -374,7 +374,7 @@ fn bad_tls_files_stop_the_start_with_the_file_and_the_cause() {
     };
     assert!(good.server_config(SystemTime::now()).is_ok());
     let later = SystemTime::now() + Duration::from_secs(3 * 86_400);
-    let error = good.server_config(later).err().expect("expired by then");
+    let error = good.server_config(later).expect_err("expired by then");
     assert!(
         error.contains("expired on") && error.contains("renew it"),
         "{error}"
