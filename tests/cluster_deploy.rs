@@ -185,19 +185,32 @@ async fn a_host_that_cannot_load_a_deploy_says_why_and_its_version_serves_on() {
     let b = cluster_host(&dir_b, &b_components, &database, &nats, &args);
     let old = listed(&b, "hijack").await["digest"].clone();
 
-    let claiming = wasm("test_hijack");
-    let digest = digest_of(&claiming);
-    let deployed = put_component(&a, "hijack", claiming).await;
-    assert_eq!(deployed.status, 200, "{}", deployed.body);
-    let deployed = deployed.json();
-    let (here, others) = answers(&deployed);
-    assert_eq!(here["result"], "current", "{deployed}");
-    assert_eq!(others.len(), 1, "{deployed}");
-    assert_eq!(others[0]["result"], "failed", "{deployed}");
+    // Deployed with the command line: it says what happened on each host, and exits 1 since
+    // the version is not current everywhere.
+    let claiming = component("test_hijack");
+    let digest = digest_of(&wasm("test_hijack"));
+    let deployed = std::process::Command::new(common::host_binary())
+        .arg("deploy")
+        .arg(&claiming)
+        .args(["--to", &format!("http://{}", a.addr), "--token", TOKEN])
+        .output()
+        .expect("run saga-host deploy");
+    let said = String::from_utf8_lossy(&deployed.stderr);
+    assert_eq!(deployed.status.code(), Some(1), "{said}");
     let reason =
         "route POST /exams of service hijack conflicts with route POST /exams of service exam";
-    let error = others[0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains(reason), "B says why: {deployed}");
+    let lines: Vec<&str> = said.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.contains("(here): current")),
+        "A made it current: {said}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(": failed: ") && l.contains(reason)),
+        "B says why: {said}"
+    );
+    assert!(said.contains("not current on every host"), "{said}");
 
     // A runs the new build; B its old one, and says which deploy it could not load and why.
     assert_eq!(a.http().get("/hijack").await.status, 404);

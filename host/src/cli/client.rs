@@ -84,12 +84,17 @@ pub enum ClientError {
     Unreachable(String),
     /// The host answered with an error: its status and its own words.
     Refused { status: u16, message: String },
+    /// The host did what was asked, but not everywhere it had to (a cluster deploy some host
+    /// could not load, or did not answer): what happened where.
+    Incomplete(String),
 }
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ClientError::Unreachable(problem) => f.write_str(problem),
+            ClientError::Unreachable(problem) | ClientError::Incomplete(problem) => {
+                f.write_str(problem)
+            }
             ClientError::Refused { status, message } => {
                 write!(f, "the host answered {status}: {message}")
             }

@@ -201,6 +201,10 @@ pub async fn run(remote: &Remote, command: Command) -> i32 {
             eprintln!("error ({status}): {message}");
             1
         }
+        Err(ClientError::Incomplete(what)) => {
+            eprintln!("error: {what}");
+            1
+        }
         Err(unreachable @ ClientError::Unreachable(_)) => {
             eprintln!("error: {unreachable}");
             3
@@ -332,7 +336,23 @@ async fn deploy(client: &Client, file: &std::path::Path) -> Result<Value, Client
                     ),
                 }
             }
-            unreachable => unreachable,
+            other => other,
+        })
+        .and_then(|answer| {
+            // On a cluster: every host that runs the service must have made it current.
+            let behind = answer["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|host| host["result"] != "current");
+            if behind {
+                return Err(ClientError::Incomplete(format!(
+                    "{}\nthe version is not current on every host that runs the service; \
+                     mend what each failed host says (or start the silent ones) and deploy again",
+                    show::deployed(&answer)
+                )));
+            }
+            Ok(answer)
         })
 }
 
