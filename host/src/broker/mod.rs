@@ -136,8 +136,53 @@ struct Inner {
     remote: ArcSwap<Topics>,
     consumer: OnceLock<Arc<dyn Consume>>,
     in_flight: Semaphore,
+    /// Copies of one message to one consumer (a step's command sent again after its reply
+    /// deadline) are handed over one after the other.
+    copies: OneCopyAtATime,
     retry: RetryPolicy,
     nats: Option<Arc<Nats>>,
+}
+
+/// Locks that let one copy of a message to a consumer be handled at a time.
+#[derive(Default)]
+struct OneCopyAtATime(std::sync::Mutex<HashMap<(String, MessageId), CopyLock>>);
+
+type CopyLock = Arc<tokio::sync::Mutex<()>>;
+
+/// A copy's turn; the lock is forgotten when no other copy waits for it.
+struct Turn<'a> {
+    copies: &'a OneCopyAtATime,
+    key: (String, MessageId),
+    lock: CopyLock,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl OneCopyAtATime {
+    async fn hold(&self, consumer: &str, id: MessageId) -> Turn<'_> {
+        let key = (consumer.to_string(), id);
+        let lock = (self.0.lock().expect("copies lock"))
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let held = Some(lock.clone().lock_owned().await);
+        Turn {
+            copies: self,
+            key,
+            lock,
+            held,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.held = None;
+        let mut copies = self.copies.0.lock().expect("copies lock");
+        // The map's reference and this turn's: nobody else waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            copies.remove(&self.key);
+        }
+    }
 }
 
 /// In-process deliveries handled at once; more wait in memory (they are durable in the queue
@@ -200,6 +245,7 @@ impl Broker {
                 remote: ArcSwap::from_pointee(Topics::default()),
                 consumer: OnceLock::new(),
                 in_flight: Semaphore::new(MAX_IN_FLIGHT),
+                copies: OneCopyAtATime::default(),
                 retry,
                 nats,
             }),
@@ -425,6 +471,11 @@ impl Broker {
                 tokio::time::sleep(delay).await;
             }
             let outcome = {
+                // A copy waits for the one in hand, and then finds it consumed (and is answered
+                // with its reply) instead of doing the same work beside it.
+                let _alone = (self.inner.copies)
+                    .hold(&delivery.consumer, delivery.message.id)
+                    .await;
                 let Ok(_permit) = self.inner.in_flight.acquire().await else {
                     return;
                 };
