@@ -35,11 +35,12 @@ setup:
 
 ## The programs tests run beside the host, from Debian's packages: Prometheus and promtool
 ## (tests/observability.rs), Chromium and ChromeDriver (tests/console.rs), strace
-## (tests/hot_load.rs). Installed when
+## (tests/hot_load.rs), openssl (tests/tls.rs makes its certificates), sqlite3
+## (tests/faults.rs checks the database's integrity). Installed when
 ## missing; a failed install stops `make test` with apt's message: these tests must run, never
 ## be skipped.
-TEST_PACKAGES := prometheus chromium chromium-driver strace
-TEST_PROGRAMS := prometheus promtool chromium chromedriver strace
+TEST_PACKAGES := prometheus chromium chromium-driver strace openssl sqlite3
+TEST_PROGRAMS := prometheus promtool chromium chromedriver strace openssl sqlite3
 test-tools:
 	@for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
