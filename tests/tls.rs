@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+use common::servers::NatsServer;
 use common::{Host, PgDatabase, TempDir, component, components_dir};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -381,54 +382,18 @@ fn bad_tls_files_stop_the_start_with_the_file_and_the_cause() {
     );
 }
 
-/// A `nats-server -js` of this test's own, with TLS and one NKey user, on a free port; stopped
-/// (by its pid) when dropped.
-struct TlsNats {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl TlsNats {
-    fn start(dir: &Path, user_public_key: &str) -> TlsNats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let store = dir.join("jetstream");
-        let config = format!(
-            "listen: 127.0.0.1:{port}\n\
-             jetstream {{ store_dir: {store:?} }}\n\
-             tls {{ cert_file: {cert:?}, key_file: {key:?} }}\n\
-             authorization {{ users = [ {{ nkey: {user_public_key} }} ] }}\n",
-            cert = dir.join("host.pem"),
-            key = dir.join("host.key"),
-        );
-        let config_file = dir.join("nats.conf");
-        std::fs::write(&config_file, config).expect("write the NATS configuration");
-        let child = Command::new("nats-server")
-            .arg("-c")
-            .arg(&config_file)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nats-server (Debian: apt-get install nats-server)");
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not listen on {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TlsNats { child, port }
-    }
-}
-
-impl Drop for TlsNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `nats-server -js` of this test's own that wants TLS (the test CA's host certificate) and
+/// knows one NKey user.
+fn tls_nats(dir: &Path, user_public_key: &str) -> NatsServer {
+    let config = format!(
+        "tls {{ cert_file: {cert:?}, key_file: {key:?} }}\n\
+         authorization {{ users = [ {{ nkey: {user_public_key} }} ] }}\n",
+        cert = dir.join("host.pem"),
+        key = dir.join("host.key"),
+    );
+    let config_file = dir.join("nats.conf");
+    std::fs::write(&config_file, config).expect("write the NATS configuration");
+    NatsServer::start(&["-c", config_file.to_str().unwrap()])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +403,7 @@ async fn a_cluster_host_reaches_nats_over_tls_with_an_nkey() {
     let user = nkeys::KeyPair::new_user();
     let seed_file: PathBuf = dir.path().join("host.nk");
     std::fs::write(&seed_file, user.seed().unwrap()).unwrap();
-    let nats = TlsNats::start(dir.path(), &user.public_key());
+    let nats = tls_nats(dir.path(), &user.public_key());
     let database = PgDatabase::create("tls_nats").await;
     let ca = dir.path().join("ca.pem");
     let url = format!(
@@ -520,7 +485,7 @@ async fn postgresql_over_tls_checks_the_server_certificate() {
         .status()
         .unwrap();
     assert!(chmod.success());
-    if nix_is_root() {
+    if common::servers::as_root() {
         let chown = Command::new("chown")
             .args(["-R", "postgres:postgres"])
             .arg(&server_files)
@@ -600,9 +565,4 @@ async fn postgresql_over_tls_checks_the_server_certificate() {
         "{}",
         failure.stderr
     );
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
 }

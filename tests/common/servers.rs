@@ -170,7 +170,8 @@ impl Drop for Postgres {
     }
 }
 
-fn as_root() -> bool {
+/// Whether the test runs as root (PostgreSQL's commands then run as `postgres`).
+pub fn as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

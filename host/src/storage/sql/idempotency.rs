@@ -1,6 +1,8 @@
 //! Idempotency keys: a claim taken (or a stale one taken over) before a keyed request runs,
 //! its answer stored with the request's effects, the key given up when the run failed.
 
+use sqlx::any::{Any, AnyArguments};
+use sqlx::query::Query;
 use sqlx::{AnyConnection, Row};
 
 use super::{Result, Storage};
@@ -8,13 +10,13 @@ use crate::storage::{KeyRecord, KeyUse, Keys, RequestKey, StorageError};
 
 impl Keys for Storage {
     async fn request_key(&self, key: &RequestKey) -> Result<Option<KeyRecord>> {
-        let row = sqlx::query(
-            "SELECT request_hash, claimed_at, status, response FROM idempotency \
-             WHERE service = $1 AND route = $2 AND idempotency_key = $3",
+        let row = bind_key(
+            sqlx::query(
+                "SELECT request_hash, claimed_at, status, response FROM idempotency \
+                 WHERE service = $1 AND route = $2 AND idempotency_key = $3",
+            ),
+            key,
         )
-        .bind(&key.service)
-        .bind(&key.route)
-        .bind(&key.key)
         .fetch_optional(&self.inner.reads)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -38,6 +40,14 @@ impl Keys for Storage {
     }
 }
 
+/// Binds the key's service, route and key, in that order.
+fn bind_key<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    key: &'q RequestKey,
+) -> Query<'q, Any, AnyArguments> {
+    query.bind(&key.service).bind(&key.route).bind(&key.key)
+}
+
 /// Applies a transaction's use of a key; `KeyHeld` when the key is not this run's to use.
 pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> Result<()> {
     let done = match used {
@@ -47,18 +57,18 @@ pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> 
             claim,
             stale_before,
         } => {
-            sqlx::query(
-                "INSERT INTO idempotency \
-                 (service, route, idempotency_key, request_hash, claimed_by, claimed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (service, route, idempotency_key) DO UPDATE \
-                 SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
-                 WHERE idempotency.status IS NULL AND idempotency.claimed_at < $7 \
-                 AND idempotency.request_hash = excluded.request_hash",
+            bind_key(
+                sqlx::query(
+                    "INSERT INTO idempotency \
+                     (service, route, idempotency_key, request_hash, claimed_by, claimed_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (service, route, idempotency_key) DO UPDATE \
+                     SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
+                     WHERE idempotency.status IS NULL AND idempotency.claimed_at < $7 \
+                     AND idempotency.request_hash = excluded.request_hash",
+                ),
+                key,
             )
-            .bind(&key.service)
-            .bind(&key.route)
-            .bind(&key.key)
             .bind(request_hash)
             .bind(claim)
             .bind(now)
@@ -72,27 +82,28 @@ pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> 
             status,
             body,
         } => {
-            sqlx::query(
-                "UPDATE idempotency SET status = $1, response = $2 \
-                 WHERE service = $3 AND route = $4 AND idempotency_key = $5 AND claimed_by = $6",
+            // The key first, as every statement here binds it.
+            bind_key(
+                sqlx::query(
+                    "UPDATE idempotency SET status = $4, response = $5 \
+                     WHERE service = $1 AND route = $2 AND idempotency_key = $3 AND claimed_by = $6",
+                ),
+                key,
             )
             .bind(i32::from(*status))
             .bind(body)
-            .bind(&key.service)
-            .bind(&key.route)
-            .bind(&key.key)
             .bind(claim)
             .execute(&mut *conn)
             .await?
         }
         KeyUse::Release { key, claim } => {
-            sqlx::query(
-                "DELETE FROM idempotency WHERE service = $1 AND route = $2 \
-                 AND idempotency_key = $3 AND claimed_by = $4 AND status IS NULL",
+            bind_key(
+                sqlx::query(
+                    "DELETE FROM idempotency WHERE service = $1 AND route = $2 \
+                     AND idempotency_key = $3 AND claimed_by = $4 AND status IS NULL",
+                ),
+                key,
             )
-            .bind(&key.service)
-            .bind(&key.route)
-            .bind(&key.key)
             .bind(claim)
             .execute(&mut *conn)
             .await?
