@@ -16,6 +16,7 @@ use saga_host::runtime::bindings::types as wit;
 use saga_host::runtime::manifest::method_name;
 use saga_host::runtime::{Access, CallContext, Runtime, RuntimeConfig, Scope};
 
+use crate::host_proc;
 use crate::stats::Samples;
 
 pub struct Report {
@@ -23,11 +24,21 @@ pub struct Report {
     pub errors: usize,
     pub elapsed: Duration,
     pub latency: Samples,
+    /// The host's CPU time (user + system) over the measured window, when it was watched.
+    pub host_cpu: Option<Duration>,
+    /// The largest VmRSS of the host sampled every 100 ms over the window, in kB, when watched.
+    pub peak_rss_kb: Option<u64>,
 }
 
 impl Report {
     pub fn per_second(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Milliseconds of host CPU per completed saga, when the host was watched.
+    pub fn cpu_ms_per_saga(&self) -> Option<f64> {
+        let cpu = self.host_cpu?;
+        (self.completed > 0).then(|| cpu.as_secs_f64() * 1e3 / self.completed as f64)
     }
 }
 
@@ -52,6 +63,18 @@ pub async fn run(
     clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Report> {
+    run_watched(targets, workload, clients, duration, None).await
+}
+
+/// `run`, also reading the CPU time and sampling the VmRSS of the host process `host_pid` (when
+/// given) over the measured window (not the warm-up).
+pub async fn run_watched(
+    targets: &[&str],
+    workload: Arc<Workload>,
+    clients: usize,
+    duration: Duration,
+    host_pid: Option<u32>,
+) -> anyhow::Result<Report> {
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(clients)
         .build_http::<Full<Bytes>>();
@@ -60,7 +83,15 @@ pub async fn run(
         .map(|target| format!("http://{target}{}", workload.path).parse())
         .collect::<Result<Vec<hyper::Uri>, _>>()?;
     phase(&client, &urls, &workload, clients, duration / 4).await?;
-    phase(&client, &urls, &workload, clients, duration).await
+    let Some(pid) = host_pid else {
+        return phase(&client, &urls, &workload, clients, duration).await;
+    };
+    let cpu_before = host_proc::cpu_time(pid)?;
+    let sampler = host_proc::RssSampler::start(pid);
+    let mut report = phase(&client, &urls, &workload, clients, duration).await?;
+    report.peak_rss_kb = Some(sampler.finish());
+    report.host_cpu = Some(host_proc::cpu_time(pid)?.saturating_sub(cpu_before));
+    Ok(report)
 }
 
 async fn phase(
@@ -116,6 +147,8 @@ async fn phase(
         errors: 0,
         elapsed,
         latency: Samples::default(),
+        host_cpu: None,
+        peak_rss_kb: None,
     };
     for task in tasks {
         let (latency, errors) = task.await.context("a client task")?;
@@ -226,4 +259,23 @@ pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `count` requests of the workload to `target`, one at a time; answers how many completed.
+pub async fn run_count(target: &str, workload: &Workload, count: usize) -> anyhow::Result<usize> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url: hyper::Uri = format!("http://{target}{}", workload.path).parse()?;
+    let mut completed = 0;
+    for _ in 0..count {
+        let request = hyper::Request::post(url.clone())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from((workload.body)())))?;
+        let response = client.request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        if (workload.completed)(status, &body) {
+            completed += 1;
+        }
+    }
+    Ok(completed)
 }

@@ -2,7 +2,9 @@
 //! the release `saga-host` binary (started for the run on a fresh SQLite file, durable commits).
 //!
 //! - `saga-bench http`: `POST /exams` (the bundled Exam and Attempt services), a fresh user per
-//!   request, at 1 and 32 concurrent clients: completed sagas per second, p50 and p99.
+//!   request, at 1 and 32 concurrent clients: completed sagas per second, p50 and p99, and the
+//!   host's CPU time per saga (utime + stime from /proc); the host's resident memory idle and at
+//!   its peak under 32 clients; then the bytes of each table and index per finished saga.
 //! - `saga-bench sagas`: sagas of 1, 3 and 9 remote steps with no-op participants (the test
 //!   orchestrator and participant), and the compensating path (the last step fails).
 //! - `saga-bench swap`: hot-loading — the time from deploying a new Exam component to the first
@@ -15,12 +17,17 @@
 //!   calls loop without end (until `cpu-ms` stops them), against the same load on a quiet host.
 //! - `saga-bench console`: the console's pages and the `/sagas` queries, one request at a time,
 //!   with 100,000 sagas stored: p50 and p99 per page.
+//! - `saga-bench fill`: `POST /exams` on a fresh database and again with 1,000,000 exams
+//!   stored (`--exams N`), and a find by an indexed field before and after.
 //! - `saga-bench all`: all of them, with their defaults.
 //!
 //! Medians and ratios are what to compare: the machine is shared and noisy.
 
 mod cluster;
 mod console;
+mod disk;
+mod fill;
+mod host_proc;
 mod load;
 mod server;
 mod stats;
@@ -61,8 +68,30 @@ enum Command {
     Neighbour(NeighbourArgs),
     /// The console's pages and the /sagas queries with many sagas stored.
     Console(ConsoleArgs),
+    /// POST /exams on a fresh database, then with many exams stored.
+    Fill(FillArgs),
     /// Everything, with the defaults.
     All,
+}
+
+/// Exams stored for the fill bench of `saga-bench all`: all of `fill`'s default 1,000,000 (the
+/// whole fill bench took 2.5 minutes here, 1.7 of them filling).
+const ALL_FILL_EXAMS: usize = 1_000_000;
+
+#[derive(clap::Args, Clone)]
+struct FillArgs {
+    /// Exams stored for the second measurement.
+    #[arg(long, default_value_t = 1_000_000)]
+    exams: usize,
+    /// Concurrent clients, one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    clients: Vec<usize>,
+    /// Seconds of measurement per point (after a warm-up of a quarter of that).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Finds by an indexed field timed, before and after the fill.
+    #[arg(long, default_value_t = 50)]
+    requests: usize,
 }
 
 #[derive(clap::Args, Clone)]
@@ -167,6 +196,14 @@ fn main() -> anyhow::Result<()> {
             Command::Tutorial(load) => tutorial(&load).await,
             Command::Neighbour(args) => neighbour(&args).await,
             Command::Console(args) => console::run(args.sagas, args.requests).await,
+            Command::Fill(args) => {
+                let load = Load {
+                    clients: args.clients,
+                    seconds: args.seconds,
+                    host_args: Vec::new(),
+                };
+                fill::run(args.exams, &load, args.requests).await
+            }
             Command::Cluster(args) => cluster::run(&args.load, &args.postgres, &args.nats).await,
             Command::All => {
                 let load = Load {
@@ -194,7 +231,17 @@ fn main() -> anyhow::Result<()> {
                     seconds: 10,
                 })
                 .await?;
-                console::run(100_000, 50).await
+                console::run(100_000, 50).await?;
+                fill::run(
+                    ALL_FILL_EXAMS,
+                    &Load {
+                        clients: vec![1, 32],
+                        seconds: 10,
+                        host_args: Vec::new(),
+                    },
+                    50,
+                )
+                .await
             }
         }
     })
@@ -213,17 +260,37 @@ async fn measure(
     workload: Workload,
     load: &Load,
 ) -> anyhow::Result<()> {
+    measure_watched(targets, name, workload, load, None).await?;
+    Ok(())
+}
+
+/// `measure`, also reading the CPU time and memory of the host process `host_pid` (when given)
+/// over each measured window: CPU ms per completed saga is printed as an extra column. Answers
+/// each client count's report.
+async fn measure_watched(
+    targets: &[&str],
+    name: &str,
+    workload: Workload,
+    load: &Load,
+    host_pid: Option<u32>,
+) -> anyhow::Result<Vec<(usize, load::Report)>> {
     let workload = Arc::new(workload);
+    let mut reports = Vec::new();
     for &clients in &load.clients {
-        let report = load::run(
+        let report = load::run_watched(
             targets,
             workload.clone(),
             clients,
             Duration::from_secs(load.seconds),
+            host_pid,
         )
         .await?;
+        let cpu = report
+            .cpu_ms_per_saga()
+            .map(|ms| format!(" {ms:>12.2}"))
+            .unwrap_or_default();
         println!(
-            "{:<26} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7}",
+            "{:<26} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>7}{cpu}",
             name,
             clients,
             report.per_second(),
@@ -231,8 +298,9 @@ async fn measure(
             report.latency.percentile(99.0).as_secs_f64() * 1e3,
             report.errors
         );
+        reports.push((clients, report));
     }
-    Ok(())
+    Ok(reports)
 }
 
 fn host_args(load: &Load) -> Vec<&str> {
@@ -252,7 +320,7 @@ pub fn exam_workload() -> Workload {
 
 async fn exams(load: &Load) -> anyhow::Result<()> {
     let components = [component("guest_exam")?, component("guest_attempt")?];
-    post_exams("SQLite synchronous=FULL", &components, load).await
+    post_exams("SQLite synchronous=FULL", &components, load, true).await
 }
 
 async fn tutorial(load: &Load) -> anyhow::Result<()> {
@@ -260,33 +328,80 @@ async fn tutorial(load: &Load) -> anyhow::Result<()> {
         server::example("python-tutorial", "exam")?,
         server::example("python-tutorial", "attempt")?,
     ];
-    post_exams("the Python pair", &python, load).await?;
+    post_exams("the Python pair", &python, load, false).await?;
     let javascript = [
         server::example("js-tutorial", "exam")?,
         component("guest_attempt")?,
     ];
-    post_exams("the JavaScript Exam, the Rust Attempt", &javascript, load).await
+    post_exams(
+        "the JavaScript Exam, the Rust Attempt",
+        &javascript,
+        load,
+        false,
+    )
+    .await
 }
 
-/// `POST /exams` for a fresh user per request on a host serving `components`.
+/// Requests sent one at a time before the host's idle memory is read.
+const IDLE_WARM_UP: usize = 20;
+
+/// `POST /exams` for a fresh user per request on a host serving `components`, with the host's
+/// CPU per saga and its memory (idle after a few requests, and the peak under load); then, with
+/// `disk`, the database's bytes per finished saga.
 async fn post_exams(
     label: &str,
     components: &[std::path::PathBuf],
     load: &Load,
+    disk: bool,
 ) -> anyhow::Result<()> {
     let server = Server::start(components, &host_args(load))?;
+    let pid = server.pid();
+    let started_kb = host_proc::status_kb(pid, "VmRSS")?;
+    let warm_up = load::run_count(&server.addr, &exam_workload(), IDLE_WARM_UP).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_kb = host_proc::status_kb(pid, "VmRSS")?;
     println!(
         "POST /exams, fresh user per request, {label} {:?}",
         load.host_args
     );
-    header();
-    measure(
+    println!(
+        "{:<26} {:>8} {:>10} {:>9} {:>9} {:>7} {:>12}",
+        "workload", "clients", "sagas/s", "p50 ms", "p99 ms", "errors", "CPU ms/saga"
+    );
+    let reports = measure_watched(
         &[server.addr.as_str()],
         "POST /exams",
         exam_workload(),
         load,
+        Some(pid),
     )
-    .await
+    .await?;
+    let hwm_kb = host_proc::status_kb(pid, "VmHWM")?;
+    println!(
+        "(CPU: the host process's utime + stime from /proc/{pid}/stat over each measured window, \
+         per completed saga)"
+    );
+    println!(
+        "host RSS: {:.1} MB after start, {:.1} MB idle after {warm_up} requests one at a time",
+        host_proc::mb(started_kb),
+        host_proc::mb(idle_kb)
+    );
+    for (clients, report) in &reports {
+        if let Some(peak) = report.peak_rss_kb {
+            println!(
+                "host RSS under {clients} clients: peak {:.1} MB (VmRSS sampled every 100 ms)",
+                host_proc::mb(peak)
+            );
+        }
+    }
+    println!(
+        "host RSS high-water mark (VmHWM, since start): {:.1} MB",
+        host_proc::mb(hwm_kb)
+    );
+    if disk {
+        disk::report(&server.database()).await?;
+    }
+    Ok(())
 }
 
 async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
@@ -351,13 +466,14 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
     .await
 }
 
-/// The components `instantiate` measures: a no-op handler in Rust, Python and JavaScript.
+/// The components `instantiate` measures: a no-op handler in Rust (a component with nothing
+/// else, so that the figure is the host's own cost), Python and JavaScript.
 fn probes() -> anyhow::Result<Vec<load::Probe>> {
     Ok(vec![
         load::Probe {
             language: "rust",
-            path: component("test_probe")?,
-            route: "GET /probe/noop",
+            path: component("test_noop")?,
+            route: "GET /noop",
         },
         load::Probe {
             language: "python",

@@ -100,6 +100,11 @@ impl Server {
         Ok(Server { child, addr, data })
     }
 
+    /// The host process's id (for its CPU time and memory in /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The host's SQLite database file.
     pub fn database(&self) -> PathBuf {
         self.data.join("saga-host.db")
