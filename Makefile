@@ -19,7 +19,7 @@ VARIANTS := guest_exam test_orchestrator test_hijack
 # How long `make fuzz` runs each fuzz target, in seconds.
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test setup test-tools components test-components examples sdk-test lint fuzz bench soak clean-data
+.PHONY: run test setup test-tools components test-components examples sdk-test lint fuzz bench bench-restate soak clean-data
 
 ## Sets up, builds and runs the host on the embedded defaults (SQLite in ./data, the in-process
 ## broker, the bundled components in ./components) on http://127.0.0.1:8080.
@@ -86,10 +86,18 @@ lint: setup
 fuzz:
 	fuzz/run.sh $(FUZZ_SECONDS)
 
-## Runs the benchmarks (see the README's Benchmarks section).
+## Runs the benchmarks (see the README's Benchmarks section), then Restate beside saga-host
+## (ops/bench-restate.sh, which needs npm's registry).
 bench: test-components
 	$(CARGO) build --release -p saga-host -p saga-bench
 	./target/release/saga-bench all
+	ops/bench-restate.sh
+
+## Restate (../shared/peers/restate, copied to a scratch folder) and `saga-bench http` one after
+## the other, with the ratio of their sagas/s (see ops/bench-restate.sh; needs npm's registry).
+bench-restate: components
+	$(CARGO) build --release -p saga-host -p saga-bench
+	ops/bench-restate.sh
 
 clean-data:
 	rm -rf data
