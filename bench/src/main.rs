@@ -466,14 +466,13 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
     .await
 }
 
-/// The components `instantiate` measures: a no-op handler in Rust (a component with nothing
-/// else, so that the figure is the host's own cost), Python and JavaScript.
+/// The components `instantiate` measures: a no-op handler in Rust, Python and JavaScript.
 fn probes() -> anyhow::Result<Vec<load::Probe>> {
     Ok(vec![
         load::Probe {
             language: "rust",
-            path: component("test_noop")?,
-            route: "GET /noop",
+            path: component("test_probe")?,
+            route: "GET /probe/noop",
         },
         load::Probe {
             language: "python",
