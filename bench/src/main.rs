@@ -186,12 +186,7 @@ fn main() -> anyhow::Result<()> {
             Command::Swap(args) => {
                 swap::run(args.swaps, args.clients, Duration::from_secs(args.seconds)).await
             }
-            Command::Instantiate(args) => {
-                let mut probes = probes()?;
-                probes
-                    .retain(|p| args.only.is_empty() || args.only.iter().any(|l| l == p.language));
-                load::instantiate(args.calls, &probes).await
-            }
+            Command::Instantiate(args) => load::instantiate(args.calls, &probes(&args.only)?).await,
             Command::Polyglot(load) => polyglot(&load).await,
             Command::Tutorial(load) => tutorial(&load).await,
             Command::Neighbour(args) => neighbour(&args).await,
@@ -211,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                     seconds: 10,
                     host_args: Vec::new(),
                 };
-                load::instantiate(20_000, &probes()?).await?;
+                load::instantiate(20_000, &probes(&[])?).await?;
                 exams(&load).await?;
                 sagas(&SagaLoad {
                     load,
@@ -466,25 +461,32 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
     .await
 }
 
-/// The components `instantiate` measures: a no-op handler in Rust, Python and JavaScript.
-fn probes() -> anyhow::Result<Vec<load::Probe>> {
-    Ok(vec![
-        load::Probe {
-            language: "rust",
-            path: component("test_probe")?,
-            route: "GET /probe/noop",
-        },
-        load::Probe {
-            language: "python",
-            path: server::example("python-grader", "grader")?,
-            route: "GET /grader/version",
-        },
-        load::Probe {
-            language: "javascript",
-            path: server::example("js-notifier", "notifier")?,
-            route: "GET /notifier/version",
-        },
-    ])
+/// The components `instantiate` measures: a no-op handler in Rust (a component with nothing
+/// else, so that the figure is the host's own cost), Python and JavaScript; `only` keeps some
+/// languages (all when empty).
+fn probes(only: &[String]) -> anyhow::Result<Vec<load::Probe>> {
+    ["rust", "python", "javascript"]
+        .into_iter()
+        .filter(|language| only.is_empty() || only.iter().any(|l| l == language))
+        .map(|language| {
+            let (path, route) = match language {
+                "rust" => (component("test_noop")?, "GET /noop"),
+                "python" => (
+                    server::example("python-grader", "grader")?,
+                    "GET /grader/version",
+                ),
+                _ => (
+                    server::example("js-notifier", "notifier")?,
+                    "GET /notifier/version",
+                ),
+            };
+            Ok(load::Probe {
+                language,
+                path,
+                route,
+            })
+        })
+        .collect()
 }
 
 /// `POST /exams/graded` for a fresh user: the saga runs the Attempt (Rust), notifier
