@@ -174,6 +174,16 @@ struct InstantiateArgs {
     only: Vec<String>,
 }
 
+/// The host's allocator, so that `instantiate` (calls made in this process) costs what a
+/// call costs in the host.
+#[global_allocator]
+static ALLOCATOR: saga_host::allocator::Allocator = saga_host::allocator::Allocator {};
+
+/// The allocator's options, set before anything is allocated.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = saga_host::allocator::configure;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

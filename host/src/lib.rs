@@ -2,6 +2,7 @@
 //! message broker, event-sourced storage and a saga orchestrator. See ARCHITECTURE.md for the
 //! map of the code.
 
+pub mod allocator;
 pub mod broker;
 pub mod check;
 pub mod cluster;
@@ -32,6 +33,7 @@ mod architecture {
 
     /// Each module and the modules it may use (besides saga-core and `EVERYONE_MAY_USE`).
     const MAY_USE: &[(&str, &[&str])] = &[
+        ("allocator", &[]),
         ("telemetry", &[]),
         ("files", &[]),
         // The HTTPS listener and its certificate checks.

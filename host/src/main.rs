@@ -18,6 +18,14 @@ use saga_host::saga::{Rules, SagaConfig};
 use saga_host::telemetry::{self, LogFormat};
 use saga_host::tls::TlsFiles;
 
+#[global_allocator]
+static ALLOCATOR: saga_host::allocator::Allocator = saga_host::allocator::Allocator {};
+
+/// The allocator's options, set before anything is allocated.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = saga_host::allocator::configure;
+
 #[derive(Parser)]
 #[command(
     name = "saga-host",
