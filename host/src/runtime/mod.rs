@@ -20,7 +20,10 @@ use std::time::Duration;
 use sha2::Digest;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
-use wasmtime::component::{Component, Instance, InstancePre, Linker};
+use wasmtime::component::{
+    Component, ComponentExportIndex, ComponentNamedList, Instance, InstancePre, Lift, Linker,
+    Lower, TypedFunc,
+};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
 use bindings::{saga_callbacks, service, types as wit};
@@ -106,10 +109,72 @@ pub struct ServiceVersion {
     exports: Exports,
 }
 
+/// Where a component's exports are. `describe` (the first call of every version) checks every
+/// exported function's type through the generated bindings; each later call looks its one
+/// function up by index and trusts those types, instead of checking the whole interface again
+/// on every instance (which the generated `load` does: a tenth of a no-op call's cost).
 #[derive(Clone)]
 struct Exports {
     service: service::GuestIndices,
     callbacks: Option<saga_callbacks::GuestIndices>,
+    handle: ComponentExportIndex,
+    callback_funcs: Option<CallbackFuncs>,
+}
+
+#[derive(Clone, Copy)]
+struct CallbackFuncs {
+    prepare: ComponentExportIndex,
+    on_reply: ComponentExportIndex,
+    execute: ComponentExportIndex,
+    condition: ComponentExportIndex,
+}
+
+impl Exports {
+    /// The exports of `pre`'s component; `None` when it does not export the service interface.
+    fn of(pre: &InstancePre<CallState>) -> Option<Exports> {
+        let component = pre.component();
+        let func = |interface: &str, name: &str| {
+            let interface =
+                component.get_export_index(None, format!("saga:host/{interface}@{WIT_VERSION}"))?;
+            component.get_export_index(Some(&interface), name)
+        };
+        let callback_funcs = (|| {
+            Some(CallbackFuncs {
+                prepare: func("saga-callbacks", "prepare")?,
+                on_reply: func("saga-callbacks", "on-reply")?,
+                execute: func("saga-callbacks", "execute")?,
+                condition: func("saga-callbacks", "condition")?,
+            })
+        })();
+        let callbacks = saga_callbacks::GuestIndices::new(pre).ok();
+        Some(Exports {
+            service: service::GuestIndices::new(pre).ok()?,
+            handle: func("service", "handle")?,
+            callback_funcs: callback_funcs.filter(|_| callbacks.is_some()),
+            callbacks,
+        })
+    }
+}
+
+/// The function at `index` of a fresh instance, typed without a check.
+///
+/// # Safety
+/// `Params` and `Results` must be the types the generated bindings give the function, which
+/// `describe` checked for this component when it was loaded.
+unsafe fn export<Params, Results>(
+    store: &mut Store<CallState>,
+    instance: &Instance,
+    index: &ComponentExportIndex,
+) -> wasmtime::Result<TypedFunc<Params, Results>>
+where
+    Params: ComponentNamedList + Lower,
+    Results: ComponentNamedList + Lift,
+{
+    let func = instance
+        .get_func(&mut *store, index)
+        .ok_or_else(|| wasmtime::Error::msg("an export found at load is missing"))?;
+    // SAFETY: the caller's promise: the types are the ones checked at load.
+    Ok(unsafe { TypedFunc::new_unchecked(func) })
 }
 
 impl ServiceVersion {
@@ -290,12 +355,12 @@ impl Runtime {
                 ),
             })
         })?;
-        let service = service::GuestIndices::new(&pre).map_err(|_| {
+        let exports = Exports::of(&pre).ok_or_else(|| {
             fail(format!(
                 "it does not export saga:host/service@{WIT_VERSION}; build it for the `participant` or `orchestrator` world of wit/saga-host.wit"
             ))
         })?;
-        let callbacks = saga_callbacks::GuestIndices::new(&pre).ok();
+        let orchestrates = exports.callbacks.is_some();
         let defaults = self.config.limits.defaults.clone();
         let provisional = Arc::new(ServiceVersion {
             calls: Arc::new(Semaphore::new(defaults.concurrency)),
@@ -310,10 +375,7 @@ impl Runtime {
             source: source.clone(),
             loaded_at: crate::storage::now_ms(),
             pre: pre.clone(),
-            exports: Exports {
-                service: service.clone(),
-                callbacks: callbacks.clone(),
-            },
+            exports: exports.clone(),
         });
         let context = CallContext::new(provisional.clone(), None, Scope::Direct, Access::Nothing);
         let (described, _) = self.invoke(&provisional, context, Call::Describe).await;
@@ -322,7 +384,7 @@ impl Runtime {
             Ok(_) => unreachable!("describe returns a manifest"),
             Err(error) => return Err(fail(format!("describe failed: {error}"))),
         };
-        let manifest = Manifest::from_wit(described, callbacks.is_some())
+        let manifest = Manifest::from_wit(described, orchestrates)
             .map_err(|e| fail(format!("its manifest is invalid: {e}")))?;
         let limits = self.config.limits.for_service(&manifest.name).clone();
         Ok(Arc::new(ServiceVersion {
@@ -333,7 +395,7 @@ impl Runtime {
             source,
             loaded_at: provisional.loaded_at,
             pre,
-            exports: Exports { service, callbacks },
+            exports,
         }))
     }
 
@@ -696,32 +758,46 @@ async fn run_call(
     call: Call,
 ) -> wasmtime::Result<Returned> {
     let instance: Instance = version.pre.instantiate_async(&mut *store).await?;
-    let callbacks =
-        || {
-            version.exports.callbacks.as_ref().ok_or_else(|| {
-                wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.2.0"))
-            })
-        };
+    let exports = &version.exports;
+    let callbacks = || {
+        exports
+            .callback_funcs
+            .ok_or_else(|| wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.2.0")))
+    };
+    // SAFETY (each `export`): the types are the generated bindings' for these functions, which
+    // `Call::Describe` checked when this version was loaded.
     Ok(match call {
         Call::Describe => {
-            let guest = version.exports.service.load(&mut *store, &instance)?;
+            let guest = exports.service.load(&mut *store, &instance)?;
+            if let Some(callbacks) = &exports.callbacks {
+                callbacks.load(&mut *store, &instance)?;
+            }
             Returned::Manifest(guest.call_describe(&mut *store).await?)
         }
         Call::Handle(request) => {
-            let guest = version.exports.service.load(&mut *store, &instance)?;
-            Returned::Response(guest.call_handle(&mut *store, &request).await?)
+            let handle = unsafe {
+                export::<(&wit::Request,), (Result<wit::Response, wit::Error>,)>(
+                    store,
+                    &instance,
+                    &exports.handle,
+                )
+            }?;
+            Returned::Response(handle.call_async(&mut *store, (&request,)).await?.0)
         }
         Call::Prepare {
             saga,
             callback,
             context,
         } => {
-            let guest = callbacks()?.load(&mut *store, &instance)?;
-            Returned::Request(
-                guest
-                    .call_prepare(&mut *store, &saga, &callback, &context)
-                    .await?,
-            )
+            let prepare = unsafe {
+                export::<(&str, &str, &str), (Result<wit::SagaRequest, wit::Error>,)>(
+                    store,
+                    &instance,
+                    &callbacks()?.prepare,
+                )
+            }?;
+            let args = (saga.as_str(), callback.as_str(), context.as_str());
+            Returned::Request(prepare.call_async(&mut *store, args).await?.0)
         }
         Call::OnReply {
             saga,
@@ -729,36 +805,45 @@ async fn run_call(
             context,
             reply,
         } => {
-            let guest = callbacks()?.load(&mut *store, &instance)?;
-            Returned::Context(
-                guest
-                    .call_on_reply(&mut *store, &saga, &callback, &context, &reply)
-                    .await?,
-            )
+            let on_reply = unsafe {
+                export::<(&str, &str, &str, &wit::Reply), (Result<String, wit::Error>,)>(
+                    store,
+                    &instance,
+                    &callbacks()?.on_reply,
+                )
+            }?;
+            let args = (saga.as_str(), callback.as_str(), context.as_str(), &reply);
+            Returned::Context(on_reply.call_async(&mut *store, args).await?.0)
         }
         Call::Execute {
             saga,
             callback,
             context,
         } => {
-            let guest = callbacks()?.load(&mut *store, &instance)?;
-            Returned::Context(
-                guest
-                    .call_execute(&mut *store, &saga, &callback, &context)
-                    .await?,
-            )
+            let execute = unsafe {
+                export::<(&str, &str, &str), (Result<String, wit::Error>,)>(
+                    store,
+                    &instance,
+                    &callbacks()?.execute,
+                )
+            }?;
+            let args = (saga.as_str(), callback.as_str(), context.as_str());
+            Returned::Context(execute.call_async(&mut *store, args).await?.0)
         }
         Call::Condition {
             saga,
             callback,
             context,
         } => {
-            let guest = callbacks()?.load(&mut *store, &instance)?;
-            Returned::Decision(
-                guest
-                    .call_condition(&mut *store, &saga, &callback, &context)
-                    .await?,
-            )
+            let condition = unsafe {
+                export::<(&str, &str, &str), (Result<bool, wit::Error>,)>(
+                    store,
+                    &instance,
+                    &callbacks()?.condition,
+                )
+            }?;
+            let args = (saga.as_str(), callback.as_str(), context.as_str());
+            Returned::Decision(condition.call_async(&mut *store, args).await?.0)
         }
     })
 }
