@@ -88,7 +88,7 @@ fuzz:
 
 ## Runs the benchmarks (see the README's Benchmarks section), then Restate beside saga-host
 ## (ops/bench-restate.sh, which needs npm's registry).
-bench: test-components
+bench: test-components examples
 	$(CARGO) build --release -p saga-host -p saga-bench
 	./target/release/saga-bench all
 	ops/bench-restate.sh
