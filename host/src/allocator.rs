@@ -21,13 +21,22 @@ const PURGE_DELAY: mi_option_t = 15;
 /// The host's allocator; each binary declares it as its `#[global_allocator]`.
 pub type Allocator = mimalloc::MiMalloc;
 
-/// Sets the options. It must run before the first allocation, when mimalloc reserves its first
-/// arena: each binary runs it as a constructor (`.init_array`, before Rust's runtime starts).
+/// Sets the options, unless the environment sets them (mimalloc's `MIMALLOC_…` variables). It
+/// must run before the first allocation, when mimalloc reserves its first arena: each binary
+/// runs it as a constructor (`.init_array`, before Rust's runtime starts), so it reads the
+/// environment without allocating.
 pub extern "C" fn configure() {
-    // SAFETY: setting an option is a plain store of a value mimalloc reads when it next needs it.
-    unsafe {
-        mi_option_set(ARENA_EAGER_COMMIT, 0);
-        mi_option_set(PURGE_DELAY, 0);
+    for (option, variable, value) in [
+        (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0),
+    ] {
+        // SAFETY: getenv reads a NUL-terminated name; setting an option is a plain store of a
+        // value mimalloc reads when it next needs it.
+        unsafe {
+            if libc::getenv(variable.as_ptr()).is_null() {
+                mi_option_set(option, value);
+            }
+        }
     }
 }
 
