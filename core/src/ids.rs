@@ -21,9 +21,10 @@ pub struct MessageId(pub Uuid);
 macro_rules! uuid_id {
     ($name:ident, $what:literal) => {
         impl $name {
-            /// A new random id.
+            /// A new id: a UUIDv7, random but ordered by the time it was made, so that a
+            /// table keyed by it grows at its end instead of in random places of its index.
             pub fn random() -> Self {
-                $name(Uuid::new_v4())
+                $name(Uuid::now_v7())
             }
         }
 

@@ -18,7 +18,7 @@ pub trait Aggregate: Serialize + DeserializeOwned + Sized {
     /// Fields whose equality conditions should be answered from an index.
     const INDEXES: &'static [&'static str] = &[];
 
-    /// Stores a new aggregate with a random uuid.
+    /// Stores a new aggregate with a new uuid (the host makes a UUIDv7: random, ordered by time).
     fn create(self) -> Result<Stored<Self>> {
         let data = serde_json::to_string(&self)?;
         Stored::from_wit(storage::create(Self::NAME, None, &data)?)

@@ -261,7 +261,8 @@ impl wit_storage::Host for StorageImport<'_> {
                     }
                     uuid
                 }
-                None => Uuid::new_v4().hyphenated().to_string(),
+                // Time-ordered (UUIDv7): new aggregates land at the end of the uuid indexes.
+                None => Uuid::now_v7().hyphenated().to_string(),
             };
             let now = storage::now_ms();
             let data = Value::Object(object).to_string();
