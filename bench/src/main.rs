@@ -219,11 +219,26 @@ fn main() -> anyhow::Result<()> {
                 load::instantiate(20_000, &probes(&[])?).await?;
                 exams(&load).await?;
                 sagas(&SagaLoad {
-                    load,
+                    load: load.clone(),
                     steps: vec![1, 3, 9],
                 })
                 .await?;
+                sagas(&SagaLoad {
+                    load: Load {
+                        host_args: vec!["--inline-steps=false".into()],
+                        ..load.clone()
+                    },
+                    steps: vec![1, 3, 9],
+                })
+                .await?;
+                cluster::run(
+                    &load,
+                    "postgres://postgres@127.0.0.1:5432/postgres",
+                    "127.0.0.1:4222",
+                )
+                .await?;
                 swap::run(20, 8, Duration::from_secs(5)).await?;
+                tutorial(&load).await?;
                 polyglot(&Load {
                     clients: vec![1, 32],
                     seconds: 10,
