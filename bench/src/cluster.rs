@@ -1,12 +1,14 @@
 //! `saga-bench cluster`: `POST /exams` on PostgreSQL + NATS JetStream with one and with two host
 //! processes (the clients spread over them), next to the embedded default (SQLite file,
 //! in-process broker). Each configuration gets a fresh database and its own stream, removed
-//! afterwards.
+//! afterwards. On PostgreSQL it also reports what each saga cost the database: the CPU time of
+//! its processes (read from /proc: the server runs on this machine), and its transactions and
+//! rows (`pg_stat_database`).
 
-use sqlx::{Connection, Executor};
+use sqlx::{Connection, Executor, Row};
 
 use crate::server::{Server, component};
-use crate::{Load, exam_workload, header, host_args, measure};
+use crate::{Load, exam_workload, header, host_args, measure, measure_watched};
 
 /// A fresh PostgreSQL database for one configuration, dropped at the end.
 struct Database {
@@ -40,6 +42,42 @@ impl Database {
         })
     }
 
+    /// What the database server has done so far for this database: the CPU time of its processes
+    /// (the backends connected to it, and the shared WAL writer, checkpointer and background
+    /// writer), its committed transactions and rows, and the sagas stored in it.
+    async fn usage(&self) -> anyhow::Result<Usage> {
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE (datname = current_database() \
+             AND pid <> pg_backend_pid()) \
+             OR backend_type IN ('walwriter', 'checkpointer', 'background writer')",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let cpu = pids
+            .iter()
+            .map(|&pid| {
+                (
+                    pid,
+                    crate::host_proc::cpu_time(pid as u32).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let row = sqlx::query(
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted, tup_returned + tup_fetched, \
+             (SELECT count(*) FROM sagas) FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(Usage {
+            cpu,
+            transactions: row.try_get(0)?,
+            written: row.try_get(1)?,
+            read: row.try_get(2)?,
+            sagas: row.try_get(3)?,
+        })
+    }
+
     async fn drop_now(self) -> anyhow::Result<()> {
         let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
         conn.execute(sqlx::AssertSqlSafe(format!(
@@ -48,6 +86,39 @@ impl Database {
         )))
         .await?;
         Ok(())
+    }
+}
+
+/// A reading of `Database::usage`.
+struct Usage {
+    cpu: Vec<(i32, std::time::Duration)>,
+    transactions: i64,
+    written: i64,
+    read: i64,
+    sagas: i64,
+}
+
+impl Usage {
+    /// What was done between `before` and `self`, per saga stored meanwhile (the warm-up's
+    /// included, on both sides): the CPU of the processes seen both times, transactions, rows.
+    fn per_saga_since(&self, before: &Usage) -> String {
+        let sagas = (self.sagas - before.sagas).max(1) as f64;
+        let cpu: std::time::Duration = self
+            .cpu
+            .iter()
+            .filter_map(|(pid, now)| {
+                let (_, then) = before.cpu.iter().find(|(p, _)| p == pid)?;
+                Some(now.saturating_sub(*then))
+            })
+            .sum();
+        format!(
+            "  PostgreSQL per saga ({} sagas): {:.2} ms CPU, {:.1} transactions (the statistics reader's own included), {:.1} rows written, {:.1} rows read",
+            self.sagas - before.sagas,
+            cpu.as_secs_f64() * 1e3 / sagas,
+            (self.transactions - before.transactions) as f64 / sagas,
+            (self.written - before.written) as f64 / sagas,
+            (self.read - before.read) as f64 / sagas,
+        )
     }
 }
 
@@ -99,7 +170,20 @@ pub async fn run(load: &Load, postgres: &str, nats: &str) -> anyhow::Result<()> 
             "PostgreSQL+NATS, {hosts} host{}",
             if hosts > 1 { "s" } else { "" }
         );
-        let measured = measure(&targets, &name, exam_workload(), load).await;
+        let mut measured = Ok(());
+        for &clients in &load.clients {
+            let one = Load {
+                clients: vec![clients],
+                ..load.clone()
+            };
+            let before = database.usage().await?;
+            let pid = (hosts == 1).then(|| servers[0].pid());
+            if let Err(error) = measure_watched(&targets, &name, exam_workload(), &one, pid).await {
+                measured = Err(error);
+                break;
+            }
+            println!("{}", database.usage().await?.per_saga_since(&before));
+        }
         drop(servers);
         database.drop_now().await?;
         delete_stream(nats, &cluster).await?;
