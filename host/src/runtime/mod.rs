@@ -6,6 +6,7 @@ pub mod bindings;
 mod call;
 mod compute;
 mod engine;
+mod exports;
 mod imports;
 pub mod limits;
 pub mod manifest;
@@ -20,23 +21,21 @@ use std::time::Duration;
 use sha2::Digest;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
-use wasmtime::component::{
-    Component, ComponentExportIndex, ComponentNamedList, Instance, InstancePre, Lift, Linker,
-    Lower, TypedFunc,
-};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
-use bindings::{saga_callbacks, service, types as wit};
+use bindings::types as wit;
 pub use call::{
     Access, Budget, CallContext, CallEnv, CallState, Caller, Effects, Identity, RaceTrap,
     SagaRunner, Scope,
 };
 use engine::{Limiter, engine_config};
+use exports::{Call, Exports, Returned, run_call};
 pub use imports::json_kind;
 use manifest::Manifest;
 pub use outcome::CallError;
 pub(crate) use outcome::LimitExceeded;
-use outcome::{MissingExport, check_size, classify, limit_key, root_cause};
+use outcome::{check_size, classify, limit_key, root_cause};
 
 use crate::telemetry::metrics;
 
@@ -109,81 +108,13 @@ pub struct ServiceVersion {
     exports: Exports,
 }
 
-/// Where a component's exports are. `describe` (the first call of every version) checks every
-/// exported function's type through the generated bindings; each later call looks its one
-/// function up by index and trusts those types, instead of checking the whole interface again
-/// on every instance (which the generated `load` does: a tenth of a no-op call's cost).
-#[derive(Clone)]
-struct Exports {
-    service: service::GuestIndices,
-    callbacks: Option<saga_callbacks::GuestIndices>,
-    handle: ComponentExportIndex,
-    callback_funcs: Option<CallbackFuncs>,
-}
-
-#[derive(Clone, Copy)]
-struct CallbackFuncs {
-    prepare: ComponentExportIndex,
-    on_reply: ComponentExportIndex,
-    execute: ComponentExportIndex,
-    condition: ComponentExportIndex,
-}
-
-impl Exports {
-    /// The exports of `pre`'s component; `None` when it does not export the service interface.
-    fn of(pre: &InstancePre<CallState>) -> Option<Exports> {
-        let component = pre.component();
-        let func = |interface: &str, name: &str| {
-            let interface =
-                component.get_export_index(None, format!("saga:host/{interface}@{WIT_VERSION}"))?;
-            component.get_export_index(Some(&interface), name)
-        };
-        let callback_funcs = (|| {
-            Some(CallbackFuncs {
-                prepare: func("saga-callbacks", "prepare")?,
-                on_reply: func("saga-callbacks", "on-reply")?,
-                execute: func("saga-callbacks", "execute")?,
-                condition: func("saga-callbacks", "condition")?,
-            })
-        })();
-        let callbacks = saga_callbacks::GuestIndices::new(pre).ok();
-        Some(Exports {
-            service: service::GuestIndices::new(pre).ok()?,
-            handle: func("service", "handle")?,
-            callback_funcs: callback_funcs.filter(|_| callbacks.is_some()),
-            callbacks,
-        })
-    }
-}
-
-/// The function at `index` of a fresh instance, typed without a check.
-///
-/// # Safety
-/// `Params` and `Results` must be the types the generated bindings give the function, which
-/// `describe` checked for this component when it was loaded.
-unsafe fn export<Params, Results>(
-    store: &mut Store<CallState>,
-    instance: &Instance,
-    index: &ComponentExportIndex,
-) -> wasmtime::Result<TypedFunc<Params, Results>>
-where
-    Params: ComponentNamedList + Lower,
-    Results: ComponentNamedList + Lift,
-{
-    let func = instance
-        .get_func(&mut *store, index)
-        .ok_or_else(|| wasmtime::Error::msg("an export found at load is missing"))?;
-    // SAFETY: the caller's promise: the types are the ones checked at load.
-    Ok(unsafe { TypedFunc::new_unchecked(func) })
-}
-
 impl ServiceVersion {
     pub fn name(&self) -> &str {
         &self.manifest.name
     }
 
     pub fn orchestrates(&self) -> bool {
-        self.exports.callbacks.is_some()
+        self.exports.orchestrates()
     }
 
     pub fn handles_command(&self, topic: &str) -> bool {
@@ -206,79 +137,6 @@ impl ServiceVersion {
 pub struct LoadError {
     pub origin: String,
     pub problem: String,
-}
-
-/// What a call asks of the component.
-enum Call {
-    Describe,
-    Handle(wit::Request),
-    Prepare {
-        saga: String,
-        callback: String,
-        context: String,
-    },
-    OnReply {
-        saga: String,
-        callback: String,
-        context: String,
-        reply: wit::Reply,
-    },
-    Execute {
-        saga: String,
-        callback: String,
-        context: String,
-    },
-    Condition {
-        saga: String,
-        callback: String,
-        context: String,
-    },
-}
-
-enum Returned {
-    Manifest(wit::Manifest),
-    Response(Result<wit::Response, wit::Error>),
-    Request(Result<wit::SagaRequest, wit::Error>),
-    Context(Result<String, wit::Error>),
-    Decision(Result<bool, wit::Error>),
-}
-
-impl Call {
-    /// The export called, as the WIT names it.
-    fn export(&self) -> &'static str {
-        match self {
-            Call::Describe => "describe",
-            Call::Handle(_) => "handle",
-            Call::Prepare { .. } => "prepare",
-            Call::OnReply { .. } => "on-reply",
-            Call::Execute { .. } => "execute",
-            Call::Condition { .. } => "condition",
-        }
-    }
-
-    /// The saga definition and callback it runs, for a saga callback.
-    fn callback(&self) -> (&str, &str) {
-        match self {
-            Call::Describe | Call::Handle(_) => ("", ""),
-            Call::Prepare { saga, callback, .. }
-            | Call::OnReply { saga, callback, .. }
-            | Call::Execute { saga, callback, .. }
-            | Call::Condition { saga, callback, .. } => (saga, callback),
-        }
-    }
-}
-
-impl Returned {
-    /// Whether the component answered with an error of its own.
-    fn is_error(&self) -> bool {
-        match self {
-            Returned::Manifest(_) => false,
-            Returned::Response(r) => r.is_err(),
-            Returned::Request(r) => r.is_err(),
-            Returned::Context(r) => r.is_err(),
-            Returned::Decision(r) => r.is_err(),
-        }
-    }
 }
 
 /// The result of a call and the call's context (its accumulated writes and messages).
@@ -360,7 +218,7 @@ impl Runtime {
                 "it does not export saga:host/service@{WIT_VERSION}; build it for the `participant` or `orchestrator` world of wit/saga-host.wit"
             ))
         })?;
-        let orchestrates = exports.callbacks.is_some();
+        let orchestrates = exports.orchestrates();
         let defaults = self.config.limits.defaults.clone();
         let provisional = Arc::new(ServiceVersion {
             calls: Arc::new(Semaphore::new(defaults.concurrency)),
@@ -750,102 +608,6 @@ impl Drop for Runtime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
     }
-}
-
-async fn run_call(
-    store: &mut Store<CallState>,
-    version: &ServiceVersion,
-    call: Call,
-) -> wasmtime::Result<Returned> {
-    let instance: Instance = version.pre.instantiate_async(&mut *store).await?;
-    let exports = &version.exports;
-    let callbacks = || {
-        exports
-            .callback_funcs
-            .ok_or_else(|| wasmtime::Error::new(MissingExport("saga:host/saga-callbacks@0.2.0")))
-    };
-    // SAFETY (each `export`): the types are the generated bindings' for these functions, which
-    // `Call::Describe` checked when this version was loaded.
-    Ok(match call {
-        Call::Describe => {
-            let guest = exports.service.load(&mut *store, &instance)?;
-            if let Some(callbacks) = &exports.callbacks {
-                callbacks.load(&mut *store, &instance)?;
-            }
-            Returned::Manifest(guest.call_describe(&mut *store).await?)
-        }
-        Call::Handle(request) => {
-            let handle = unsafe {
-                export::<(&wit::Request,), (Result<wit::Response, wit::Error>,)>(
-                    store,
-                    &instance,
-                    &exports.handle,
-                )
-            }?;
-            Returned::Response(handle.call_async(&mut *store, (&request,)).await?.0)
-        }
-        Call::Prepare {
-            saga,
-            callback,
-            context,
-        } => {
-            let prepare = unsafe {
-                export::<(&str, &str, &str), (Result<wit::SagaRequest, wit::Error>,)>(
-                    store,
-                    &instance,
-                    &callbacks()?.prepare,
-                )
-            }?;
-            let args = (saga.as_str(), callback.as_str(), context.as_str());
-            Returned::Request(prepare.call_async(&mut *store, args).await?.0)
-        }
-        Call::OnReply {
-            saga,
-            callback,
-            context,
-            reply,
-        } => {
-            let on_reply = unsafe {
-                export::<(&str, &str, &str, &wit::Reply), (Result<String, wit::Error>,)>(
-                    store,
-                    &instance,
-                    &callbacks()?.on_reply,
-                )
-            }?;
-            let args = (saga.as_str(), callback.as_str(), context.as_str(), &reply);
-            Returned::Context(on_reply.call_async(&mut *store, args).await?.0)
-        }
-        Call::Execute {
-            saga,
-            callback,
-            context,
-        } => {
-            let execute = unsafe {
-                export::<(&str, &str, &str), (Result<String, wit::Error>,)>(
-                    store,
-                    &instance,
-                    &callbacks()?.execute,
-                )
-            }?;
-            let args = (saga.as_str(), callback.as_str(), context.as_str());
-            Returned::Context(execute.call_async(&mut *store, args).await?.0)
-        }
-        Call::Condition {
-            saga,
-            callback,
-            context,
-        } => {
-            let condition = unsafe {
-                export::<(&str, &str, &str), (Result<bool, wit::Error>,)>(
-                    store,
-                    &instance,
-                    &callbacks()?.condition,
-                )
-            }?;
-            let args = (saga.as_str(), callback.as_str(), context.as_str());
-            Returned::Decision(condition.call_async(&mut *store, args).await?.0)
-        }
-    })
 }
 
 fn write_cache(component: &Component, path: &std::path::Path) -> std::io::Result<()> {
