@@ -119,8 +119,6 @@ pub struct Budget {
     /// Host calls and log lines so far.
     pub(super) host_calls: usize,
     pub(super) log_lines: usize,
-    /// Time spent waiting on the host inside imports: not counted against the CPU budget.
-    pub host_time: Duration,
     /// The first limit the call was refused by. The guest got the refusal as an error it may
     /// ignore; the call fails as a whole anyway when it ends, whatever it returns.
     pub refused: Option<String>,
@@ -146,14 +144,6 @@ impl Budget {
             self.refused = Some(message.clone());
         }
         message
-    }
-
-    /// Runs `work` as time spent waiting on the host.
-    pub(super) async fn waiting<T>(&mut self, work: impl Future<Output = T>) -> T {
-        let started = Instant::now();
-        let result = work.await;
-        self.host_time += started.elapsed();
-        result
     }
 }
 
@@ -216,11 +206,6 @@ impl CallContext {
             permit: None,
         }
     }
-
-    /// The call's wall-clock time since `started` less the time it waited on the host.
-    pub(super) fn cpu_estimate(&self, started: Instant) -> Duration {
-        started.elapsed().saturating_sub(self.budget.host_time)
-    }
 }
 
 /// The host state of a wasmtime store: the call's context plus WASI (granting nothing).
@@ -261,12 +246,6 @@ impl CallState {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
         }
-    }
-
-    /// Wall-clock time spent running the component's own code so far: the estimate of its CPU
-    /// time while it is short (see `compute`).
-    pub fn cpu_time(&self) -> Duration {
-        self.ctx.cpu_estimate(self.started)
     }
 }
 

@@ -3,66 +3,145 @@
 //! A call starts on the task that makes it; most calls end within a millisecond there. A call
 //! that keeps computing — its CPU time passes `LONG_CALL` — is moved to a pool of threads of its
 //! own, where it finishes without holding up the async threads that serve everything else. On an
-//! otherwise idle host the pool's calls get all the CPU there is; while short calls are in
-//! flight they are paced: together they compute at most one epoch tick in `SHARE_OF` ticks (a
-//! tenth of one core), each taking its turn. One service's long computations — or endless loops,
-//! until `cpu-ms` stops them — therefore cannot take the host's cores from the others.
+//! otherwise idle host the pool's calls get all the CPU there is. While short calls are in
+//! flight, the calls that are long for their service — past `UNUSUAL` times its typical call
+//! (`TypicalCpu`, and never less than `LONG_CALL`) — are paced: together they compute at most one
+//! epoch tick in `SHARE_OF` ticks (a tenth of one core), each taking its turn. One service's
+//! unusual computations — or endless loops, until `cpu-ms` stops them — therefore cannot take the
+//! host's cores from the others, while a service whose every call is heavy (an interpreter's,
+//! several milliseconds each) shares the cores fairly with the rest instead of being starved by
+//! its own next calls.
 //!
-//! A short call's CPU time is estimated as its wall time less the time it waited on the host
-//! (no clock read on the hot path). Once moved, a call may wait for its turn, so from then on its
-//! threads' own CPU clocks are read around each poll: a long call is never stopped by `cpu-ms`
-//! for the time it spent paused.
+//! A short call's CPU time is the time its future spent being polled: the monotonic clock is read
+//! around each poll (a call is polled a few times: once, and again after each wait on the host
+//! and each yield at an epoch tick). Neither the host's waits nor the time a yielded call spends
+//! queued behind other tasks count, so a busy host does not mistake its short calls for long
+//! ones. Once moved, a call may wait for its turn, so from then on its threads' own CPU clocks are
+//! read around each poll: a long call is never stopped by `cpu-ms` for the time it spent paused.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// CPU time after which a call counts as a long computation and is moved to the pool.
 pub const LONG_CALL: Duration = Duration::from_millis(5);
 
-/// While short calls are in flight, the long calls together compute one epoch tick in this many.
+/// While short calls are in flight, the paced calls together compute one epoch tick in this many.
 const SHARE_OF: u32 = 10;
 
-/// The CPU time of one call, and whether it has become long.
+/// A call is paced once its CPU time passes this many times its service's typical call.
+const UNUSUAL: u32 = 4;
+
+/// A call is paced past this CPU time, however heavy its service's calls usually are.
+const PACED_PAST_AT_MOST: Duration = Duration::from_millis(100);
+
+/// The CPU time a service version's calls typically take: a moving average of the calls that
+/// ended normally (one stopped by a limit would teach it its own endless loop).
 #[derive(Default)]
+pub struct TypicalCpu(AtomicU64);
+
+impl TypicalCpu {
+    /// Counts a call that ended normally.
+    pub fn record(&self, used: Duration) {
+        let typical = self.0.load(Ordering::Relaxed) as i64;
+        let used = used.as_nanos().min(i64::MAX as u128) as i64;
+        // A lost update between two calls ending at once costs nothing worth a lock.
+        self.0
+            .store((typical + (used - typical) / 8) as u64, Ordering::Relaxed);
+    }
+
+    /// The CPU time past which a call of this service is paced.
+    pub fn paced_past(&self) -> Duration {
+        let typical = Duration::from_nanos(self.0.load(Ordering::Relaxed));
+        (typical * UNUSUAL).clamp(LONG_CALL, PACED_PAST_AT_MOST)
+    }
+}
+
+/// The CPU time of one call, and whether it has become long.
 pub struct Meter {
     /// Set once the call has computed for longer than `LONG_CALL`.
     long: AtomicBool,
     /// Set once it runs in the pool.
     moved: AtomicBool,
-    /// Its estimated CPU time when it became long, in nanoseconds.
+    /// Its CPU time when it became long, in nanoseconds.
     before_ns: AtomicU64,
     /// CPU time measured in the pool since, in nanoseconds.
     pooled_ns: AtomicU64,
+    /// Time spent in the polls that ended while it was short, in nanoseconds.
+    polled_ns: AtomicU64,
+    /// When the poll under way began, in nanoseconds since `created`; `NOT_POLLED` between polls.
+    poll_started_ns: AtomicU64,
+    created: Instant,
+    /// The CPU time past which it is paced (`TypicalCpu::paced_past` when it started).
+    paced_past: Duration,
 }
 
+const NOT_POLLED: u64 = u64::MAX;
+
 impl Meter {
-    /// Notes the call's CPU time at an epoch tick, given its estimate while it is short; returns
-    /// the CPU time used so far.
-    pub fn tick(&self, estimate: Duration) -> Duration {
-        if self.long.load(Ordering::Relaxed) {
-            return self.cpu_time(estimate);
+    /// The meter of a call paced once its CPU time passes `paced_past`.
+    pub fn new(paced_past: Duration) -> Self {
+        Meter {
+            long: AtomicBool::new(false),
+            moved: AtomicBool::new(false),
+            before_ns: AtomicU64::new(0),
+            pooled_ns: AtomicU64::new(0),
+            polled_ns: AtomicU64::new(0),
+            poll_started_ns: AtomicU64::new(NOT_POLLED),
+            created: Instant::now(),
+            paced_past,
         }
-        if estimate > LONG_CALL {
-            self.before_ns
-                .store(estimate.as_nanos() as u64, Ordering::Relaxed);
-            self.long.store(true, Ordering::Relaxed);
-        }
-        estimate
     }
 
-    /// The call's CPU time so far, given its estimate while it is short.
-    pub fn cpu_time(&self, estimate: Duration) -> Duration {
-        if self.long.load(Ordering::Relaxed) {
-            Duration::from_nanos(
-                self.before_ns.load(Ordering::Relaxed) + self.pooled_ns.load(Ordering::Relaxed),
-            )
-        } else {
-            estimate
+    /// Notes the call's CPU time at an epoch tick (it runs inside a poll); returns the CPU time
+    /// used so far.
+    pub fn tick(&self) -> Duration {
+        let used = self.cpu_time();
+        if !self.is_long() && used > LONG_CALL {
+            self.before_ns
+                .store(used.as_nanos() as u64, Ordering::Relaxed);
+            self.long.store(true, Ordering::Relaxed);
         }
+        used
+    }
+
+    /// The call's CPU time so far.
+    pub fn cpu_time(&self) -> Duration {
+        if self.is_long() {
+            return Duration::from_nanos(
+                self.before_ns.load(Ordering::Relaxed) + self.pooled_ns.load(Ordering::Relaxed),
+            );
+        }
+        let started = self.poll_started_ns.load(Ordering::Relaxed);
+        let current = if started == NOT_POLLED {
+            0
+        } else {
+            self.since_created_ns().saturating_sub(started)
+        };
+        Duration::from_nanos(self.polled_ns.load(Ordering::Relaxed) + current)
+    }
+
+    /// Polls `call` once, timing the poll.
+    fn timed_poll<F: Future + ?Sized>(
+        &self,
+        call: Pin<&mut F>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        let started = self.since_created_ns();
+        self.poll_started_ns.store(started, Ordering::Relaxed);
+        let polled = call.poll(cx);
+        let ended = self.since_created_ns();
+        self.poll_started_ns.store(NOT_POLLED, Ordering::Relaxed);
+        self.polled_ns
+            .fetch_add(ended.saturating_sub(started), Ordering::Relaxed);
+        polled
+    }
+
+    fn since_created_ns(&self) -> u64 {
+        self.created.elapsed().as_nanos() as u64
     }
 
     fn is_long(&self) -> bool {
@@ -89,11 +168,14 @@ pub struct Pacer {
 
 impl Pacer {
     /// What the call of `meter` waits for before its next slice: nothing, unless it runs in the
-    /// pool while short calls are in flight; then long enough for the other long calls to have
-    /// their turn and for all of them to stay within their share.
+    /// pool, past its pacing threshold, while short calls are in flight; then long enough for the
+    /// other long calls to have their turn and for all of them to stay within their share.
     /// The pause ends early when the short calls are done.
     pub fn pause(&self, meter: &Meter) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
-        if !self.busy() || !meter.moved.load(Ordering::Relaxed) {
+        if !self.busy()
+            || !meter.moved.load(Ordering::Relaxed)
+            || meter.cpu_time() <= meter.paced_past
+        {
             return None;
         }
         let long_calls = self.long_calls.load(Ordering::Relaxed).max(1) as u32;
@@ -229,7 +311,7 @@ impl Pool {
         let mut call: Pin<Box<F>> = Box::pin(call);
         let here = {
             let _short = ShortCall::start(&self.pacer);
-            std::future::poll_fn(|cx| match call.as_mut().poll(cx) {
+            std::future::poll_fn(|cx| match meter.timed_poll(call.as_mut(), cx) {
                 Poll::Ready(output) => Poll::Ready(Some(output)),
                 Poll::Pending if meter.is_long() => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
@@ -293,4 +375,62 @@ fn thread_cpu_ns() -> u64 {
     // SAFETY: `now` is a valid timespec to write; the clock exists on every Unix we build for.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_is_paced_past_a_multiple_of_its_typical_call_within_bounds() {
+        let typical = TypicalCpu::default();
+        assert_eq!(typical.paced_past(), LONG_CALL, "no call seen yet");
+        for _ in 0..100 {
+            typical.record(Duration::from_millis(10));
+        }
+        let paced_past = typical.paced_past();
+        assert!(
+            paced_past > Duration::from_millis(39) && paced_past <= Duration::from_millis(40),
+            "{paced_past:?}"
+        );
+        for _ in 0..100 {
+            typical.record(Duration::from_secs(2));
+        }
+        assert_eq!(typical.paced_past(), PACED_PAST_AT_MOST);
+        for _ in 0..200 {
+            typical.record(Duration::from_micros(50));
+        }
+        assert_eq!(typical.paced_past(), LONG_CALL, "a light service again");
+    }
+
+    #[tokio::test]
+    async fn waiting_is_not_computing_but_computing_in_a_poll_is() {
+        let pool = Pool::new(Arc::default());
+
+        let meter = Arc::new(Meter::new(LONG_CALL));
+        let started = Instant::now();
+        pool.run(tokio::time::sleep(Duration::from_millis(50)), &meter)
+            .await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(
+            meter.cpu_time() < Duration::from_millis(5),
+            "a call that waited 50 ms counted {:?} of CPU",
+            meter.cpu_time()
+        );
+        assert!(!meter.is_long());
+
+        let meter = Arc::new(Meter::new(LONG_CALL));
+        let spin = async {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(20) {
+                std::hint::spin_loop();
+            }
+        };
+        pool.run(spin, &meter).await;
+        assert!(
+            meter.cpu_time() >= Duration::from_millis(20),
+            "a call that computed 20 ms counted {:?}",
+            meter.cpu_time()
+        );
+    }
 }

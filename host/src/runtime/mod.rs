@@ -106,6 +106,8 @@ pub struct ServiceVersion {
     pub loaded_at: i64,
     pre: InstancePre<CallState>,
     exports: Exports,
+    /// What its calls typically cost: past a multiple of it a call is paced (see `compute`).
+    typical_cpu: compute::TypicalCpu,
 }
 
 impl ServiceVersion {
@@ -234,6 +236,7 @@ impl Runtime {
             loaded_at: crate::storage::now_ms(),
             pre: pre.clone(),
             exports: exports.clone(),
+            typical_cpu: Default::default(),
         });
         let context = CallContext::new(provisional.clone(), None, Scope::Direct, Access::Nothing);
         let (described, _) = self.invoke(&provisional, context, Call::Describe).await;
@@ -254,6 +257,7 @@ impl Runtime {
             loaded_at: provisional.loaded_at,
             pre,
             exports,
+            typical_cpu: Default::default(),
         }))
     }
 
@@ -527,7 +531,7 @@ impl Runtime {
         let limiter = Limiter {
             max_memory: limits.memory_bytes,
         };
-        let meter = Arc::new(compute::Meter::default());
+        let meter = Arc::new(compute::Meter::new(version.typical_cpu.paced_past()));
         let pacing = (self.long_calls.pacer(), meter.clone());
         let state = CallState::new(context, limiter, STDERR_BYTES, pacing);
         let mut store = Store::new(&self.engine, state);
@@ -536,8 +540,8 @@ impl Runtime {
         store.set_epoch_deadline(1);
         {
             let (meter, pacer) = (meter.clone(), self.long_calls.pacer());
-            store.epoch_deadline_callback(move |store| {
-                let used = meter.tick(store.data().cpu_time());
+            store.epoch_deadline_callback(move |_| {
+                let used = meter.tick();
                 if used > cpu_time {
                     return Err(LimitExceeded(format!(
                         "it ran for more than {} ms of CPU time in one call (limit cpu-ms)",
@@ -588,10 +592,14 @@ impl Runtime {
         }
         let state = store.into_data();
         let mut ctx = state.ctx;
+        let cpu = meter.cpu_time();
         ctx.cost = saga_core::engine::Cost {
             wall_us: state.started.elapsed().as_micros() as u64,
-            cpu_us: meter.cpu_time(ctx.cpu_estimate(state.started)).as_micros() as u64,
+            cpu_us: cpu.as_micros() as u64,
         };
+        if result.is_ok() {
+            version.typical_cpu.record(cpu);
+        }
         (result, ctx)
     }
 }

@@ -57,10 +57,7 @@ impl sagas::Host for SagasImport<'_> {
             .wait
             .then(|| self.pacer.waiting(self.meter))
             .flatten();
-        let result = self
-            .budget
-            .waiting(env.sagas.run(caller, name, context, options.wait))
-            .await;
+        let result = env.sagas.run(caller, name, context, options.wait).await;
         drop(waiting);
         if gave_up_permit {
             *self.permit = self.who.service.calls.clone().acquire_owned().await.ok();
@@ -80,6 +77,6 @@ impl sagas::Host for SagasImport<'_> {
             Err(problem) => return Ok(Err(refused(problem))),
         };
         let service = self.who.service_name().to_string();
-        Ok(self.budget.waiting(env.sagas.get(service, id)).await)
+        Ok(env.sagas.get(service, id).await)
     }
 }

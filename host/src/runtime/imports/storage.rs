@@ -3,7 +3,6 @@
 //! tell a race from a conflict), and its budget.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -141,10 +140,7 @@ impl StorageImport<'_> {
         }
         let env = self.env()?.clone();
         let (service, saga) = (self.who.service_name(), self.who.saga_id());
-        let found = self
-            .budget
-            .waiting(env.storage.get(service, aggregate, uuid, saga))
-            .await;
+        let found = env.storage.get(service, aggregate, uuid, saga).await;
         found
             .map(|found| found.map(|s| (s.record, s.deleted)))
             .map_err(unavailable)
@@ -440,12 +436,10 @@ impl wit_storage::Host for StorageImport<'_> {
             } else {
                 Some(ctx.who.limits().max_find_results as u32 + 1)
             };
-            let started = Instant::now();
             let found = env
                 .storage
                 .find(&service, &aggregate_type, &prefilter, sql_limit, ctx.who.saga_id())
                 .await;
-            ctx.budget.host_time += started.elapsed();
             let Found { committed, staged } = found.map_err(unavailable)?;
             if committed.len() > ctx.who.limits().max_find_results {
                 let max = ctx.who.limits().max_find_results;
