@@ -9,24 +9,39 @@ use anyhow::Context;
 
 /// The host's CPU time so far (user + system), from /proc/PID/stat.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let fields = stat(pid)?;
+    let total = fields.get(14)? + fields.get(15)?;
+    Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+}
+
+/// The process's minor page faults so far (minflt), from /proc/PID/stat.
+pub fn minor_faults(pid: u32) -> anyhow::Result<u64> {
+    stat(pid)?.get(10)
+}
+
+/// The numeric fields of /proc/PID/stat, by their number in proc(5).
+struct Stat(Vec<String>);
+
+impl Stat {
+    fn get(&self, field: usize) -> anyhow::Result<u64> {
+        self.0
+            .get(field - 3)
+            .with_context(|| format!("/proc/PID/stat has field {field}"))?
+            .parse::<u64>()
+            .with_context(|| format!("/proc/PID/stat's field {field} is a number"))
+    }
+}
+
+fn stat(pid: u32) -> anyhow::Result<Stat> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("read /proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it
+    // (the state, field 3, comes first).
     let rest = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest)
         .context("/proc/PID/stat has a command name")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime field 14, stime field 15.
-    let ticks = |field: usize| -> anyhow::Result<u64> {
-        fields
-            .get(field - 3)
-            .context("/proc/PID/stat has utime and stime")?
-            .parse::<u64>()
-            .context("utime and stime are numbers")
-    };
-    let total = ticks(14)? + ticks(15)?;
-    Ok(Duration::from_secs_f64(total as f64 / clock_ticks() as f64))
+    Ok(Stat(rest.split_whitespace().map(str::to_owned).collect()))
 }
 
 /// Clock ticks per second, the unit of /proc/PID/stat's times.

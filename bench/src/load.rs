@@ -171,8 +171,16 @@ pub struct Probe {
 /// instantiate-and-call of its no-op handler through the host's runtime, one call at a time.
 pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
     println!(
-        "{:<12} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9}",
-        "component", "size KiB", "cold ms", "warm ms", "p50 µs", "p99 µs", "mean µs"
+        "{:<12} {:>9} {:>11} {:>11} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "component",
+        "size KiB",
+        "cold ms",
+        "warm ms",
+        "p50 µs",
+        "p99 µs",
+        "mean µs",
+        "CPU µs",
+        "faults/call"
     );
     for probe in probes {
         let bytes =
@@ -241,21 +249,28 @@ pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
             call().await?;
         }
         let mut samples = Samples::default();
+        let me = std::process::id();
+        let (cpu_before, faults_before) = (host_proc::cpu_time(me)?, host_proc::minor_faults(me)?);
         let started = Instant::now();
         for _ in 0..calls {
             let one = Instant::now();
             call().await?;
             samples.push(one.elapsed());
         }
+        let elapsed = started.elapsed();
+        let cpu = host_proc::cpu_time(me)?.saturating_sub(cpu_before);
+        let faults = host_proc::minor_faults(me)? - faults_before;
         println!(
-            "{:<12} {:>9} {:>11.0} {:>11.1} {:>9.1} {:>9.1} {:>9.1}",
+            "{:<12} {:>9} {:>11.0} {:>11.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>11.0}",
             probe.language,
             bytes.len() / 1024,
             cold.as_secs_f64() * 1e3,
             warm.as_secs_f64() * 1e3,
             samples.percentile(50.0).as_secs_f64() * 1e6,
             samples.percentile(99.0).as_secs_f64() * 1e6,
-            started.elapsed().as_secs_f64() * 1e6 / calls as f64,
+            elapsed.as_secs_f64() * 1e6 / calls as f64,
+            cpu.as_secs_f64() * 1e6 / calls as f64,
+            faults as f64 / calls as f64,
         );
     }
     Ok(())
