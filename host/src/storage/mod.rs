@@ -328,6 +328,9 @@ pub enum StorageError {
     Unavailable { outage: Outage, detail: String },
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    /// An error of the SQLite writer's own handle (see `sql/exec.rs`).
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
     #[error("the storage writer has stopped")]
     WriterGone,
 }
@@ -389,6 +392,20 @@ impl Outage {
             Outage::DiskFull => format!(
                 "the disk of the database is full ({detail}); nothing was stored — free space on it (the host resumes by itself), then try again"
             ),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(error: rusqlite::Error) -> Self {
+        // SQLITE_FULL (13), also as the low byte of an extended code: as `Outage::of` reads it
+        // from sqlx.
+        match error.sqlite_error() {
+            Some(code) if code.extended_code & 0xff == 13 => StorageError::Unavailable {
+                outage: Outage::DiskFull,
+                detail: error.to_string(),
+            },
+            _ => StorageError::Sqlite(error),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! Reading aggregates: one by uuid, many by condition (narrowed in SQL by the condition's
 //! prefilter, answered from indexes on the fields a service declares).
 
-use sqlx::any::AnyRow;
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::{AssertSqlSafe, Executor};
 
+use super::exec::{Row, args};
 use super::{Result, Storage, json_is_string};
 use crate::storage::condition::{FieldPath, Prefilter};
 use crate::storage::{AggregateRecord, Aggregates, Found, Snapshot, StorageError};
@@ -17,23 +17,30 @@ impl Aggregates for Storage {
         uuid: &str,
         saga: Option<SagaId>,
     ) -> Result<Option<Snapshot>> {
-        let rows = sqlx::query(
-            "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
+        const GET: &str = "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
              WHERE service = $1 AND uuid = $2 AND aggregate = $3 AND saga = $4 \
              UNION ALL \
              SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
-             WHERE service = $1 AND uuid = $2 AND aggregate = $3",
-        )
-        .bind(service)
-        .bind(uuid)
-        .bind(aggregate)
-        .bind(saga.map(|s| s.to_string()).unwrap_or_default())
-        .fetch_all(&self.inner.reads)
-        .await?;
-        let preferred = rows
-            .iter()
-            .max_by_key(|row| is_staged(row).unwrap_or(false));
-        preferred.map(snapshot_from_row).transpose()
+             WHERE service = $1 AND uuid = $2 AND aggregate = $3";
+        let saga = saga.map(|s| s.to_string()).unwrap_or_default();
+        match &self.inner.point_reads {
+            Some(point_reads) => {
+                let rows = point_reads
+                    .fetch(GET, args![service, uuid, aggregate, saga.as_str()])
+                    .await?;
+                preferred_snapshot(&rows)
+            }
+            None => {
+                let rows = sqlx::query(GET)
+                    .bind(service)
+                    .bind(uuid)
+                    .bind(aggregate)
+                    .bind(&saga)
+                    .fetch_all(&self.inner.reads)
+                    .await?;
+                preferred_snapshot(&rows)
+            }
+        }
     }
 
     async fn find(
@@ -110,26 +117,39 @@ impl Aggregates for Storage {
     }
 }
 
-fn record_from_row(row: &AnyRow) -> Result<AggregateRecord> {
-    let data: String = row.try_get("data")?;
+/// The saga's staged state of an aggregate when it has one, else the committed one.
+fn preferred_snapshot(rows: &[impl Row]) -> Result<Option<Snapshot>> {
+    let mut preferred = None;
+    for row in rows {
+        if preferred.is_none() || is_staged(row)? {
+            preferred = Some(row);
+        }
+    }
+    preferred.map(snapshot_from_row).transpose()
+}
+
+// The columns of every query here: uuid, version, created_at, updated_at, data, deleted, staged.
+
+fn record_from_row(row: &impl Row) -> Result<AggregateRecord> {
+    let data = row.text(4)?;
     Ok(AggregateRecord {
-        uuid: row.try_get("uuid")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        uuid: row.text(0)?,
+        version: row.int(1)? as u64,
+        created_at: row.int(2)?,
+        updated_at: row.int(3)?,
         data: serde_json::from_str(&data)
             .map_err(|e| StorageError::Corrupt(format!("aggregate data is not JSON: {e}")))?,
     })
 }
 
-fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot> {
+fn snapshot_from_row(row: &impl Row) -> Result<Snapshot> {
     Ok(Snapshot {
         record: record_from_row(row)?,
-        deleted: row.try_get::<i64, _>("deleted")? != 0,
+        deleted: row.int(5)? != 0,
     })
 }
 
 /// Whether a row of a `UNION` of committed and staged state comes from the saga's staging.
-fn is_staged(row: &AnyRow) -> Result<bool> {
-    Ok(row.try_get::<i64, _>("staged")? == 1)
+fn is_staged(row: &impl Row) -> Result<bool> {
+    Ok(row.int(6)? == 1)
 }

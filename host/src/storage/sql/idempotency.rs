@@ -1,9 +1,11 @@
 //! Idempotency keys: a claim taken (or a stale one taken over) before a keyed request runs,
 //! its answer stored with the request's effects, the key given up when the run failed.
 
+use sqlx::Row;
 use sqlx::any::{Any, AnyArguments};
 use sqlx::query::Query;
-use sqlx::{AnyConnection, Row};
+
+use super::exec::{Exec, args};
 
 use super::{Result, Storage};
 use crate::storage::{KeyRecord, KeyUse, Keys, RequestKey, StorageError};
@@ -49,31 +51,33 @@ fn bind_key<'q>(
 }
 
 /// Applies a transaction's use of a key; `KeyHeld` when the key is not this run's to use.
-pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> Result<()> {
-    let done = match used {
+pub(super) async fn apply(conn: &mut impl Exec, used: &KeyUse, now: i64) -> Result<()> {
+    // Every statement binds the key first: its service, route and key are $1, $2, $3.
+    let changed = match used {
         KeyUse::Claim {
             key,
             request_hash,
             claim,
             stale_before,
         } => {
-            bind_key(
-                sqlx::query(
-                    "INSERT INTO idempotency \
-                     (service, route, idempotency_key, request_hash, claimed_by, claimed_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (service, route, idempotency_key) DO UPDATE \
-                     SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
-                     WHERE idempotency.status IS NULL AND idempotency.claimed_at < $7 \
-                     AND idempotency.request_hash = excluded.request_hash",
-                ),
-                key,
+            conn.execute(
+                "INSERT INTO idempotency \
+                 (service, route, idempotency_key, request_hash, claimed_by, claimed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (service, route, idempotency_key) DO UPDATE \
+                 SET claimed_by = excluded.claimed_by, claimed_at = excluded.claimed_at \
+                 WHERE idempotency.status IS NULL AND idempotency.claimed_at < $7 \
+                 AND idempotency.request_hash = excluded.request_hash",
+                args![
+                    &key.service,
+                    &key.route,
+                    &key.key,
+                    request_hash,
+                    claim,
+                    now,
+                    *stale_before,
+                ],
             )
-            .bind(request_hash)
-            .bind(claim)
-            .bind(now)
-            .bind(stale_before)
-            .execute(&mut *conn)
             .await?
         }
         KeyUse::Answer {
@@ -82,34 +86,30 @@ pub(super) async fn apply(conn: &mut AnyConnection, used: &KeyUse, now: i64) -> 
             status,
             body,
         } => {
-            // The key first, as every statement here binds it.
-            bind_key(
-                sqlx::query(
-                    "UPDATE idempotency SET status = $4, response = $5 \
-                     WHERE service = $1 AND route = $2 AND idempotency_key = $3 AND claimed_by = $6",
-                ),
-                key,
+            conn.execute(
+                "UPDATE idempotency SET status = $4, response = $5 \
+                 WHERE service = $1 AND route = $2 AND idempotency_key = $3 AND claimed_by = $6",
+                args![
+                    &key.service,
+                    &key.route,
+                    &key.key,
+                    i64::from(*status),
+                    body,
+                    claim,
+                ],
             )
-            .bind(i32::from(*status))
-            .bind(body)
-            .bind(claim)
-            .execute(&mut *conn)
             .await?
         }
         KeyUse::Release { key, claim } => {
-            bind_key(
-                sqlx::query(
-                    "DELETE FROM idempotency WHERE service = $1 AND route = $2 \
-                     AND idempotency_key = $3 AND claimed_by = $4 AND status IS NULL",
-                ),
-                key,
+            conn.execute(
+                "DELETE FROM idempotency WHERE service = $1 AND route = $2 \
+                 AND idempotency_key = $3 AND claimed_by = $4 AND status IS NULL",
+                args![&key.service, &key.route, &key.key, claim],
             )
-            .bind(claim)
-            .execute(&mut *conn)
             .await?
         }
     };
-    if done.rows_affected() == 0 && !matches!(used, KeyUse::Release { .. }) {
+    if changed == 0 && !matches!(used, KeyUse::Release { .. }) {
         return Err(StorageError::KeyHeld(used.key().key.clone()));
     }
     Ok(())

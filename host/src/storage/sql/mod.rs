@@ -1,7 +1,8 @@
 //! The SQL backend: SQLite (a file, WAL, durable commits) or PostgreSQL, through sqlx's `Any`
 //! driver so that both run the same statements. Reads use a connection pool; writes go through
-//! one writer task that commits many transactions per database commit (group commit), each in
-//! its own savepoint so that one transaction's conflict does not undo the others.
+//! one writer that commits many transactions per database commit (group commit), each in its
+//! own savepoint so that one transaction's conflict does not undo the others. The writer runs
+//! its statements through `exec.rs`, on a SQLite handle of its own or a PostgreSQL connection.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use tokio::sync::mpsc;
 
 mod aggregates;
 mod deploys;
+mod exec;
 mod idempotency;
 mod membership;
 mod queue;
@@ -36,6 +38,8 @@ pub struct Storage {
 
 struct Inner {
     reads: AnyPool,
+    /// SQLite: the reads of one aggregate, on the caller's thread (see `exec::PointReads`).
+    point_reads: Option<exec::PointReads>,
     writer: mpsc::Sender<writer::Job>,
     dialect: Dialect,
     /// Why the writer has no connection to the database, while it has none.
@@ -84,21 +88,13 @@ impl Storage {
             Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&reads).await?,
             Dialect::Postgres => sqlx::migrate!("./migrations/postgres").run(&reads).await?,
         }
-        let writer_conn = writer::connect(&options, dialect)
-            .await
-            .map_err(open_error)?;
         let (writer, jobs) = mpsc::channel(4096);
         let lost = Arc::new(Mutex::new(None));
-        tokio::spawn(writer::write_loop(
-            writer_conn,
-            options,
-            jobs,
-            dialect,
-            lost.clone(),
-        ));
+        writer::start(url, dialect, jobs, lost.clone()).await?;
         Ok(Storage {
             inner: Arc::new(Inner {
                 reads,
+                point_reads: (dialect == Dialect::Sqlite).then(|| exec::PointReads::new(url)),
                 writer,
                 dialect,
                 lost,
@@ -164,14 +160,15 @@ fn create_sqlite_parent(url: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// How every SQLite connection of the host is set up. WAL lets readers run beside the writer;
+/// synchronous=FULL makes every commit durable (fsync of the WAL) before the host reports
+/// success; a connection waits up to 10 s for another's write lock.
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;";
+
 async fn configure(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
     if dialect == Dialect::Sqlite {
-        // WAL lets readers run beside the writer; synchronous=FULL makes every commit durable
-        // (fsync of the WAL) before the host reports success.
-        conn.execute(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;",
-        )
-        .await?;
+        conn.execute(SQLITE_PRAGMAS).await?;
     }
     Ok(())
 }

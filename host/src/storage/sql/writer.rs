@@ -1,15 +1,14 @@
 //! The writer: one task per database commits transactions in batches (group commit). A batch
 //! is first applied whole; if one transaction fails, it is applied again with each transaction
-//! in its own savepoint, so that only the failing one fails.
+//! in its own savepoint, so that only the failing one fails. The statements go through `Exec`
+//! (see `exec.rs` for why SQLite's writer owns its handle on a thread of its own).
 
 use std::sync::{Arc, Mutex};
-
-use sqlx::any::AnyConnectOptions;
-use sqlx::{AnyConnection, Connection, Row};
 
 use saga_core::ids::SagaId;
 use tokio::sync::{mpsc, oneshot};
 
+use super::exec::{Exec, Row, args};
 use super::writes::{apply_write, discard, enqueue, promote, stage_message, stage_write};
 use super::{Dialect, Result, Storage};
 use crate::storage::{
@@ -41,32 +40,47 @@ impl Transactions for Storage {
     }
 }
 
-/// Opens and configures the writer's connection.
-pub(super) async fn connect(
-    options: &AnyConnectOptions,
-    dialect: Dialect,
-) -> Result<AnyConnection, sqlx::Error> {
-    let mut conn =
-        tokio::time::timeout(super::CONNECT_TIMEOUT, AnyConnection::connect_with(options))
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
-    super::configure(&mut conn, dialect).await?;
-    Ok(conn)
-}
-
 /// How often the writer tries to connect again while it has no connection.
 const RECONNECT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Starts the writer of the database at `url` on its first connection: SQLite's on a thread of
+/// its own, PostgreSQL's as a task of the host's runtime.
+pub(super) async fn start(
+    url: &str,
+    dialect: Dialect,
+    jobs: mpsc::Receiver<Job>,
+    lost: Arc<Mutex<Option<String>>>,
+) -> Result<()> {
+    let url = url.to_string();
+    match dialect {
+        Dialect::Postgres => {
+            let conn = <sqlx::PgConnection as Exec>::connect(&url).await?;
+            tokio::spawn(write_loop(conn, url, jobs, lost));
+        }
+        Dialect::Sqlite => {
+            let conn = <rusqlite::Connection as Exec>::connect(&url).await?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || runtime.block_on(write_loop(conn, url, jobs, lost)))
+                .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
+        }
+    }
+    Ok(())
+}
 
 /// Commits what arrives, batch after batch. A connection the database dropped (a server
 /// restart), or that failed on a full disk, is not used again: the writer connects again — before the next batch, and every
 /// second while it has no connection, whether or not anything waits to be written — so that
 /// the host recovers by itself once the database is back. Meanwhile `lost` says why it has
 /// none, and each batch fails as unreachable.
-pub(super) async fn write_loop(
-    conn: AnyConnection,
-    options: AnyConnectOptions,
+async fn write_loop<C: Exec>(
+    conn: C,
+    url: String,
     mut jobs: mpsc::Receiver<Job>,
-    dialect: Dialect,
     lost: Arc<Mutex<Option<String>>>,
 ) {
     let mut kept = Some(conn);
@@ -88,7 +102,7 @@ pub(super) async fn write_loop(
             match tokio::time::timeout(RECONNECT_EVERY, jobs.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    match connect(&options, dialect).await {
+                    match C::connect(&url).await {
                         Ok(conn) => {
                             kept = Some(conn);
                             note(None);
@@ -110,11 +124,11 @@ pub(super) async fn write_loop(
         let started = std::time::Instant::now();
         let connection = match kept.take() {
             Some(conn) => Ok(conn),
-            None => connect(&options, dialect).await,
+            None => C::connect(&url).await,
         };
         let results = match connection {
             Ok(mut conn) => {
-                let results = commit_batch(&mut conn, &batch, dialect).await;
+                let results = commit_batch(&mut conn, &batch).await;
                 let outage = results.iter().find_map(|r| match r {
                     Err(e) => e.outage().map(|outage| (outage, e.to_string())),
                     Ok(_) => None,
@@ -152,29 +166,26 @@ pub(super) async fn write_loop(
 /// Commits a batch in one database transaction. Conflicts are rare, so the batch is first
 /// applied whole; if any job fails it is rolled back and applied again with each job in its own
 /// savepoint, so that the failing job fails alone.
-async fn commit_batch(
-    conn: &mut AnyConnection,
-    batch: &[Job],
-    dialect: Dialect,
-) -> Vec<Result<Committed>> {
-    match commit_whole(conn, batch, dialect).await {
+async fn commit_batch(conn: &mut impl Exec, batch: &[Job]) -> Vec<Result<Committed>> {
+    match commit_whole(conn, batch).await {
         Ok(results) => results,
         Err(results) if batch.len() == 1 => results,
-        Err(_) => commit_isolated(conn, batch, dialect).await,
+        Err(_) => commit_isolated(conn, batch).await,
     }
 }
 
-fn fail_all(batch: &[Job], error: &sqlx::Error) -> Vec<Result<Committed>> {
+/// The same failure for every job of a batch.
+fn fail_all(batch: &[Job], error: &StorageError) -> Vec<Result<Committed>> {
     tracing::error!(%error, "storage commit failed");
     batch
         .iter()
         .map(|_| {
-            Err(match Outage::of(error) {
-                Some(outage) => StorageError::Unavailable {
-                    outage,
-                    detail: error.to_string(),
+            Err(match error {
+                StorageError::Unavailable { outage, detail } => StorageError::Unavailable {
+                    outage: *outage,
+                    detail: detail.clone(),
                 },
-                None => StorageError::Database(sqlx::Error::Protocol(error.to_string())),
+                other => StorageError::Database(sqlx::Error::Protocol(other.to_string())),
             })
         })
         .collect()
@@ -184,75 +195,85 @@ fn fail_all(batch: &[Job], error: &sqlx::Error) -> Vec<Result<Committed>> {
 /// a deferred transaction that read first could not wait for a maintenance write on another
 /// connection (its snapshot would be stale) and would fail with "database is locked"; this one
 /// waits its turn (`busy_timeout`).
-async fn begin(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-) -> Result<sqlx::Transaction<'_, sqlx::Any>, sqlx::Error> {
-    match dialect {
-        Dialect::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        Dialect::Postgres => conn.begin().await,
+async fn begin<C: Exec>(conn: &mut C) -> Result<()> {
+    let begin = match C::DIALECT {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    conn.control(begin).await
+}
+
+/// Ends the transaction: committed, or (when `commit` failed) rolled back, so that the
+/// connection is never left inside one.
+async fn commit(conn: &mut impl Exec) -> Result<()> {
+    let committed = conn.control("COMMIT").await;
+    if committed.is_err() {
+        rollback(conn).await;
     }
+    committed
+}
+
+/// Rolls the transaction back. If that fails too the connection is broken, and the next
+/// statement says so.
+async fn rollback(conn: &mut impl Exec) {
+    let _ = conn.control("ROLLBACK").await;
 }
 
 /// All jobs in one transaction; `Err` (nothing committed) as soon as one fails.
 async fn commit_whole(
-    conn: &mut AnyConnection,
+    conn: &mut impl Exec,
     batch: &[Job],
-    dialect: Dialect,
 ) -> Result<Vec<Result<Committed>>, Vec<Result<Committed>>> {
-    let mut tx = begin(conn, dialect)
-        .await
-        .map_err(|e| fail_all(batch, &e))?;
+    begin(conn).await.map_err(|e| fail_all(batch, &e))?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        match apply(&mut tx, &job.transaction, dialect).await {
+        match apply(conn, &job.transaction).await {
             Ok(committed) => results.push(Ok(committed)),
             Err(error) => {
-                let _ = tx.rollback().await;
+                rollback(conn).await;
                 return Err(vec![Err(error)]);
             }
         }
     }
-    match tx.commit().await {
+    match commit(conn).await {
         Ok(()) => Ok(results),
         Err(error) => Err(fail_all(batch, &error)),
     }
 }
 
 /// Each job in its own savepoint of one transaction.
-async fn commit_isolated(
-    conn: &mut AnyConnection,
-    batch: &[Job],
-    dialect: Dialect,
-) -> Vec<Result<Committed>> {
-    let mut tx = match begin(conn, dialect).await {
-        Ok(tx) => tx,
-        Err(error) => return fail_all(batch, &error),
-    };
+async fn commit_isolated(conn: &mut impl Exec, batch: &[Job]) -> Vec<Result<Committed>> {
+    if let Err(error) = begin(conn).await {
+        return fail_all(batch, &error);
+    }
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let mut savepoint = match tx.begin().await {
-            Ok(savepoint) => savepoint,
-            Err(error) => return fail_all(batch, &error),
+        if let Err(error) = conn.control("SAVEPOINT job").await {
+            rollback(conn).await;
+            return fail_all(batch, &error);
+        }
+        let result = apply(conn, &job.transaction).await;
+        let undone = match result {
+            Ok(_) => Ok(()),
+            Err(_) => conn.control("ROLLBACK TO SAVEPOINT job").await,
         };
-        let result = apply(&mut savepoint, &job.transaction, dialect).await;
-        let ended = if result.is_ok() {
-            savepoint.commit().await
-        } else {
-            savepoint.rollback().await
+        let ended = match undone {
+            Ok(()) => conn.control("RELEASE SAVEPOINT job").await,
+            Err(error) => Err(error),
         };
         if let Err(error) = ended {
+            rollback(conn).await;
             return fail_all(batch, &error);
         }
         results.push(result);
     }
-    match tx.commit().await {
+    match commit(conn).await {
         Ok(()) => results,
         Err(error) => fail_all(batch, &error),
     }
 }
 
-async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> Result<Committed> {
+async fn apply(conn: &mut impl Exec, tx: &Transaction) -> Result<Committed> {
     let mut committed = Committed::default();
     let now = now_ms();
     if let Some(used) = &tx.key {
@@ -260,60 +281,59 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
     }
     for consumed in &tx.consumed {
         let reply = consumed.reply.as_ref();
-        let recorded = sqlx::query(
-            "INSERT INTO consumed (consumer, message_id, at, reply_id, reply_consumer, reply_body) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, message_id) DO NOTHING",
-        )
-        .bind(&consumed.consumer)
-        .bind(&consumed.message_id)
-        .bind(now)
-        .bind(reply.map(|r| r.id.as_str()))
-        .bind(reply.map(|r| r.consumer.as_str()))
-        .bind(reply.map(|r| r.body.as_str()))
-        .execute(&mut *conn)
-        .await?;
-        if recorded.rows_affected() == 0 {
+        let recorded = conn
+            .execute(
+                "INSERT INTO consumed (consumer, message_id, at, reply_id, reply_consumer, reply_body) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (consumer, message_id) DO NOTHING",
+                args![
+                    &consumed.consumer,
+                    &consumed.message_id,
+                    now,
+                    reply.map(|r| r.id.as_str()),
+                    reply.map(|r| r.consumer.as_str()),
+                    reply.map(|r| r.body.as_str()),
+                ],
+            )
+            .await?;
+        if recorded == 0 {
             return Err(StorageError::Duplicate(consumed.message_id.clone()));
         }
     }
     if let Some(seq) = tx.ack {
-        sqlx::query("DELETE FROM queue WHERE seq = $1")
-            .bind(seq)
-            .execute(&mut *conn)
+        conn.execute("DELETE FROM queue WHERE seq = $1", args![seq])
             .await?;
     }
     if let Some(letter) = &tx.dead_letter {
-        sqlx::query(
+        conn.execute(
             "INSERT INTO dead_letters (message_id, consumer, body, attempts, error, failed_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
+            args![
+                &letter.message_id,
+                &letter.consumer,
+                &letter.body,
+                i64::from(letter.attempts),
+                &letter.error,
+                now,
+            ],
         )
-        .bind(&letter.message_id)
-        .bind(&letter.consumer)
-        .bind(&letter.body)
-        .bind(letter.attempts as i64)
-        .bind(&letter.error)
-        .bind(now)
-        .execute(&mut *conn)
         .await?;
         if let Some(seq) = letter.queued {
-            sqlx::query("DELETE FROM queue WHERE seq = $1")
-                .bind(seq)
-                .execute(&mut *conn)
+            conn.execute("DELETE FROM queue WHERE seq = $1", args![seq])
                 .await?;
         }
     }
     if let Some(seq) = tx.redrive {
-        let row = sqlx::query(
-            "DELETE FROM dead_letters WHERE seq = $1 RETURNING message_id, consumer, body",
-        )
-        .bind(seq)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
+        let rows = conn
+            .fetch(
+                "DELETE FROM dead_letters WHERE seq = $1 RETURNING message_id, consumer, body",
+                args![seq],
+            )
+            .await?;
+        if let Some(row) = rows.first() {
             let message = NewMessage {
-                id: row.try_get(0)?,
-                consumer: row.try_get(1)?,
-                body: row.try_get(2)?,
+                id: row.text(0)?,
+                consumer: row.text(1)?,
+                body: row.text(2)?,
                 staged_under: None,
             };
             committed.queued.push(enqueue(conn, &message).await?);
@@ -343,14 +363,14 @@ async fn apply(conn: &mut AnyConnection, tx: &Transaction, dialect: Dialect) -> 
         save_saga(conn, saga).await?;
     }
     if let Some(Resolve::Promote(saga)) = &tx.resolve {
-        promote(conn, &saga.to_string(), dialect, &mut committed).await?;
+        promote(conn, &saga.to_string(), &mut committed).await?;
     }
     Ok(committed)
 }
 
 /// The sagas this transaction stages writes or messages under that have already ended: nothing
 /// may be staged under them any more.
-async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<SagaId>> {
+async fn ended_sagas(conn: &mut impl Exec, tx: &Transaction) -> Result<Vec<SagaId>> {
     let mut sagas: Vec<SagaId> = tx
         .writes
         .iter()
@@ -361,12 +381,13 @@ async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<S
     sagas.dedup();
     let mut ended = Vec::new();
     for saga in sagas {
-        let status: Option<String> = sqlx::query("SELECT status FROM sagas WHERE id = $1")
-            .bind(saga.to_string())
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
+        let rows = conn
+            .fetch(
+                "SELECT status FROM sagas WHERE id = $1",
+                args![saga.to_string().as_str()],
+            )
+            .await?;
+        let status = rows.first().map(|row| row.text(0)).transpose()?;
         // A failing saga stays open while it compensates: its compensations' writes are staged
         // under it too (and vanish with the rest when it ends).
         if status.is_some_and(|s| {
@@ -381,49 +402,50 @@ async fn ended_sagas(conn: &mut AnyConnection, tx: &Transaction) -> Result<Vec<S
     Ok(ended)
 }
 
-async fn save_saga(conn: &mut AnyConnection, saga: &SagaRow) -> Result<()> {
+async fn save_saga(conn: &mut impl Exec, saga: &SagaRow) -> Result<()> {
     let saved = if saga.revision == 0 {
-        sqlx::query(
+        conn.execute(
             "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+            args![
+                &saga.id,
+                &saga.service,
+                &saga.name,
+                saga.status.as_str(),
+                &saga.state,
+                saga.created_at,
+                saga.updated_at,
+                saga.timer_at,
+                &saga.version,
+                saga.owner.as_deref(),
+            ],
         )
-        .bind(&saga.id)
-        .bind(&saga.service)
-        .bind(&saga.name)
-        .bind(saga.status.as_str())
-        .bind(&saga.state)
-        .bind(saga.created_at)
-        .bind(saga.updated_at)
-        .bind(saga.timer_at)
-        .bind(&saga.version)
-        .bind(&saga.owner)
-        .execute(&mut *conn)
         .await?
     } else {
-        sqlx::query(
+        conn.execute(
             "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1, \
              timer_at = $6, owner = $7 WHERE id = $4 AND revision = $5",
+            args![
+                saga.status.as_str(),
+                &saga.state,
+                saga.updated_at,
+                &saga.id,
+                saga.revision,
+                saga.timer_at,
+                saga.owner.as_deref(),
+            ],
         )
-        .bind(saga.status.as_str())
-        .bind(&saga.state)
-        .bind(saga.updated_at)
-        .bind(&saga.id)
-        .bind(saga.revision)
-        .bind(saga.timer_at)
-        .bind(&saga.owner)
-        .execute(&mut *conn)
         .await?
     };
-    if saved.rows_affected() == 0 {
+    if saved == 0 {
         return Err(StorageError::SagaChanged(saga.id.clone()));
     }
     if let Some(entries) = &saga.history {
-        sqlx::query("INSERT INTO saga_history (saga, revision, entries) VALUES ($1, $2, $3)")
-            .bind(&saga.id)
-            .bind(saga.revision + 1)
-            .bind(entries)
-            .execute(&mut *conn)
-            .await?;
+        conn.execute(
+            "INSERT INTO saga_history (saga, revision, entries) VALUES ($1, $2, $3)",
+            args![&saga.id, saga.revision + 1, entries],
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,0 +1,350 @@
+//! The writer's connection, one statement at a time, the same way on both databases: the
+//! transaction logic (`writer.rs`, `writes.rs`, `idempotency.rs`) is written once against
+//! `Exec`.
+//!
+//! - PostgreSQL: sqlx's `PgConnection`, on the host's runtime.
+//! - SQLite: a `rusqlite` handle that the writer owns on a thread of its own. sqlx's SQLite
+//!   driver runs each statement on its worker thread and crosses a channel both ways for it:
+//!   about ten round trips per saga, each a futex wake on both sides. Owning the handle makes a
+//!   whole group commit one hop from the host's tasks to the writer and back, whatever the
+//!   number of statements. Reads, migrations and maintenance stay on sqlx's pool, but for the
+//!   point reads every request makes (`PointReads`).
+
+use std::future::Future;
+
+use sqlx::postgres::{PgConnectOptions, PgRow};
+use sqlx::{Connection, PgConnection};
+
+use super::{Dialect, Result};
+use crate::storage::StorageError;
+
+/// A statement's argument: `$1` is the first.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Arg<'a> {
+    Int(Option<i64>),
+    Text(Option<&'a str>),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(value: i64) -> Self {
+        Arg::Int(Some(value))
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(value: Option<i64>) -> Self {
+        Arg::Int(value)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(value: &'a str) -> Self {
+        Arg::Text(Some(value))
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(value: &'a String) -> Self {
+        Arg::Text(Some(value))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(value: Option<&'a str>) -> Self {
+        Arg::Text(value)
+    }
+}
+
+/// The arguments of a statement, in `$n` order: `args![a, b]`.
+macro_rules! args {
+    ($($arg:expr),* $(,)?) => { &[$($crate::storage::sql::exec::Arg::from($arg)),*] };
+}
+pub(super) use args;
+
+/// A row a statement returned.
+pub(super) trait Row: Send {
+    fn int(&self, column: usize) -> Result<i64>;
+    fn text(&self, column: usize) -> Result<String>;
+}
+
+/// A connection the writer commits through.
+pub(super) trait Exec: Send + Sized + 'static {
+    type Row: Row;
+    const DIALECT: Dialect;
+
+    /// Opens and configures a connection to the database at `url`.
+    fn connect(url: &str) -> impl Future<Output = Result<Self>> + Send;
+
+    /// Runs a statement; how many rows it changed.
+    fn execute(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Runs a statement; the rows it returned.
+    fn fetch(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> impl Future<Output = Result<Vec<Self::Row>>> + Send;
+
+    /// Runs a statement that begins or ends a transaction or savepoint.
+    fn control(&mut self, sql: &'static str) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Row for PgRow {
+    fn int(&self, column: usize) -> Result<i64> {
+        use sqlx::Row as _;
+        // A literal (`SELECT 1 AS staged`) is an INT4; the schema's columns are BIGINT.
+        match self.try_get::<i64, _>(column) {
+            Ok(value) => Ok(value),
+            Err(_) => Ok(i64::from(self.try_get::<i32, _>(column)?)),
+        }
+    }
+
+    fn text(&self, column: usize) -> Result<String> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+}
+
+impl Row for sqlx::any::AnyRow {
+    fn int(&self, column: usize) -> Result<i64> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+
+    fn text(&self, column: usize) -> Result<String> {
+        use sqlx::Row as _;
+        Ok(self.try_get(column)?)
+    }
+}
+
+fn pg_query<'q>(
+    sql: &'static str,
+    args: &[Arg<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    args.iter().fold(sqlx::query(sql), |query, arg| match *arg {
+        Arg::Int(value) => query.bind(value),
+        Arg::Text(value) => query.bind(value),
+    })
+}
+
+impl Exec for PgConnection {
+    type Row = PgRow;
+    const DIALECT: Dialect = Dialect::Postgres;
+
+    async fn connect(url: &str) -> Result<Self> {
+        let options: PgConnectOptions = url.parse()?;
+        let connecting = PgConnection::connect_with(&options);
+        match tokio::time::timeout(super::CONNECT_TIMEOUT, connecting).await {
+            Ok(connected) => Ok(connected?),
+            Err(_) => Err(sqlx::Error::PoolTimedOut.into()),
+        }
+    }
+
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64> {
+        Ok(pg_query(sql, args).execute(self).await?.rows_affected())
+    }
+
+    async fn fetch(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<Vec<PgRow>> {
+        Ok(pg_query(sql, args).fetch_all(self).await?)
+    }
+
+    /// As sqlx's own transactions do: a simple query, not a prepared statement.
+    async fn control(&mut self, sql: &'static str) -> Result<()> {
+        sqlx::Executor::execute(self, sql).await?;
+        Ok(())
+    }
+}
+
+/// How many distinct statements the SQLite writer keeps prepared: all of them.
+const PREPARED_STATEMENTS: usize = 64;
+
+/// The `$n` names of SQLite's parameters: a statement may use them in any order (`$6` before
+/// `$4`), so each argument is bound by name, not by position.
+const PARAMETER_NAMES: [&str; 12] = [
+    "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12",
+];
+
+impl rusqlite::ToSql for Arg<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Arg::Int(value) => value.to_sql(),
+            Arg::Text(value) => value.to_sql(),
+        }
+    }
+}
+
+impl Row for Vec<rusqlite::types::Value> {
+    fn int(&self, column: usize) -> Result<i64> {
+        match self.get(column) {
+            Some(rusqlite::types::Value::Integer(value)) => Ok(*value),
+            other => Err(StorageError::Corrupt(format!(
+                "column {column} holds {other:?} where an integer belongs"
+            ))),
+        }
+    }
+
+    fn text(&self, column: usize) -> Result<String> {
+        match self.get(column) {
+            Some(rusqlite::types::Value::Text(value)) => Ok(value.clone()),
+            other => Err(StorageError::Corrupt(format!(
+                "column {column} holds {other:?} where text belongs"
+            ))),
+        }
+    }
+}
+
+/// Prepares (once) and binds a statement.
+fn sqlite_statement<'c>(
+    conn: &'c rusqlite::Connection,
+    sql: &'static str,
+    args: &[Arg<'_>],
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    if args.len() > PARAMETER_NAMES.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(
+            args.len(),
+            PARAMETER_NAMES.len(),
+        ));
+    }
+    let mut statement = conn.prepare_cached(sql)?;
+    for (name, arg) in PARAMETER_NAMES.iter().zip(args) {
+        statement.raw_bind_parameter(*name, arg)?;
+    }
+    Ok(statement)
+}
+
+impl Exec for rusqlite::Connection {
+    type Row = Vec<rusqlite::types::Value>;
+    const DIALECT: Dialect = Dialect::Sqlite;
+
+    async fn connect(url: &str) -> Result<Self> {
+        use rusqlite::OpenFlags;
+        // The read pool opened (and created) the file first and brought its schema up to date.
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+        let conn = rusqlite::Connection::open_with_flags(
+            options.get_filename(),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // As every connection of the host: see `super::configure`.
+        conn.execute_batch(super::SQLITE_PRAGMAS)?;
+        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+        Ok(conn)
+    }
+
+    async fn execute(&mut self, sql: &'static str, args: &[Arg<'_>]) -> Result<u64> {
+        Ok(sqlite_statement(self, sql, args)?.raw_execute()? as u64)
+    }
+
+    async fn fetch(
+        &mut self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+        let mut statement = sqlite_statement(self, sql, args)?;
+        let columns = statement.column_count();
+        let mut rows = statement.raw_query();
+        let mut fetched = Vec::new();
+        while let Some(row) = rows.next()? {
+            fetched.push(
+                (0..columns)
+                    .map(|column| row.get(column))
+                    .collect::<rusqlite::Result<_>>()?,
+            );
+        }
+        Ok(fetched)
+    }
+
+    async fn control(&mut self, sql: &'static str) -> Result<()> {
+        Exec::execute(self, sql, &[]).await.map(drop)
+    }
+}
+
+/// How many idle SQLite connections `PointReads` keeps.
+const IDLE_POINT_READERS: usize = 4;
+
+/// SQLite connections for the reads of one aggregate by uuid that every handler makes, run on
+/// the caller's thread. Such a read is a few index pages, in the page cache: about as long as
+/// the hop to sqlx's worker thread and back that it saves (each a futex wake on both sides).
+/// A connection is taken for the one statement and put back, so calls at once use several.
+pub(super) struct PointReads {
+    url: String,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl PointReads {
+    pub(super) fn new(url: &str) -> PointReads {
+        PointReads {
+            url: url.to_string(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(super) async fn fetch(
+        &self,
+        sql: &'static str,
+        args: &[Arg<'_>],
+    ) -> Result<Vec<Vec<rusqlite::types::Value>>> {
+        let idle = self.idle.lock().expect("point readers lock").pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => <rusqlite::Connection as Exec>::connect(&self.url).await?,
+        };
+        let rows = conn.fetch(sql, args).await?;
+        let mut idle = self.idle.lock().expect("point readers lock");
+        if idle.len() < IDLE_POINT_READERS {
+            idle.push(conn);
+        }
+        Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<T>(future: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn sqlite_binds_each_argument_to_its_dollar_name_whatever_the_order_of_use() {
+        let mut conn = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        block_on(async {
+            conn.control("CREATE TABLE t (a TEXT, b INTEGER, c TEXT)")
+                .await
+                .expect("create");
+            // $3 is used before $1 and $2, as in `UPDATE sagas … WHERE id = $4`.
+            // `Exec::execute`, not rusqlite's own `execute`.
+            let inserted = Exec::execute(
+                &mut conn,
+                "INSERT INTO t (c, a, b) VALUES ($3, $1, $2)",
+                args!["first", 2, None::<&str>],
+            )
+            .await
+            .expect("insert");
+            assert_eq!(inserted, 1);
+            let rows = conn
+                .fetch("SELECT a, b, c IS NULL FROM t", &[])
+                .await
+                .expect("select");
+            assert_eq!(rows.len(), 1);
+            assert_eq!(rows[0].text(0).expect("a"), "first");
+            assert_eq!(rows[0].int(1).expect("b"), 2);
+            assert_eq!(rows[0].int(2).expect("c is null"), 1);
+            assert!(rows[0].text(1).is_err(), "an integer is not read as text");
+        });
+    }
+
+    #[test]
+    fn sqlite_refuses_more_arguments_than_it_can_name() {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        let args: Vec<Arg> = (0..13).map(Arg::from).collect();
+        assert!(sqlite_statement(&conn, "SELECT $1", &args).is_err());
+    }
+}
