@@ -171,10 +171,17 @@ async fn a_commit_stores_the_aggregate_and_its_event(db: Backend) {
     assert_eq!(stored.record.data, data);
     assert_eq!(stored.record.version, 1);
     assert!(!stored.deleted);
-    // Another service's namespace does not see it.
+    // Another service's namespace does not see it, nor does another aggregate type's.
     assert!(
         db.storage
             .get("attempt", "Exam", &id, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        db.storage
+            .get("exam", "Attempt", &id, None)
             .await
             .unwrap()
             .is_none()
