@@ -54,11 +54,18 @@ impl Aggregates for Storage {
         limit: Option<u32>,
         saga: Option<SagaId>,
     ) -> Result<Found> {
-        let mut sql = String::from(
-            "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
-             WHERE service = $1 AND aggregate = $2 AND deleted = 0",
+        // The service and the type as literals: a field's index holds only their snapshots
+        // (`ensure_index`), and a partial index serves only a query that names its terms.
+        let of_type = format!(
+            "service = {} AND aggregate = {}",
+            sql_literal(service),
+            sql_literal(aggregate)
         );
-        let first_equality = if saga.is_some() { 4 } else { 3 };
+        let mut sql = format!(
+            "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged FROM snapshots \
+             WHERE {of_type} AND deleted = 0"
+        );
+        let first_equality = if saga.is_some() { 2 } else { 1 };
         for (i, (field, _)) in prefilter.equalities.iter().enumerate() {
             let param = i + first_equality;
             match field.metadata() {
@@ -78,12 +85,10 @@ impl Aggregates for Storage {
             sql = format!(
                 "SELECT * FROM ({sql}) AS committed UNION ALL \
                  SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged FROM staged_snapshots \
-                 WHERE saga = $3 AND service = $1 AND aggregate = $2"
+                 WHERE saga = $1 AND {of_type}"
             );
         }
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(service)
-            .bind(aggregate);
+        let mut query = sqlx::query(AssertSqlSafe(sql));
         if let Some(saga) = saga {
             query = query.bind(saga.to_string());
         }
@@ -103,21 +108,38 @@ impl Aggregates for Storage {
     }
 
     async fn ensure_index(&self, service: &str, aggregate: &str, field: &FieldPath) -> Result<()> {
-        use sha2::Digest;
-        let key = format!(
-            "{service}\u{0}{aggregate}\u{0}{}",
-            field.segments().join(".")
-        );
-        let digest = sha2::Sha256::digest(key.as_bytes());
-        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let name = |form: &str| {
+            use sha2::Digest;
+            let key = format!(
+                "{service}\u{0}{aggregate}\u{0}{}{form}",
+                field.segments().join(".")
+            );
+            let digest = sha2::Sha256::digest(key.as_bytes());
+            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+            format!("ix_field_{hex}")
+        };
+        // Partial: only the live snapshots of the service's type, on the terms `find` names.
         // The field path is validated to [A-Za-z0-9_-] segments, so it is safe in SQL text.
         let sql = format!(
-            "CREATE INDEX IF NOT EXISTS ix_field_{name} ON snapshots (service, aggregate, {}, created_at, uuid)",
-            self.json_field(field)
+            "CREATE INDEX IF NOT EXISTS {} ON snapshots ({}, created_at, uuid) \
+             WHERE service = {} AND aggregate = {} AND deleted = 0",
+            name("\u{0}partial"),
+            self.json_field(field),
+            sql_literal(service),
+            sql_literal(aggregate),
         );
         self.inner.reads.execute(AssertSqlSafe(sql)).await?;
+        // The index of the same field before it was partial, on (service, aggregate, field):
+        // it held every service's snapshots, and each write paid for its entry.
+        let earlier = format!("DROP INDEX IF EXISTS {}", name(""));
+        self.inner.reads.execute(AssertSqlSafe(earlier)).await?;
         Ok(())
     }
+}
+
+/// A string as an SQL literal.
+fn sql_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The saga's staged state of an aggregate when it has one, else the committed one; none when
