@@ -359,11 +359,9 @@ impl Outage {
             | sqlx::Error::WorkerCrashed => Some(Outage::Unreachable),
             sqlx::Error::Database(error) => {
                 let code = error.code().unwrap_or_default();
-                // SQLite: SQLITE_FULL (13), also as the low byte of an extended code.
-                // PostgreSQL: disk_full (53100), connection exceptions (class 08), and the
-                // server shutting down or starting up (57P01, 57P02, 57P03).
-                let sqlite_full = code.parse::<i32>().is_ok_and(|c| c & 0xff == 13);
-                if sqlite_full || code == "53100" {
+                // SQLite: SQLITE_FULL. PostgreSQL: disk_full (53100), connection exceptions
+                // (class 08), and the server shutting down or starting up (57P01, 57P02, 57P03).
+                if code.parse().is_ok_and(sqlite_full) || code == "53100" {
                     Some(Outage::DiskFull)
                 } else if code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03") {
                     Some(Outage::Unreachable)
@@ -396,12 +394,15 @@ impl Outage {
     }
 }
 
+/// SQLite's code for a full disk, SQLITE_FULL (13), also as the low byte of an extended code.
+fn sqlite_full(code: i32) -> bool {
+    code & 0xff == 13
+}
+
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> Self {
-        // SQLITE_FULL (13), also as the low byte of an extended code: as `Outage::of` reads it
-        // from sqlx.
         match error.sqlite_error() {
-            Some(code) if code.extended_code & 0xff == 13 => StorageError::Unavailable {
+            Some(code) if sqlite_full(code.extended_code) => StorageError::Unavailable {
                 outage: Outage::DiskFull,
                 detail: error.to_string(),
             },

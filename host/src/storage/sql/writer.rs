@@ -253,13 +253,11 @@ async fn commit_isolated(conn: &mut impl Exec, batch: &[Job]) -> Vec<Result<Comm
             return fail_all(batch, &error);
         }
         let result = apply(conn, &job.transaction).await;
-        let undone = match result {
-            Ok(_) => Ok(()),
+        // A savepoint rolled back stays open, nested under the next job's; the COMMIT ends
+        // them all.
+        let ended = match result {
+            Ok(_) => conn.control("RELEASE SAVEPOINT job").await,
             Err(_) => conn.control("ROLLBACK TO SAVEPOINT job").await,
-        };
-        let ended = match undone {
-            Ok(()) => conn.control("RELEASE SAVEPOINT job").await,
-            Err(error) => Err(error),
         };
         if let Err(error) = ended {
             rollback(conn).await;
