@@ -84,6 +84,7 @@ on_both_backends!(
     queued_messages_are_deferred_dead_lettered_and_redriven,
     find_narrows_in_sql_and_overlays_the_saga,
     one_failing_transaction_does_not_fail_the_others_in_its_batch,
+    transactions_sent_at_once_commit_together_with_all_their_rows,
     writes_for_a_saga_that_ended_are_dropped,
     hosts_take_over_the_sagas_of_hosts_that_went_silent,
     queue_entries_handed_on_are_removed,
@@ -772,6 +773,119 @@ async fn one_failing_transaction_does_not_fail_the_others_in_its_batch(db: Backe
         assert_eq!(ok, n != 17, "transaction {n}");
     }
     assert_eq!(db.count("SELECT COUNT(*) FROM snapshots").await, 40);
+}
+
+/// Group commits on PostgreSQL, counted by how they were applied (the metric).
+fn commits_together() -> u64 {
+    saga_host::telemetry::metrics::render()
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"saga_host_storage_commits_total{way="together"} "#))
+        .map_or(0, |count| count.parse().expect("a count"))
+}
+
+async fn transactions_sent_at_once_commit_together_with_all_their_rows(db: Backend) {
+    saga_host::telemetry::metrics::install().expect("the metrics recorder");
+    // Ten aggregates and ten sagas stored first: the batch updates five, deletes five, and
+    // moves every saga on; thirty more transactions create an aggregate and a saga each.
+    let stored: Vec<String> = (0..10).map(|_| uuid()).collect();
+    let sagas: Vec<String> = (0..10).map(|_| uuid()).collect();
+    for (aggregate, saga) in stored.iter().zip(&sagas) {
+        db.storage
+            .commit(Transaction {
+                writes: vec![write(
+                    aggregate,
+                    Action::Create,
+                    1,
+                    serde_json::json!({"n": 0}),
+                )],
+                saga: Some(saga_row(saga, "running", 0, Some(now_ms() + 60_000))),
+                ..Transaction::default()
+            })
+            .await
+            .unwrap();
+    }
+    let before = commits_together();
+    let mut transactions: Vec<Transaction> = stored
+        .iter()
+        .zip(&sagas)
+        .enumerate()
+        .map(|(n, (aggregate, saga))| {
+            let action = if n < 5 {
+                Action::Update
+            } else {
+                Action::Delete
+            };
+            Transaction {
+                writes: vec![write(aggregate, action, 2, serde_json::json!({"n": 1}))],
+                saga: Some(saga_row(saga, "finished", 1, None)),
+                ..Transaction::default()
+            }
+        })
+        .collect();
+    transactions.extend((0..30).map(|n| Transaction {
+        writes: vec![write(
+            &uuid(),
+            Action::Create,
+            1,
+            serde_json::json!({"new": n}),
+        )],
+        saga: Some(saga_row(&uuid(), "finished", 0, None)),
+        ..Transaction::default()
+    }));
+    let commits: Vec<_> = transactions
+        .into_iter()
+        .map(|transaction| {
+            let storage = db.storage.clone();
+            tokio::spawn(async move { storage.commit(transaction).await })
+        })
+        .collect();
+    for commit in commits {
+        commit.await.unwrap().expect("committed");
+    }
+    assert_eq!(db.count("SELECT COUNT(*) FROM snapshots").await, 40);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM snapshots WHERE version = 2 AND deleted = 0")
+            .await,
+        5
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM snapshots WHERE version = 2 AND deleted = 1")
+            .await,
+        5
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM events").await,
+        50,
+        "one event per write"
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM events WHERE action = 'delete'")
+            .await,
+        5
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM sagas WHERE status = 'finished'")
+            .await,
+        40
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM sagas WHERE revision = 2 AND timer_at IS NULL")
+            .await,
+        10,
+        "each stored saga moved on once, its timer cleared"
+    );
+    assert_eq!(db.count("SELECT COUNT(*) FROM saga_history").await, 50);
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM saga_history WHERE revision = 2")
+            .await,
+        10
+    );
+    let together = commits_together() - before;
+    // SQLite applies one by one (its statements are calls in the process, not round trips).
+    if db._postgres.is_some() {
+        assert!(together >= 1, "no group commit was applied together");
+    }
 }
 
 async fn writes_for_a_saga_that_ended_are_dropped(db: Backend) {

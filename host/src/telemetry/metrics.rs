@@ -83,6 +83,7 @@ const HTTP_REQUESTS: &str = "saga_host_http_requests_total";
 const HTTP_DURATION: &str = "saga_host_http_request_duration_seconds";
 const COMMIT_DURATION: &str = "saga_host_storage_commit_seconds";
 const BATCH_TRANSACTIONS: &str = "saga_host_storage_batch_transactions";
+const COMMITS: &str = "saga_host_storage_commits_total";
 const CONFLICTS: &str = "saga_host_storage_conflicts_total";
 const RERUNS: &str = "saga_host_call_reruns_total";
 const LOCK_WAITS: &str = "saga_host_lock_waits_total";
@@ -201,6 +202,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         BATCH_TRANSACTIONS,
         Kind::Histogram,
         "Transactions per group commit.",
+    ),
+    (
+        COMMITS,
+        Kind::Counter,
+        "Group commits by how their transactions were applied (way: together, one_by_one, isolated).",
     ),
     (
         CONFLICTS,
@@ -401,10 +407,11 @@ pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
     histogram!(HTTP_DURATION, "route" => route, "method" => method).record(seconds(took));
 }
 
-/// A group commit of `transactions` took `took`.
-pub fn commit(transactions: usize, took: Duration) {
+/// A group commit of `transactions`, applied the `way` given, took `took`.
+pub fn commit(transactions: usize, way: &'static str, took: Duration) {
     histogram!(COMMIT_DURATION).record(seconds(took));
     histogram!(BATCH_TRANSACTIONS).record(transactions as f64);
+    counter!(COMMITS, "way" => way).increment(1);
 }
 
 /// Storage refused a transaction (`kind`: conflict, saga_changed, overwritten, duplicate).

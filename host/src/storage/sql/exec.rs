@@ -16,7 +16,7 @@ use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, PgConnection};
 
 use super::{Dialect, Result};
-use crate::storage::StorageError;
+use crate::storage::{StorageError, Transaction};
 
 /// A statement's argument: `$1` is the first.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +91,17 @@ pub(super) trait Exec: Send + Sized + 'static {
 
     /// Runs a statement that begins or ends a transaction or savepoint.
     fn control(&mut self, sql: &'static str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Commits a group commit's transactions with one statement per table instead of one per
+    /// row, where a statement costs a round trip (PostgreSQL, `together.rs`): `Some(Ok)`
+    /// committed, `Some(Err)` nothing committed, `None` when this batch or this database does
+    /// not commit so (the writer then applies the transactions one by one).
+    fn commit_together(
+        &mut self,
+        _batch: &[&Transaction],
+    ) -> impl Future<Output = Option<Result<()>>> + Send {
+        std::future::ready(None)
+    }
 }
 
 impl Row for PgRow {
@@ -156,6 +167,10 @@ impl Exec for PgConnection {
     async fn control(&mut self, sql: &'static str) -> Result<()> {
         sqlx::Executor::execute(self, sql).await?;
         Ok(())
+    }
+
+    async fn commit_together(&mut self, batch: &[&Transaction]) -> Option<Result<()>> {
+        super::together::commit(self, batch).await
     }
 }
 

@@ -18,6 +18,7 @@ mod idempotency;
 mod membership;
 mod queue;
 mod sagas;
+mod together;
 mod writer;
 mod writes;
 

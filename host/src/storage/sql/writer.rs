@@ -126,9 +126,9 @@ async fn write_loop<C: Exec>(
             Some(conn) => Ok(conn),
             None => C::connect(&url).await,
         };
-        let results = match connection {
+        let (results, way) = match connection {
             Ok(mut conn) => {
-                let results = commit_batch(&mut conn, &batch).await;
+                let (results, way) = commit_batch(&mut conn, &batch).await;
                 let outage = results.iter().find_map(|r| match r {
                     Err(e) => e.outage().map(|outage| (outage, e.to_string())),
                     Ok(_) => None,
@@ -144,14 +144,14 @@ async fn write_loop<C: Exec>(
                         .filter(|(outage, _)| *outage == Outage::Unreachable)
                         .map(|(_, why)| why),
                 );
-                results
+                (results, way)
             }
             Err(error) => {
                 note(Some(error.to_string()));
-                fail_all(&batch, &error)
+                (fail_all(&batch, &error), Way::OneByOne)
             }
         };
-        metrics::commit(batch.len(), started.elapsed());
+        metrics::commit(batch.len(), way.as_str(), started.elapsed());
         for (job, result) in batch.into_iter().zip(results) {
             if let Err(refused) = &result
                 && let Some(kind) = refused.refusal()
@@ -163,14 +163,49 @@ async fn write_loop<C: Exec>(
     }
 }
 
+/// How a group commit's transactions were applied.
+#[derive(Clone, Copy)]
+enum Way {
+    /// With one statement per table (`Exec::commit_together`).
+    Together,
+    /// Each transaction's statements in turn.
+    OneByOne,
+    /// Again, each transaction in a savepoint of its own, after one was refused.
+    Isolated,
+}
+
+impl Way {
+    fn as_str(self) -> &'static str {
+        match self {
+            Way::Together => "together",
+            Way::OneByOne => "one_by_one",
+            Way::Isolated => "isolated",
+        }
+    }
+}
+
 /// Commits a batch in one database transaction. Conflicts are rare, so the batch is first
-/// applied whole; if any job fails it is rolled back and applied again with each job in its own
+/// applied whole — together, where the database does that for less (`Exec::commit_together`) —
+/// and if any job fails it is rolled back and applied again with each job in its own
 /// savepoint, so that the failing job fails alone.
-async fn commit_batch(conn: &mut impl Exec, batch: &[Job]) -> Vec<Result<Committed>> {
+async fn commit_batch(conn: &mut impl Exec, batch: &[Job]) -> (Vec<Result<Committed>>, Way) {
+    let transactions: Vec<&Transaction> = batch.iter().map(|job| &job.transaction).collect();
+    match conn.commit_together(&transactions).await {
+        Some(Ok(())) => {
+            let results = batch.iter().map(|_| Ok(Committed::default())).collect();
+            return (results, Way::Together);
+        }
+        Some(Err(error)) if error.outage().is_some() => {
+            return (fail_all(batch, &error), Way::Together);
+        }
+        // Refused (a conflict): one by one, which finds the job refused and says why.
+        Some(Err(error)) => tracing::debug!(%error, "a batch did not commit together"),
+        None => {}
+    }
     match commit_whole(conn, batch).await {
-        Ok(results) => results,
-        Err(results) if batch.len() == 1 => results,
-        Err(_) => commit_isolated(conn, batch).await,
+        Ok(results) => (results, Way::OneByOne),
+        Err(results) if batch.len() == 1 => (results, Way::OneByOne),
+        Err(_) => (commit_isolated(conn, batch).await, Way::Isolated),
     }
 }
 
