@@ -3,7 +3,7 @@
 
 use sqlx::{AssertSqlSafe, Executor};
 
-use super::exec::{Row, args};
+use super::exec::{Arg, Row, args};
 use super::{Result, Storage, json_is_string};
 use crate::storage::condition::{FieldPath, Prefilter};
 use crate::storage::{AggregateRecord, Aggregates, Found, Snapshot, StorageError};
@@ -21,26 +21,30 @@ impl Aggregates for Storage {
         // cached generic plan chose an index led by (service, aggregate) and read every
         // snapshot of the type (about 1,300 rows a lookup in `saga-bench cluster`). A uuid
         // is one aggregate's, so the type is checked on the row.
-        const GET: &str = "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged, aggregate \
+        // Outside a saga there is nothing staged to prefer: the committed row alone.
+        const COMMITTED: &str = "SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged, aggregate \
+             FROM snapshots WHERE service = $1 AND uuid = $2";
+        const STAGED_FIRST: &str = "SELECT uuid, version, created_at, updated_at, data, deleted, 1 AS staged, aggregate \
              FROM staged_snapshots WHERE service = $1 AND uuid = $2 AND saga = $3 \
              UNION ALL \
              SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged, aggregate \
              FROM snapshots WHERE service = $1 AND uuid = $2";
-        let saga = saga.map(|s| s.to_string()).unwrap_or_default();
+        let saga = saga.map(|s| s.to_string());
+        let (sql, args): (&'static str, &[Arg]) = match &saga {
+            Some(saga) => (STAGED_FIRST, args![service, uuid, saga.as_str()]),
+            None => (COMMITTED, args![service, uuid]),
+        };
         match &self.inner.point_reads {
             Some(point_reads) => {
-                let rows = point_reads
-                    .fetch(GET, args![service, uuid, saga.as_str()])
-                    .await?;
+                let rows = point_reads.fetch(sql, args).await?;
                 preferred_snapshot(&rows, aggregate)
             }
             None => {
-                let rows = sqlx::query(GET)
-                    .bind(service)
-                    .bind(uuid)
-                    .bind(&saga)
-                    .fetch_all(&self.inner.reads)
-                    .await?;
+                let mut query = sqlx::query(sql).bind(service).bind(uuid);
+                if let Some(saga) = &saga {
+                    query = query.bind(saga);
+                }
+                let rows = query.fetch_all(&self.inner.reads).await?;
                 preferred_snapshot(&rows, aggregate)
             }
         }

@@ -90,25 +90,24 @@ pub(super) async fn commit(conn: &mut PgConnection, batch: &[&Transaction]) -> O
     Some(committed.await)
 }
 
-/// The most bytes of rows one part of a batch carries. A statement that fits in one TLS record
-/// (16 KiB) leaves in one write. A larger one leaves in several, and the socket's Nagle
-/// algorithm (sqlx does not set `TCP_NODELAY`) holds each further one back until the server's
-/// delayed acknowledgement, up to 40 ms: with TLS on, whole batches in one statement were
-/// slower than a statement per row.
+/// The most bytes of rows one statement of a part of a batch carries. A statement that fits in
+/// one TLS record (16 KiB) leaves in one write. A larger one leaves in several, and the socket's
+/// Nagle algorithm (sqlx does not set `TCP_NODELAY`) holds each further one back until the
+/// server's delayed acknowledgement, up to 40 ms: with TLS on, whole batches in one statement
+/// were slower than a statement per row.
 const PART_BYTES: usize = 12 << 10;
 
-/// The batch in consecutive parts of at most `PART_BYTES` of rows (or one transaction).
+/// The batch in consecutive parts whose statements carry at most `PART_BYTES` of rows each (or
+/// one transaction).
 fn parts<'b, 't>(batch: &'b [&'t Transaction]) -> impl Iterator<Item = &'b [&'t Transaction]> {
+    // What the transaction adds to the largest statement: the aggregates' (snapshots), the
+    // saga's state (sagas) or its history entries (saga_history); ids and numbers rounded up.
     let bytes = |tx: &Transaction| {
-        let writes: usize = tx
-            .writes
-            .iter()
-            .map(|w| w.data.len() + w.diff.len() + w.uuid.len() + 64)
-            .sum();
-        let saga = tx.saga.as_ref().map_or(0, |s| {
-            s.state.len() + s.history.as_ref().map_or(0, String::len) + 128
+        let writes: usize = tx.writes.iter().map(|w| w.data.len() + 128).sum();
+        let (state, history) = tx.saga.as_ref().map_or((0, 0), |s| {
+            (s.state.len(), s.history.as_ref().map_or(0, String::len))
         });
-        writes + saga
+        writes.max(state + 256).max(history + 64)
     };
     let mut rest = batch;
     std::iter::from_fn(move || {
@@ -276,4 +275,40 @@ async fn save_sagas(conn: &mut PgConnection, batch: &[&Transaction]) -> Result<(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writing(bytes: usize) -> Transaction {
+        Transaction {
+            writes: vec![Write {
+                service: "exam".into(),
+                aggregate: "Exam".into(),
+                uuid: "u".into(),
+                action: Action::Create,
+                version: 1,
+                diff: "{}".into(),
+                data: "x".repeat(bytes),
+                created_at: 0,
+                updated_at: 0,
+                staged_under: None,
+            }],
+            ..Transaction::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_cut_into_parts_that_each_fit_a_tls_record() {
+        let transactions: Vec<Transaction> = [1_000, 5_000, 5_000, 3_000, 20_000, 100, 100]
+            .into_iter()
+            .map(writing)
+            .collect();
+        let batch: Vec<&Transaction> = transactions.iter().collect();
+        let sizes: Vec<usize> = parts(&batch).map(<[_]>::len).collect();
+        // 1,000 + 5,000 + 5,000 fit; 3,000 starts the next; 20,000 is a part of its own.
+        assert_eq!(sizes, [3, 1, 1, 2]);
+        assert_eq!(parts(&[]).count(), 0);
+    }
 }
