@@ -1,7 +1,8 @@
 //! A group commit's plain transactions applied together on PostgreSQL: one statement per table
 //! for the whole batch, each row set passed as arrays (`unnest`), instead of a statement per
 //! row. Every PostgreSQL statement is a round trip to the server and a wake-up on both sides;
-//! a `POST /exams` saga takes eight of them one by one, a batch of any size takes seven this way.
+//! a `POST /exams` saga takes eight of them one by one. This way a batch takes `BEGIN`, five or
+//! six for each part of about 12 KiB of rows (`parts`: about eight such sagas), and `COMMIT`.
 //!
 //! Only transactions that commit aggregate writes and store a saga go here (`plain`), and only
 //! when no two of them touch the same aggregate or saga: their order within the batch cannot
