@@ -104,6 +104,34 @@ pub(super) trait Exec: Send + Sized + 'static {
     }
 }
 
+/// Begins the writer's transaction. On SQLite it takes the write lock at once (`IMMEDIATE`):
+/// a deferred transaction that read first could not wait for a maintenance write on another
+/// connection (its snapshot would be stale) and would fail with "database is locked"; this one
+/// waits its turn (`busy_timeout`).
+pub(super) async fn begin<C: Exec>(conn: &mut C) -> Result<()> {
+    let begin = match C::DIALECT {
+        Dialect::Sqlite => "BEGIN IMMEDIATE",
+        Dialect::Postgres => "BEGIN",
+    };
+    conn.control(begin).await
+}
+
+/// Ends the transaction: committed, or (when `commit` failed) rolled back, so that the
+/// connection is never left inside one.
+pub(super) async fn commit(conn: &mut impl Exec) -> Result<()> {
+    let committed = conn.control("COMMIT").await;
+    if committed.is_err() {
+        rollback(conn).await;
+    }
+    committed
+}
+
+/// Rolls the transaction back. If that fails too the connection is broken, and the next
+/// statement says so.
+pub(super) async fn rollback(conn: &mut impl Exec) {
+    let _ = conn.control("ROLLBACK").await;
+}
+
 impl Row for PgRow {
     fn int(&self, column: usize) -> Result<i64> {
         use sqlx::Row as _;

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use sqlx::PgConnection;
 
 use super::Result;
-use super::exec::Exec;
+use super::exec;
 use crate::storage::{Action, SagaRow, StorageError, Transaction, Write};
 
 /// Whether `tx` only writes aggregates outside any saga and stores a saga.
@@ -75,18 +75,14 @@ pub(super) async fn commit(conn: &mut PgConnection, batch: &[&Transaction]) -> O
         return None;
     }
     let committed = async {
-        conn.control("BEGIN").await?;
+        exec::begin(conn).await?;
         for part in parts(batch) {
             if let Err(error) = apply(conn, part).await {
-                let _ = conn.control("ROLLBACK").await;
+                exec::rollback(conn).await;
                 return Err(error);
             }
         }
-        let committed = conn.control("COMMIT").await;
-        if committed.is_err() {
-            let _ = conn.control("ROLLBACK").await;
-        }
-        committed
+        exec::commit(conn).await
     };
     Some(committed.await)
 }

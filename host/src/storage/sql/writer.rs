@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use saga_core::ids::SagaId;
 use tokio::sync::{mpsc, oneshot};
 
-use super::exec::{Exec, Row, args};
+use super::exec::{Exec, Row, args, begin, commit, rollback};
 use super::writes::{apply_write, discard, enqueue, promote, stage_message, stage_write};
 use super::{Dialect, Result, Storage};
 use crate::storage::{
@@ -224,34 +224,6 @@ fn fail_all(batch: &[Job], error: &StorageError) -> Vec<Result<Committed>> {
             })
         })
         .collect()
-}
-
-/// Begins the writer's transaction. On SQLite it takes the write lock at once (`IMMEDIATE`):
-/// a deferred transaction that read first could not wait for a maintenance write on another
-/// connection (its snapshot would be stale) and would fail with "database is locked"; this one
-/// waits its turn (`busy_timeout`).
-async fn begin<C: Exec>(conn: &mut C) -> Result<()> {
-    let begin = match C::DIALECT {
-        Dialect::Sqlite => "BEGIN IMMEDIATE",
-        Dialect::Postgres => "BEGIN",
-    };
-    conn.control(begin).await
-}
-
-/// Ends the transaction: committed, or (when `commit` failed) rolled back, so that the
-/// connection is never left inside one.
-async fn commit(conn: &mut impl Exec) -> Result<()> {
-    let committed = conn.control("COMMIT").await;
-    if committed.is_err() {
-        rollback(conn).await;
-    }
-    committed
-}
-
-/// Rolls the transaction back. If that fails too the connection is broken, and the next
-/// statement says so.
-async fn rollback(conn: &mut impl Exec) {
-    let _ = conn.control("ROLLBACK").await;
 }
 
 /// All jobs in one transaction; `Err` (nothing committed) as soon as one fails.
