@@ -85,6 +85,39 @@ async fn the_tutorial_flow() {
     assert_eq!(answer.json()["attempt"], 1);
 }
 
+/// Reads of aggregates by uuid the host has sent to the database so far (its metric).
+async fn reads_by_uuid(http: &common::Http) -> u64 {
+    let metrics = http.get("/metrics").await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    metrics
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"saga_host_storage_reads_total{kind="get"} "#))
+        .map_or(0, |count| count.parse().expect("a count"))
+}
+
+/// The Attempt service reads the user's attempt and then creates or saves it: the call reads
+/// it from the database once, whether it was there or not.
+#[tokio::test]
+async fn a_submission_reads_the_attempt_from_the_database_once() {
+    let dir = TempDir::new("reads");
+    let host = Host::start(&dir, &BUNDLED);
+    let http = host.http();
+    let (user, exam) = (Uuid::new_v4(), Uuid::new_v4());
+    for attempt in 1..=2 {
+        let before = reads_by_uuid(http).await;
+        let answer = http.post_json("/exams", &submission(user, exam)).await;
+        assert_eq!(answer.status, 200, "submission {attempt}: {}", answer.body);
+        assert_eq!(answer.json()["attempt"], attempt);
+        assert_eq!(
+            reads_by_uuid(http).await - before,
+            1,
+            "submission {attempt}: the attempt read once (get, then {})",
+            if attempt == 1 { "create" } else { "save" }
+        );
+    }
+}
+
 #[tokio::test]
 async fn ten_concurrent_submissions_create_exactly_three_exams() {
     ten_concurrent_submissions(&[]).await;

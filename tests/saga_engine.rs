@@ -410,6 +410,36 @@ async fn conflicting_sagas_one_wins_the_other_fails() {
     }
 }
 
+/// A call reads each aggregate from storage once and answers a second read from what the
+/// first found, but not across a saga it waited for: that saga may have changed it.
+#[tokio::test]
+async fn a_call_sees_what_a_saga_it_waited_for_wrote() {
+    let dir = TempDir::new("read-around");
+    let host = Host::start(&dir, &COMPONENTS);
+    let key = unique("named");
+    let around = |host: &Host| {
+        let http = host.http().clone();
+        let key = key.clone();
+        async move {
+            let answer = http.post_json("/read-around", &json!({"key": key})).await;
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            answer.json()
+        }
+    };
+    let first = around(&host).await;
+    assert_eq!(
+        first,
+        json!({"before": null, "after": "saga", "status": "finished"}),
+        "absent before the saga, created by it"
+    );
+    let second = around(&host).await;
+    assert_eq!(
+        second,
+        json!({"before": "saga", "after": "saga+saga", "status": "finished"}),
+        "the saga's update is seen after it"
+    );
+}
+
 async fn poll<F, Fut>(what: &str, timeout: Duration, mut check: F) -> Value
 where
     F: FnMut() -> Fut,

@@ -3,7 +3,7 @@
 //! (`Seen`) — and the wasmtime store data that carries them with WASI (granting nothing). The
 //! host imports (`imports/`) each work on the parts they need.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use super::bindings::types as wit;
 use super::compute::{Meter, Pacer};
 use crate::broker::Broker;
 use crate::storage::condition::Condition;
-use crate::storage::{NewMessage, Storage, Write};
+use crate::storage::{AggregateRecord, NewMessage, Storage, Write};
 
 /// Starts sagas on behalf of a component (implemented by the orchestrator).
 pub trait SagaRunner: Send + Sync + 'static {
@@ -147,14 +147,18 @@ impl Budget {
     }
 }
 
-/// What the call has seen of storage: the version of every aggregate it read, the uuids it found
-/// absent, and the conditions it searched with. A conflict on something the call saw otherwise
-/// is a race (another writer committed while the call ran): the call is run again. A conflict on
-/// something it never looked at is the component's to handle.
+/// What the call has seen of storage: what storage answered for each aggregate it read by uuid,
+/// the version of every aggregate it was given, and the conditions it searched with. A conflict
+/// on something the call saw otherwise is a race (another writer committed while the call ran):
+/// the call is run again. A conflict on something it never looked at is the component's to
+/// handle.
 #[derive(Default)]
 pub struct Seen {
+    /// By (aggregate type, uuid): its state and whether it is deleted, `None` when it never
+    /// existed. The call reads each aggregate from storage once; a later read is answered from
+    /// here (with the call's own writes over it).
+    pub(super) read: HashMap<(String, String), Option<(AggregateRecord, bool)>>,
     pub(super) observed: HashMap<String, u64>,
-    pub(super) absent: HashSet<String>,
     pub(super) searched: Vec<(String, Condition)>,
 }
 

@@ -85,6 +85,7 @@ const COMMIT_DURATION: &str = "saga_host_storage_commit_seconds";
 const BATCH_TRANSACTIONS: &str = "saga_host_storage_batch_transactions";
 const COMMITS: &str = "saga_host_storage_commits_total";
 const CONFLICTS: &str = "saga_host_storage_conflicts_total";
+const READS: &str = "saga_host_storage_reads_total";
 const RERUNS: &str = "saga_host_call_reruns_total";
 const LOCK_WAITS: &str = "saga_host_lock_waits_total";
 const QUEUE_DEPTH: &str = "saga_host_queue_depth";
@@ -207,6 +208,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         COMMITS,
         Kind::Counter,
         "Group commits by how their transactions were applied (way: together, one_by_one, isolated).",
+    ),
+    (
+        READS,
+        Kind::Counter,
+        "Reads of the services' aggregates sent to the database, by kind (get: one by uuid; find: by condition).",
     ),
     (
         CONFLICTS,
@@ -412,6 +418,11 @@ pub fn commit(transactions: usize, way: &'static str, took: Duration) {
     histogram!(COMMIT_DURATION).record(seconds(took));
     histogram!(BATCH_TRANSACTIONS).record(transactions as f64);
     counter!(COMMITS, "way" => way).increment(1);
+}
+
+/// The services' aggregates were read from the database (`kind`: get, find).
+pub fn storage_read(kind: &'static str) {
+    counter!(READS, "kind" => kind).increment(1);
 }
 
 /// Storage refused a transaction (`kind`: conflict, saga_changed, overwritten, duplicate).

@@ -70,6 +70,7 @@ pub fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
         env: state.ctx.env.as_ref(),
         budget: &mut state.ctx.budget,
         permit: &mut state.ctx.permit,
+        seen: &mut state.ctx.seen,
         pacer: &state.pacer,
         meter: &state.meter,
     })?;

@@ -1,13 +1,14 @@
 //! The `sagas` import: a service starts and looks up its own sagas, over the parts of the call
-//! it needs — who calls, its budget, and its place among the service's concurrent calls (given
-//! up while it waits for a saga, which may need a place of its own).
+//! it needs — who calls, its budget, its place among the service's concurrent calls (given up
+//! while it waits for a saga, which may need a place of its own), and what it read of storage
+//! (which the saga may change).
 
 use std::sync::Arc;
 
 use saga_core::engine::Context;
 
 use crate::runtime::bindings::{sagas, types as wit};
-use crate::runtime::call::{Budget, CallEnv, Caller, Identity};
+use crate::runtime::call::{Budget, CallEnv, Caller, Identity, Seen};
 use crate::runtime::compute::{Meter, Pacer};
 
 /// The call's state as the sagas import sees it.
@@ -16,6 +17,7 @@ pub struct SagasImport<'a> {
     pub(super) env: Option<&'a Arc<CallEnv>>,
     pub(super) budget: &'a mut Budget,
     pub(super) permit: &'a mut Option<tokio::sync::OwnedSemaphorePermit>,
+    pub(super) seen: &'a mut Seen,
     pub(super) pacer: &'a Pacer,
     pub(super) meter: &'a Meter,
 }
@@ -59,6 +61,8 @@ impl sagas::Host for SagasImport<'_> {
             .flatten();
         let result = env.sagas.run(caller, name, context, options.wait).await;
         drop(waiting);
+        // The saga may have changed what the call read: it reads it from storage again.
+        self.seen.read.clear();
         if gave_up_permit {
             *self.permit = self.who.service.calls.clone().acquire_owned().await.ok();
         }

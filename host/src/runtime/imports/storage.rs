@@ -24,15 +24,13 @@ pub struct StorageImport<'a> {
 }
 
 impl StorageImport<'_> {
-    /// Whether the call believed `existing` did not exist: it found the uuid absent, or a
-    /// search it made would have returned it.
+    /// Whether the call believed `existing` did not exist: a search it made would have returned
+    /// it. (Had it read the uuid and found nothing, it would find nothing again: see `read`.)
     fn missed(&self, aggregate: &str, existing: &AggregateRecord) -> bool {
-        self.seen.absent.contains(&existing.uuid)
-            || self
-                .seen
-                .searched
-                .iter()
-                .any(|(searched, condition)| searched == aggregate && condition.matches(existing))
+        self.seen
+            .searched
+            .iter()
+            .any(|(searched, condition)| searched == aggregate && condition.matches(existing))
     }
 
     fn observe(&mut self, record: &AggregateRecord) {
@@ -127,6 +125,12 @@ impl StorageImport<'_> {
     /// The state this call sees of one aggregate: its transaction's pending writes, then its
     /// saga's staged writes, then the committed snapshot. `Some((record, deleted))` when it ever
     /// existed.
+    ///
+    /// Storage is asked once per aggregate and call; a later read gets the same answer (the
+    /// Attempt service's `get` then `create_with_uuid` of a new attempt, or `get` then `save`,
+    /// read once). Should another writer change the aggregate meanwhile, the call's commit is
+    /// refused on the version or the taken uuid and the call runs again: a race, as when a
+    /// second read saw the change.
     async fn read(
         &mut self,
         aggregate: &str,
@@ -138,12 +142,20 @@ impl StorageImport<'_> {
         {
             return Ok(Some((record_of(write)?, write.action == Action::Delete)));
         }
+        let key = (aggregate.to_string(), uuid.to_string());
+        if let Some(known) = self.seen.read.get(&key) {
+            return Ok(known.clone());
+        }
         let env = self.env()?.clone();
         let (service, saga) = (self.who.service_name(), self.who.saga_id());
-        let found = env.storage.get(service, aggregate, uuid, saga).await;
-        found
-            .map(|found| found.map(|s| (s.record, s.deleted)))
-            .map_err(unavailable)
+        let found = env
+            .storage
+            .get(service, aggregate, uuid, saga)
+            .await
+            .map_err(unavailable)?
+            .map(|s| (s.record, s.deleted));
+        self.seen.read.insert(key, found.clone());
+        Ok(found)
     }
 
     fn push_write(&mut self, write: Write) -> Result<(), wit_storage::StorageError> {
@@ -297,15 +309,10 @@ impl wit_storage::Host for StorageImport<'_> {
                         ctx.observe(&record);
                         Ok(to_wit(&record))
                     }
-                    found => {
-                        if found.is_none() {
-                            ctx.seen.absent.insert(uuid.clone());
-                        }
-                        Err(wit_storage::StorageError::NotFound(format!(
-                            "{aggregate_type} {uuid} does not exist"
-                        ))
-                        .into())
-                    }
+                    _ => Err(wit_storage::StorageError::NotFound(format!(
+                        "{aggregate_type} {uuid} does not exist"
+                    ))
+                    .into()),
                 }
             }
             .await,

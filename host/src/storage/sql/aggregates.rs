@@ -7,6 +7,7 @@ use super::exec::{Arg, Row, args};
 use super::{Result, Storage, json_is_string};
 use crate::storage::condition::{FieldPath, Prefilter};
 use crate::storage::{AggregateRecord, Aggregates, Found, Snapshot, StorageError};
+use crate::telemetry::metrics;
 use saga_core::ids::SagaId;
 
 impl Aggregates for Storage {
@@ -29,6 +30,7 @@ impl Aggregates for Storage {
              UNION ALL \
              SELECT uuid, version, created_at, updated_at, data, deleted, 0 AS staged, aggregate \
              FROM snapshots WHERE service = $1 AND uuid = $2";
+        metrics::storage_read("get");
         let saga = saga.map(|s| s.to_string());
         let (sql, args): (&'static str, &[Arg]) = match &saga {
             Some(saga) => (STAGED_FIRST, args![service, uuid, saga.as_str()]),
@@ -99,6 +101,7 @@ impl Aggregates for Storage {
         for (_, value) in &prefilter.equalities {
             query = query.bind(value.as_str());
         }
+        metrics::storage_read("find");
         let rows = query.fetch_all(&self.inner.reads).await?;
         let mut found = Found::default();
         for row in &rows {

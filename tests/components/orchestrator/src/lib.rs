@@ -10,7 +10,8 @@
 //! - `local_fails`, `commit_fails`: booleans; `branch`: "x" or anything else.
 //!
 //! `POST /run/{saga}` runs a saga with the body as its context and waits; `POST /start/{saga}`
-//! starts it and returns at once.
+//! starts it and returns at once; `POST /read-around` reads a note, runs `NAMED_NOTE` (which
+//! writes it) and reads it again.
 
 use std::time::Duration;
 
@@ -84,6 +85,32 @@ fn write_note(context: &SagaContext, text: &str) -> Result<()> {
     }
     .create()?;
     Ok(())
+}
+
+/// The uuid of the note `NAMED_NOTE` writes for a key.
+fn named_note(key: &str) -> Uuid {
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("note/{key}").as_bytes())
+}
+
+/// `NAMED_NOTE`'s one step: creates the key's named note, or appends to its text.
+fn write_named_note(context: SagaContext) -> Result<SagaContext> {
+    let key: String = context.get("key")?;
+    let uuid = named_note(&key);
+    match Note::get(uuid) {
+        Ok(mut note) => {
+            note.text.push_str("+saga");
+            note.save()?;
+        }
+        Err(error) if error.is_not_found() => {
+            Note {
+                key,
+                text: "saga".into(),
+            }
+            .create_with_uuid(uuid)?;
+        }
+        Err(error) => return Err(error),
+    }
+    Ok(context)
 }
 
 fn local(context: SagaContext) -> Result<SagaContext> {
@@ -236,6 +263,26 @@ fn start(request: Request) -> Result<Response> {
     Ok(Response::new(execution_json(execution)))
 }
 
+/// The key's named note before and after `NAMED_NOTE` ran, as this one call reads it: a call
+/// sees what a saga it waited for wrote.
+fn read_around(request: Request) -> Result<Response> {
+    let context: SagaContext = request.content()?;
+    let uuid = named_note(&context.get::<String>("key")?);
+    let text = || match Note::get(uuid) {
+        Ok(note) => Ok(Some(note.text.clone())),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
+    };
+    let before = text()?;
+    let execution = SagaManager::run("NAMED_NOTE", context)?;
+    let after = text()?;
+    Ok(Response::new(json!({
+        "before": before,
+        "after": after,
+        "status": status_name(execution.status),
+    })))
+}
+
 fn notes(request: Request) -> Result<Response> {
     let key = request.param("key")?;
     let notes: Vec<String> = Note::find_ordered(
@@ -254,6 +301,7 @@ fn service() -> Service<Orchestrator> {
         .aggregate::<Note>()
         .rest_command(Method::Post, "/run/{saga}", run)
         .rest_command(Method::Post, "/start/{saga}", start)
+        .rest_command(Method::Post, "/read-around", read_around)
         .rest_query(Method::Get, "/notes/{key}", notes)
         .saga("MAIN", main_saga())
         .saga(
@@ -263,6 +311,13 @@ fn service() -> Service<Orchestrator> {
         .saga(
             "BRANCH_Y",
             remote(Saga::new(), "y", true, false).commit_empty(),
+        )
+        .saga(
+            "NAMED_NOTE",
+            Saga::new()
+                .local_step()
+                .on_execute(write_named_note)
+                .commit_empty(),
         )
         .saga("ONE", chain(1))
         .saga("THREE", chain(3))
