@@ -994,3 +994,47 @@ async fn queue_entries_handed_on_are_removed(db: Backend) {
         vec![committed.queued[1].seq]
     );
 }
+
+/// The text columns of PostgreSQL's keys and indexes, as `table.index.column` under the
+/// collation each is compared with.
+const INDEXED_TEXT_COLUMNS: &str = "SELECT t.relname || '.' || i.indexrelid::regclass || '.' || a.attname, \
+     coalesce(c.collname, 'default') \
+     FROM pg_index i \
+     JOIN pg_class t ON t.oid = i.indrelid \
+     JOIN pg_namespace n ON n.oid = t.relnamespace AND n.nspname = current_schema() \
+     CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indcollation::oid[]) AS k(attnum, coll) \
+     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+     LEFT JOIN pg_collation c ON c.oid = k.coll \
+     WHERE a.atttypid = 'text'::regtype";
+
+/// On PostgreSQL every text column of a key or an index compares as bytes (`COLLATE "C"`), as
+/// SQLite's do: under the database's default collation every comparison in an index is a
+/// `strcoll`. A new table or index must keep to it (see the migration
+/// `20261130000000_keys_compare_as_bytes.sql`).
+#[tokio::test]
+async fn postgres_keys_compare_as_bytes() {
+    use sqlx::Connection;
+    let db = postgres().await;
+    let mut conn = sqlx::PgConnection::connect(&db.url)
+        .await
+        .expect("connect beside the storage");
+    let columns: Vec<(String, String)> = sqlx::query_as(INDEXED_TEXT_COLUMNS)
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the catalog");
+    let (bytes, other): (Vec<_>, Vec<_>) =
+        columns.iter().partition(|(_, collation)| collation == "C");
+    assert!(
+        other.is_empty(),
+        "indexed text columns under another collation than \"C\": {other:?}"
+    );
+    assert!(
+        bytes
+            .iter()
+            .any(|(column, _)| column == "snapshots.snapshots_pkey.uuid")
+            && bytes
+                .iter()
+                .any(|(column, _)| column == "sagas.sagas_pkey.id"),
+        "the check saw the keys: {bytes:?}"
+    );
+}
