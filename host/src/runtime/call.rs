@@ -155,11 +155,53 @@ impl Budget {
 #[derive(Default)]
 pub struct Seen {
     /// By (aggregate type, uuid): its state and whether it is deleted, `None` when it never
-    /// existed. The call reads each aggregate from storage once; a later read is answered from
-    /// here (with the call's own writes over it).
-    pub(super) read: HashMap<(String, String), Option<(AggregateRecord, bool)>>,
+    /// existed; a later read of it is answered from here (with the call's own writes over it).
+    read: HashMap<(String, String), Option<(AggregateRecord, bool)>>,
+    /// How many of `read`'s answers hold a record.
+    records: usize,
     pub(super) observed: HashMap<String, u64>,
     pub(super) searched: Vec<(String, Condition)>,
+}
+
+/// The records a call keeps of what it read: a call may read `max-host-calls` aggregates of
+/// `max-value-kb` each, and the host keeps them for the call's length. Past these, the call
+/// reads a record from storage each time; absences are kept all (a uuid each).
+const REMEMBERED_RECORDS: usize = 64;
+
+impl Seen {
+    /// What storage answered when the call read this aggregate, if it is remembered.
+    pub(super) fn recall(
+        &self,
+        aggregate: &str,
+        uuid: &str,
+    ) -> Option<&Option<(AggregateRecord, bool)>> {
+        self.read.get(&(aggregate.to_string(), uuid.to_string()))
+    }
+
+    /// Keeps what storage answered for an aggregate: always its absence, which makes a later
+    /// create of it by another writer a race rather than a conflict; a record while fewer than
+    /// `REMEMBERED_RECORDS` are kept.
+    pub(super) fn remember(
+        &mut self,
+        aggregate: &str,
+        uuid: &str,
+        found: &Option<(AggregateRecord, bool)>,
+    ) {
+        if found.is_some() {
+            if self.records == REMEMBERED_RECORDS {
+                return;
+            }
+            self.records += 1;
+        }
+        self.read
+            .insert((aggregate.to_string(), uuid.to_string()), found.clone());
+    }
+
+    /// Forgets what the call read, which a saga it waited for may have changed.
+    pub(super) fn forget_reads(&mut self) {
+        self.read.clear();
+        self.records = 0;
+    }
 }
 
 /// The state of one call.
@@ -286,3 +328,55 @@ impl wasmtime_wasi::WasiView for CallState {
 }
 
 impl wit::Host for CallState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(uuid: &str) -> Option<(AggregateRecord, bool)> {
+        Some((
+            AggregateRecord {
+                uuid: uuid.to_string(),
+                version: 1,
+                created_at: 0,
+                updated_at: 0,
+                data: serde_json::json!({"n": 1}),
+            },
+            false,
+        ))
+    }
+
+    #[test]
+    fn a_call_keeps_every_absence_and_a_bounded_number_of_records() {
+        let mut seen = Seen::default();
+        for n in 0..REMEMBERED_RECORDS + 10 {
+            let uuid = format!("found-{n}");
+            seen.remember("Exam", &uuid, &record(&uuid));
+            seen.remember("Exam", &format!("absent-{n}"), &None);
+        }
+        let kept = (0..REMEMBERED_RECORDS + 10)
+            .filter(|n| seen.recall("Exam", &format!("found-{n}")).is_some())
+            .count();
+        assert_eq!(kept, REMEMBERED_RECORDS, "records are kept up to the bound");
+        assert_eq!(seen.recall("Exam", "found-0"), Some(&record("found-0")));
+        for n in 0..REMEMBERED_RECORDS + 10 {
+            assert_eq!(
+                seen.recall("Exam", &format!("absent-{n}")),
+                Some(&None),
+                "absence {n} is kept"
+            );
+        }
+        assert_eq!(
+            seen.recall("Attempt", "absent-0"),
+            None,
+            "an answer is the type's"
+        );
+        seen.forget_reads();
+        assert_eq!(seen.recall("Exam", "absent-0"), None);
+        seen.remember("Exam", "again", &record("again"));
+        assert!(
+            seen.recall("Exam", "again").is_some(),
+            "room again after forgetting"
+        );
+    }
+}

@@ -62,7 +62,7 @@ impl sagas::Host for SagasImport<'_> {
         let result = env.sagas.run(caller, name, context, options.wait).await;
         drop(waiting);
         // The saga may have changed what the call read: it reads it from storage again.
-        self.seen.read.clear();
+        self.seen.forget_reads();
         if gave_up_permit {
             *self.permit = self.who.service.calls.clone().acquire_owned().await.ok();
         }

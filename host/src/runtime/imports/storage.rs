@@ -126,7 +126,8 @@ impl StorageImport<'_> {
     /// saga's staged writes, then the committed snapshot. `Some((record, deleted))` when it ever
     /// existed.
     ///
-    /// Storage is asked once per aggregate and call; a later read gets the same answer (the
+    /// Storage is asked once per aggregate and call (see `Seen` for the bound on the records
+    /// kept); a later read gets the same answer (the
     /// Attempt service's `get` then `create_with_uuid` of a new attempt, or `get` then `save`,
     /// read once). Should another writer change the aggregate meanwhile, the call's commit is
     /// refused on the version or the taken uuid and the call runs again: a race, as when a
@@ -142,8 +143,7 @@ impl StorageImport<'_> {
         {
             return Ok(Some((record_of(write)?, write.action == Action::Delete)));
         }
-        let key = (aggregate.to_string(), uuid.to_string());
-        if let Some(known) = self.seen.read.get(&key) {
+        if let Some(known) = self.seen.recall(aggregate, uuid) {
             return Ok(known.clone());
         }
         let env = self.env()?.clone();
@@ -154,7 +154,7 @@ impl StorageImport<'_> {
             .await
             .map_err(unavailable)?
             .map(|s| (s.record, s.deleted));
-        self.seen.read.insert(key, found.clone());
+        self.seen.remember(aggregate, uuid, &found);
         Ok(found)
     }
 
