@@ -340,7 +340,26 @@ pub fn exam_workload() -> Workload {
 
 async fn exams(load: &Load) -> anyhow::Result<()> {
     let components = [component("guest_exam")?, component("guest_attempt")?];
-    post_exams("SQLite synchronous=FULL", &components, load, true).await
+    // The disk report reads the host's own SQLite file: none when `--database` names another.
+    match database_arg(load) {
+        Some(url) if url.starts_with("postgres") => {
+            post_exams("PostgreSQL (--database)", &components, load, false).await
+        }
+        Some(_) => post_exams("SQLite (--database)", &components, load, false).await,
+        None => post_exams("SQLite synchronous=FULL", &components, load, true).await,
+    }
+}
+
+/// The database the `--host-arg`s give the host (`--database=URL` or `--database URL`), if any.
+fn database_arg(load: &Load) -> Option<&str> {
+    let args = &load.host_args;
+    args.iter().enumerate().find_map(|(i, arg)| {
+        arg.strip_prefix("--database=").or_else(|| {
+            (arg == "--database")
+                .then(|| args.get(i + 1).map(String::as_str))
+                .flatten()
+        })
+    })
 }
 
 async fn tutorial(load: &Load) -> anyhow::Result<()> {
