@@ -32,12 +32,19 @@ pub trait Aggregate: Serialize + DeserializeOwned + Sized {
     /// refused with an error whose [`Error::is_conflict`] holds.
     fn create_with_uuid(self, uuid: Uuid) -> Result<Stored<Self>> {
         let data = serde_json::to_string(&self)?;
-        Stored::from_wit(storage::create(Self::NAME, Some(&uuid.to_string()), &data)?)
+        Stored::from_wit(storage::create(
+            Self::NAME,
+            Some(crate::uuid_text(&uuid, &mut Uuid::encode_buffer())),
+            &data,
+        )?)
     }
 
     /// Reads one aggregate; when there is none, an error whose [`Error::is_not_found`] holds.
     fn get(uuid: Uuid) -> Result<Stored<Self>> {
-        Stored::from_wit(storage::get(Self::NAME, &uuid.to_string())?)
+        Stored::from_wit(storage::get(
+            Self::NAME,
+            crate::uuid_text(&uuid, &mut Uuid::encode_buffer()),
+        )?)
     }
 
     /// The aggregates that satisfy `condition`, in creation order, at most `limit`.
@@ -95,8 +102,12 @@ impl<T: Aggregate> Stored<T> {
     /// holds.
     pub fn save(&mut self) -> Result<()> {
         let fields = serde_json::to_string(&self.data)?;
-        let updated =
-            storage::update(T::NAME, &self.uuid.to_string(), Some(self.version), &fields)?;
+        let updated = storage::update(
+            T::NAME,
+            crate::uuid_text(&self.uuid, &mut Uuid::encode_buffer()),
+            Some(self.version),
+            &fields,
+        )?;
         self.version = updated.version;
         self.updated_at = updated.updated_at;
         Ok(())
@@ -104,7 +115,11 @@ impl<T: Aggregate> Stored<T> {
 
     /// Deletes the aggregate (a delete event; it is gone from `get` and `find`).
     pub fn delete(self) -> Result<()> {
-        storage::delete(T::NAME, &self.uuid.to_string(), Some(self.version))?;
+        storage::delete(
+            T::NAME,
+            crate::uuid_text(&self.uuid, &mut Uuid::encode_buffer()),
+            Some(self.version),
+        )?;
         Ok(())
     }
 }

@@ -71,6 +71,12 @@ pub use service::dispatch as __dispatch;
 #[global_allocator]
 static CALL_ARENA: arena::Arena<arena::LinearMemory> = arena::Arena::new(arena::LinearMemory);
 
+/// A UUID as the host names things ("67e55044-10b1-426f-9247-bb680e5fe0c8"), written into
+/// `buffer` (`Uuid::encode_buffer()`): `to_string` would go through `fmt`, on every call.
+fn uuid_text<'a>(uuid: &Uuid, buffer: &'a mut [u8; uuid::fmt::Urn::LENGTH]) -> &'a str {
+    uuid.hyphenated().encode_lower(buffer)
+}
+
 /// Messages to other services; they are sent when the current call succeeds.
 pub mod broker {
     use crate::Result;

@@ -12,7 +12,6 @@
 //! loads (an empty step, a missing participant, an operation set twice, a missing commit are
 //! refused with the saga and step named). Callbacks are plain functions of the [`SagaContext`].
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -81,7 +80,7 @@ impl SagaContext {
     }
 
     pub(crate) fn to_json(&self) -> String {
-        Value::Object(self.0.clone()).to_string()
+        serde_json::to_string(&self.0).expect("a JSON object serialises")
     }
 }
 
@@ -134,7 +133,8 @@ pub(crate) enum Callback {
 /// A saga definition under construction (see the module documentation).
 pub struct Saga {
     pub(crate) operations: Vec<types::SagaOperation>,
-    pub(crate) callbacks: BTreeMap<String, Callback>,
+    /// Each callback under the name the host calls it by ("step1.on_reply"); a saga has a few.
+    pub(crate) callbacks: Vec<(String, Callback)>,
     pub(crate) step_timeout: Option<Duration>,
     pub(crate) timeout: Option<Duration>,
     steps: usize,
@@ -150,7 +150,7 @@ impl Saga {
     pub fn new() -> Self {
         Saga {
             operations: Vec::new(),
-            callbacks: BTreeMap::new(),
+            callbacks: Vec::new(),
             step_timeout: None,
             timeout: None,
             steps: 0,
@@ -163,14 +163,25 @@ impl Saga {
         self
     }
 
+    /// Registers a callback of the current step (of none after `commit`) and returns its name.
+    /// The whole service is built for every call, so this stays clear of `format!`.
     fn name_callback(&mut self, what: &str, callback: Callback) -> String {
-        let name = if self.steps == 0 {
-            what.to_string()
-        } else {
-            format!("step{}.{what}", self.steps)
-        };
-        self.callbacks.insert(name.clone(), callback);
+        let mut name = String::with_capacity(what.len() + 8);
+        if self.steps != 0 {
+            name.push_str("step");
+            name.push_str(itoa(self.steps, &mut [0; 20]));
+            name.push('.');
+        }
+        name.push_str(what);
+        self.callbacks.push((name.clone(), callback));
         name
+    }
+
+    /// The callback named `name`.
+    pub(crate) fn callback(&self, name: &str) -> Option<&Callback> {
+        self.callbacks
+            .iter()
+            .find_map(|(known, callback)| (known == name).then_some(callback))
     }
 
     /// Starts a step; what follows decides whether it is remote, local or conditional.
@@ -403,7 +414,10 @@ impl SagaManager {
 
     /// An execution of this service's sagas.
     pub fn get(uuid: Uuid) -> Result<SagaExecution> {
-        SagaExecution::from_wit(sagas::get(&uuid.to_string())?)
+        SagaExecution::from_wit(sagas::get(crate::uuid_text(
+            &uuid,
+            &mut Uuid::encode_buffer(),
+        ))?)
     }
 
     /// The saga this call works for: in a saga callback, the execution it is a callback of (an
@@ -421,4 +435,18 @@ impl SagaManager {
         let execution = sagas::run(name, &context.to_json(), sagas::RunOptions { wait })?;
         SagaExecution::from_wit(execution)
     }
+}
+
+/// `n` in decimal, written into `buffer`.
+fn itoa(mut n: usize, buffer: &mut [u8; 20]) -> &str {
+    let mut at = buffer.len();
+    loop {
+        at -= 1;
+        buffer[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[at..]).expect("digits are ASCII")
 }

@@ -74,7 +74,7 @@ impl<World> Service<World> {
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
         self.handler(
-            format!("{method} {path}"),
+            [method.as_str(), " ", path].concat(),
             types::Trigger::RestCommand(rest_route(method, path)),
             handler,
         )
@@ -88,7 +88,7 @@ impl<World> Service<World> {
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
         self.handler(
-            format!("{method} {path}"),
+            [method.as_str(), " ", path].concat(),
             types::Trigger::RestQuery(rest_route(method, path)),
             handler,
         )
@@ -101,7 +101,7 @@ impl<World> Service<World> {
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
         self.handler(
-            format!("command {topic}"),
+            ["command ", topic].concat(),
             types::Trigger::BrokerCommand(topic.to_string()),
             handler,
         )
@@ -114,7 +114,7 @@ impl<World> Service<World> {
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
         self.handler(
-            format!("query {topic}"),
+            ["query ", topic].concat(),
             types::Trigger::BrokerQuery(topic.to_string()),
             handler,
         )
@@ -127,7 +127,7 @@ impl<World> Service<World> {
         handler: impl Fn(Request) -> Result<Response> + 'static,
     ) -> Self {
         self.handler(
-            format!("event {topic}"),
+            ["event ", topic].concat(),
             types::Trigger::BrokerEvent(topic.to_string()),
             handler,
         )
@@ -162,8 +162,7 @@ impl Service<Orchestrator> {
         self.sagas
             .get(saga)
             .ok_or_else(|| Error::system(format!("service {} has no saga {saga:?}", self.name)))?
-            .callbacks
-            .get(callback)
+            .callback(callback)
             .ok_or_else(|| Error::system(format!("saga {saga} has no callback {callback:?}")))
     }
 }
@@ -179,16 +178,22 @@ pub enum Method {
     Delete,
 }
 
-impl fmt::Display for Method {
+impl Method {
     /// The method as HTTP spells it ("POST"); it starts the handler's name ("POST /exams").
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Method::Get => "GET",
             Method::Post => "POST",
             Method::Put => "PUT",
             Method::Patch => "PATCH",
             Method::Delete => "DELETE",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -273,7 +278,7 @@ pub mod dispatch {
             match service.saga_callback(saga, callback)? {
                 Callback::Prepare(prepare) => Ok(types::SagaRequest {
                     target: None,
-                    payload: prepare(&SagaContext::parse(context)?)?.to_string(),
+                    payload: serde_json::to_string(&prepare(&SagaContext::parse(context)?)?)?,
                 }),
                 _ => Err(Error::system(format!(
                     "{saga}.{callback} does not build a payload"
