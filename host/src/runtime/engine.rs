@@ -17,6 +17,11 @@ pub(super) fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
     let mut wasm = Config::new();
     wasm.wasm_component_model(true);
     wasm.epoch_interruption(true);
+    // SAGA_HOST_PERFMAP=1: wasmtime writes /tmp/perf-PID.map, which names the components'
+    // compiled functions for `perf report` and for ops/callgrind-exams.sh.
+    if std::env::var_os("SAGA_HOST_PERFMAP").is_some() {
+        wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if pooling {
         let mut pool = PoolingAllocationConfig::default();
         let instances = config.max_instances;
