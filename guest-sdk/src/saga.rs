@@ -169,7 +169,7 @@ impl Saga {
         let mut name = String::with_capacity(what.len() + 8);
         if self.steps != 0 {
             name.push_str("step");
-            name.push_str(itoa(self.steps, &mut [0; 20]));
+            name.push_str(itoa::Buffer::new().format(self.steps));
             name.push('.');
         }
         name.push_str(what);
@@ -435,18 +435,4 @@ impl SagaManager {
         let execution = sagas::run(name, &context.to_json(), sagas::RunOptions { wait })?;
         SagaExecution::from_wit(execution)
     }
-}
-
-/// `n` in decimal, written into `buffer`.
-fn itoa(mut n: usize, buffer: &mut [u8; 20]) -> &str {
-    let mut at = buffer.len();
-    loop {
-        at -= 1;
-        buffer[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buffer[at..]).expect("digits are ASCII")
 }
