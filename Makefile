@@ -71,8 +71,10 @@ examples:
 	examples/js-notifier/build.sh
 	examples/js-tutorial/build.sh
 
-## The unit tests of the Python and JavaScript SDKs, on the machine's CPython and Node.
+## The unit tests of the SDKs: Rust's natively (its allocator's arena), Python's and
+## JavaScript's on the machine's CPython and Node.
 sdk-test:
+	$(CARGO) test --release -p saga-sdk --lib
 	cd sdk/python && python3 -m unittest discover -s tests
 	node --test sdk/js/test/
 

@@ -289,6 +289,23 @@ async fn a_quiet_host_returns_the_memory_of_finished_calls() {
     );
 }
 
+/// The SDK's allocator (guest-sdk/src/arena.rs) frees nothing within its arena; past it, what a
+/// call frees is reused, so a call may churn through far more than its memory limit.
+#[tokio::test]
+async fn a_call_reuses_the_memory_it_frees_once_past_its_arena() {
+    let dir = TempDir::new("churn");
+    let host = Host::start_with(&dir, COMPONENTS, &["--memory-mb", "16"]);
+    let answer = host.http().get("/probe/churn?mb=256").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let churned = answer.json();
+    assert_eq!(churned["kept"], 256 * 16, "{churned}");
+    let memory = churned["memory_mib"].as_u64().expect("memory_mib");
+    assert!(
+        memory <= 8,
+        "256 MiB churned through 64 KiB buffers grew the memory to {memory} MiB"
+    );
+}
+
 #[tokio::test]
 async fn a_component_sees_no_files_network_environment_clock_or_other_services() {
     let dir = TempDir::new("isolation");

@@ -33,6 +33,7 @@
 //! ```
 
 mod aggregate;
+mod arena;
 #[doc(hidden)]
 pub mod bindings;
 mod condition;
@@ -43,6 +44,7 @@ mod saga;
 mod service;
 
 pub use aggregate::{Aggregate, Stored};
+pub use arena::ARENA_BYTES;
 pub use condition::{Condition, Op, Ordering};
 pub use error::{Error, Result};
 pub use request::{Request, Response};
@@ -57,6 +59,17 @@ pub use uuid::Uuid;
 
 #[doc(hidden)]
 pub use service::dispatch as __dispatch;
+
+/// Every allocation of the component goes through the call's arena (see the `arena` module):
+/// a fresh instance per call frees everything when the call ends. A service with an allocator
+/// of its own turns the feature `call-arena` off.
+#[cfg(all(
+    feature = "call-arena",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static CALL_ARENA: arena::Arena<ARENA_BYTES> = arena::Arena::new();
 
 /// A UUID as the host names things ("67e55044-10b1-426f-9247-bb680e5fe0c8"), written into
 /// `buffer` (`Uuid::encode_buffer()`): `to_string` would go through `fmt`, on every call.

@@ -39,6 +39,37 @@ fn memory_bomb(_request: Request) -> Result<Response> {
     }
 }
 
+/// `?mb=N`: allocates and frees N MiB through buffers of 64 KiB while it keeps a small string
+/// from every round (so that what it frees is not the latest allocation), checks every buffer's
+/// bytes, and answers how large its memory grew: a call's allocator must reuse what is freed
+/// once the call has churned through more than its arena.
+fn churn(request: Request) -> Result<Response> {
+    let mib: usize = request.query("mb").unwrap_or("64").parse().unwrap_or(64);
+    let mut kept = Vec::new();
+    for round in 0..mib * 16 {
+        let fill = round as u8;
+        let buffer = vec![fill; 64 << 10];
+        kept.push(round.to_string());
+        let grown = [buffer.as_slice(), &[fill; 4096]].concat();
+        if grown.iter().any(|&b| b != fill) {
+            return Err(Error::system(format!(
+                "round {round}: a buffer lost its bytes"
+            )));
+        }
+    }
+    if kept
+        .iter()
+        .enumerate()
+        .any(|(round, text)| *text != round.to_string())
+    {
+        return Err(Error::system("a kept string lost its bytes"));
+    }
+    let memory_bytes = core::arch::wasm32::memory_size(0) << 16;
+    Ok(Response::new(
+        json!({ "memory_mib": memory_bytes >> 20, "kept": kept.len() }),
+    ))
+}
+
 /// `?mb=N`: answers N MiB.
 fn huge_output(request: Request) -> Result<Response> {
     let mib: usize = request.query("mb").unwrap_or("64").parse().unwrap_or(64);
@@ -185,6 +216,7 @@ fn service() -> Service {
         .rest_query(Method::Get, "/probe/loop", endless_loop)
         .rest_query(Method::Get, "/probe/memory", memory_bomb)
         .rest_query(Method::Get, "/probe/huge", huge_output)
+        .rest_query(Method::Get, "/probe/churn", churn)
         .rest_query(Method::Get, "/probe/recursion", deep_recursion)
         .rest_command(Method::Post, "/probe/flood", write_flood)
         .rest_query(Method::Get, "/probe/foreign/{uuid}", foreign_read)
