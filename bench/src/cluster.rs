@@ -78,6 +78,18 @@ impl Database {
         })
     }
 
+    /// Writes every dirty page to disk (`CHECKPOINT`, which waits for it). Before a window it
+    /// keeps what earlier work left the checkpointer out of the window's figure; at the window's
+    /// end it puts in the writing of the pages the window dirtied, which a checkpoint would
+    /// otherwise do at some time after it.
+    async fn checkpoint(&self) -> anyhow::Result<()> {
+        let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
+        conn.execute("CHECKPOINT").await.map_err(|e| {
+            anyhow::anyhow!("CHECKPOINT failed ({e}): --postgres must name a superuser or a member of pg_checkpoint")
+        })?;
+        Ok(())
+    }
+
     async fn drop_now(self) -> anyhow::Result<()> {
         let mut conn = sqlx::PgConnection::connect(&self.admin).await?;
         conn.execute(sqlx::AssertSqlSafe(format!(
@@ -176,12 +188,14 @@ pub async fn run(load: &Load, postgres: &str, nats: &str) -> anyhow::Result<()> 
                 clients: vec![clients],
                 ..load.clone()
             };
+            database.checkpoint().await?;
             let before = database.usage().await?;
             let pid = (hosts == 1).then(|| servers[0].pid());
             if let Err(error) = measure_watched(&targets, &name, exam_workload(), &one, pid).await {
                 measured = Err(error);
                 break;
             }
+            database.checkpoint().await?;
             println!("{}", database.usage().await?.per_saga_since(&before));
         }
         drop(servers);
