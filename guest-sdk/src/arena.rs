@@ -17,7 +17,7 @@
 //! of the 390 K instructions the two bundled services' wasm ran per `POST /exams` saga, most
 //! of it freeing what the instance's end frees anyway (callgrind, `ops/callgrind-exams.sh`).
 
-// Natively (and with the feature off) only the tests use it.
+// Natively (and with the feature off) only the tests use it; the condition is `installed`'s.
 #![cfg_attr(
     not(all(
         feature = "call-arena",
@@ -120,9 +120,23 @@ unsafe impl<const N: usize> GlobalAlloc for Arena<N> {
     }
 }
 
-// SAFETY: a component without the atomics feature runs on one thread.
-#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-unsafe impl<const N: usize> Sync for Arena<N> {}
+/// Every allocation of the component goes through the call's arena: a fresh instance per call
+/// frees everything when the call ends. A service with an allocator of its own turns the
+/// feature `call-arena` off.
+#[cfg(all(
+    feature = "call-arena",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+mod installed {
+    use super::{ARENA_BYTES, Arena};
+
+    // SAFETY: a component without the atomics feature runs on one thread.
+    unsafe impl<const N: usize> Sync for Arena<N> {}
+
+    #[global_allocator]
+    static CALL_ARENA: Arena<ARENA_BYTES> = Arena::new();
+}
 
 #[cfg(test)]
 mod tests {

@@ -60,17 +60,6 @@ pub use uuid::Uuid;
 #[doc(hidden)]
 pub use service::dispatch as __dispatch;
 
-/// Every allocation of the component goes through the call's arena (see the `arena` module):
-/// a fresh instance per call frees everything when the call ends. A service with an allocator
-/// of its own turns the feature `call-arena` off.
-#[cfg(all(
-    feature = "call-arena",
-    target_arch = "wasm32",
-    not(target_feature = "atomics")
-))]
-#[global_allocator]
-static CALL_ARENA: arena::Arena<ARENA_BYTES> = arena::Arena::new();
-
 /// A UUID as the host names things ("67e55044-10b1-426f-9247-bb680e5fe0c8"), written into
 /// `buffer` (`Uuid::encode_buffer()`): `to_string` would go through `fmt`, on every call.
 fn uuid_text<'a>(uuid: &Uuid, buffer: &'a mut [u8; uuid::fmt::Urn::LENGTH]) -> &'a str {

@@ -1,6 +1,6 @@
 //! Sagas: the orchestrator that drives executions through the engine's state machine
-//! (`saga_core::engine`), stores every transition with its history, keeps the timers, and wakes
-//! whoever waits for a saga to end.
+//! (`saga_core::engine`), stores every transition with its history, keeps the timers
+//! (`timers.rs`), and wakes whoever waits for a saga to end (`ending.rs`).
 //!
 //! Everything that moves an execution is a *transition*: the execution is loaded, an event (a
 //! start, a reply, a timer, a failure, an operator's request) is applied in memory by the
@@ -12,7 +12,9 @@
 mod clock;
 mod counts;
 mod driver;
+mod ending;
 pub mod record;
+mod timers;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -205,39 +207,6 @@ impl Orchestrator {
         self.clock.now()
     }
 
-    /// Moves the clock ahead and fires every timer that is due by then, one saga after the
-    /// other (the test harness's way to let time pass).
-    pub async fn advance_clock(&self, by: Duration) {
-        self.clock.advance(by);
-        let now = self.now();
-        let mut due: Vec<(i64, SagaId)> = {
-            let mut timers = self.timers.lock().expect("timers lock");
-            let due: Vec<(i64, SagaId)> = timers
-                .iter()
-                .filter(|&(_, &at)| at <= now)
-                .map(|(&id, &at)| (at, id))
-                .collect();
-            for (_, id) in &due {
-                timers.remove(id);
-            }
-            due
-        };
-        due.sort_unstable();
-        for (_, id) in due {
-            self.on_timer(id).await;
-        }
-    }
-
-    /// When the earliest timer scheduled here is due.
-    pub fn next_timer_at(&self) -> Option<i64> {
-        self.timers
-            .lock()
-            .expect("timers lock")
-            .values()
-            .min()
-            .copied()
-    }
-
     fn env(&self) -> Option<Arc<CallEnv>> {
         self.env.get().and_then(Weak::upgrade)
     }
@@ -316,35 +285,6 @@ impl Orchestrator {
                     status,
                     message: format!("saga {name} could not be stored: {error}"),
                 })
-            }
-        }
-    }
-
-    /// Waits until a started saga ends, wherever it ends: this host wakes the waiter; another
-    /// host's end arrives as an announcement, and, should that be lost, the stored execution is
-    /// looked at every second.
-    async fn wait_for_end(
-        &self,
-        exec: &Execution,
-        mut finished: oneshot::Receiver<wit::Execution>,
-    ) -> Result<wit::Execution, wit::Error> {
-        loop {
-            tokio::select! {
-                done = &mut finished => {
-                    return match done {
-                        Ok(done) => Ok(done),
-                        // The host is shutting down; report what is stored.
-                        Err(_) => self.get(exec.service.to_string(), exec.id.to_string()).await,
-                    };
-                }
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Ok(Some(stored)) = self.inspect(exec.id).await
-                        && stored.exec.status.is_final()
-                    {
-                        self.waiters.lock().expect("waiters lock").remove(&exec.id);
-                        return Ok(record::to_wit(&stored.exec));
-                    }
-                }
             }
         }
     }
@@ -465,54 +405,6 @@ impl Orchestrator {
             }
             Err(error) => Outcome::Retry(error.to_string()),
         }
-    }
-
-    /// Fires whatever of an execution's timers is due, and schedules its next one.
-    pub async fn on_timer(&self, id: SagaId) {
-        match self
-            .transition(StartsFrom::Stored(id), Event::Timer, None)
-            .await
-        {
-            Ok(exec) => {
-                if let Some(at) = exec.timer_at() {
-                    // Never sooner than shortly: a timer that found nothing to do must not spin.
-                    self.schedule(id, at.max(self.now() + 100));
-                }
-            }
-            Err(TransitionError::Gone | TransitionError::Duplicate) => {}
-            Err(error) => {
-                tracing::warn!(saga = %id, "a timer could not fire: {error}; trying again in a second");
-                self.schedule(id, self.now() + 1_000);
-            }
-        }
-    }
-
-    /// Takes over the timers of the sagas no live host owns (all of them after a restart of a
-    /// lone host; a dead host's in a cluster), and schedules them here.
-    pub async fn take_over(&self, alive_since: i64) -> Result<usize, StorageError> {
-        let timers = self
-            .storage
-            .claim_orphaned_sagas(&self.host_id, alive_since)
-            .await?;
-        for (id, at) in &timers {
-            if let Ok(id) = id.parse() {
-                self.schedule(id, *at);
-            }
-        }
-        Ok(timers.len())
-    }
-
-    /// Another host ended saga `id`: wake whoever waits for it here.
-    pub async fn ended_elsewhere(&self, id: SagaId) {
-        self.cached.lock().expect("cache lock").remove(&id);
-        let waited = self.waiters.lock().expect("waiters lock").contains_key(&id);
-        if waited
-            && let Ok(Some(stored)) = self.inspect(id).await
-            && stored.exec.status.is_final()
-        {
-            self.notify_end(&stored.exec);
-        }
-        self.ends.ended(id);
     }
 
     /// Loads the execution a transition starts from, with the version it runs on.
@@ -705,87 +597,6 @@ impl Orchestrator {
             }
             Err(error) => Err(PersistError::Storage(error)),
         }
-    }
-
-    /// Runs `on_timer(id)` at `at` (ms since the epoch), unless an earlier timer is due.
-    fn schedule(&self, id: SagaId, at: i64) {
-        {
-            let mut timers = self.timers.lock().expect("timers lock");
-            if timers.get(&id).is_some_and(|&scheduled| scheduled <= at) {
-                return;
-            }
-            timers.insert(id, at);
-        }
-        let Some(me) = self.me.get().cloned() else {
-            return;
-        };
-        let wait = Duration::from_millis((at - self.now()).max(0) as u64);
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let Some(orchestrator) = me.upgrade() else {
-                return;
-            };
-            {
-                let mut timers = orchestrator.timers.lock().expect("timers lock");
-                if timers.get(&id) == Some(&at) {
-                    timers.remove(&id);
-                }
-            }
-            orchestrator.on_timer(id).await;
-        });
-    }
-
-    fn register_waiter(&self, id: SagaId) -> oneshot::Receiver<wit::Execution> {
-        let (sender, receiver) = oneshot::channel();
-        self.waiters
-            .lock()
-            .expect("waiters lock")
-            .entry(id)
-            .or_default()
-            .push(sender);
-        receiver
-    }
-
-    fn notify_end(&self, exec: &Execution) {
-        let waiting = self.waiters.lock().expect("waiters lock").remove(&exec.id);
-        for waiter in waiting.into_iter().flatten() {
-            let _ = waiter.send(record::to_wit(exec));
-        }
-    }
-
-    fn ended(&self, exec: &Execution) {
-        self.cached.lock().expect("cache lock").remove(&exec.id);
-        self.notify_end(exec);
-        self.ends.ended(exec.id);
-        self.broker.announce_end(&exec.id.to_string());
-        tracing::debug!(saga = %exec.id, name = %exec.name, status = exec.status.as_str(), "saga ended");
-        let current = self
-            .registry
-            .service(exec.service.as_str())
-            .map(|v| v.digest.clone());
-        if current.as_deref() != Some(exec.digest.as_str()) {
-            self.release_if_unused(exec.service.to_string(), exec.digest.to_string());
-        }
-    }
-
-    /// Unloads a retired version once no unfinished saga runs on it.
-    fn release_if_unused(&self, service: String, digest: String) {
-        let (storage, registry) = (self.storage.clone(), self.registry.clone());
-        tokio::spawn(async move {
-            match storage.running_versions().await {
-                Ok(running)
-                    if !running
-                        .iter()
-                        .any(|(s, v, _)| *s == service && *v == digest) =>
-                {
-                    registry.release(&digest)
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "could not count the sagas on a retired version")
-                }
-            }
-        });
     }
 }
 
