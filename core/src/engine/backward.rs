@@ -1,9 +1,11 @@
 //! Backward: a failed saga compensates the steps that acted, one at a time, latest first, and
 //! ends once none is left.
 
-use super::execution::{Acted, Compensation, CompensationStatus, ErrorInfo, Execution, Status};
-use super::io::{Action, CallbackKind, Due, Recorded, Target};
-use super::machine::{Env, Machine, Purpose, reply_message};
+use super::execution::{
+    Acted, Compensation, CompensationStatus, ErrorInfo, Execution, Purpose, Status,
+};
+use super::io::{Action, Due, Recorded, Target};
+use super::machine::{Env, Machine, reply_message};
 use crate::definition::Step;
 
 impl<'a, E: Env> Machine<'a, E> {
@@ -84,7 +86,6 @@ impl<'a, E: Env> Machine<'a, E> {
                         Purpose::PrepareCompensation(index),
                         &saga,
                         prepare,
-                        CallbackKind::Prepare,
                         None,
                     ),
                     None => self.send_prepared(exec, Target::Compensation(index), invocation, None),
@@ -92,14 +93,9 @@ impl<'a, E: Env> Machine<'a, E> {
                 None => self.compensation_over(exec, index, Ok(())),
             },
             Some(Step::Local(local)) => match &local.on_failure {
-                Some(on_failure) => self.call(
-                    exec,
-                    Purpose::Compensate(index),
-                    &saga,
-                    on_failure,
-                    CallbackKind::Execute,
-                    None,
-                ),
+                Some(on_failure) => {
+                    self.call(exec, Purpose::Compensate(index), &saga, on_failure, None)
+                }
                 None => self.compensation_over(exec, index, Ok(())),
             },
             _ => {

@@ -310,7 +310,34 @@ pub struct Execution {
     pub updated_at: i64,
     /// The callback the machine waits for within a transition; never stored.
     #[serde(skip)]
-    pub(crate) pending: Option<super::machine::Pending>,
+    pub(crate) pending: Option<Pending>,
+}
+
+/// The callback an execution waits for within a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Pending {
+    pub(super) purpose: Purpose,
+    pub(super) callback: String,
+}
+
+/// What a callback is run for: where its result takes the execution (and, through
+/// `machine::callback_kind`, which export of the component runs it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Purpose {
+    /// The command of the remote step at this index.
+    Prepare(usize),
+    /// The command of the compensation of this step.
+    PrepareCompensation(usize),
+    /// `on_reply` (a 2xx reply) or `on_error` (a 4xx one) of this step.
+    Reply { step: usize, status: u16 },
+    /// A local step.
+    Execute(usize),
+    /// The local compensation (`on_failure`) of this step.
+    Compensate(usize),
+    /// Branch `branch` of the conditional step at this index.
+    Condition { step: usize, branch: usize },
+    /// The commit of the innermost running definition.
+    Commit,
 }
 
 impl Execution {

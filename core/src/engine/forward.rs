@@ -2,11 +2,11 @@
 //! move the awaiting step on.
 
 use super::execution::{
-    Acted, CompensationStatus, Context, ErrorInfo, Execution, Frame, Status, StepKind, StepRecord,
-    StepStatus,
+    Acted, CompensationStatus, Context, ErrorInfo, Execution, Frame, Purpose, Status, StepKind,
+    StepRecord, StepStatus,
 };
-use super::io::{Action, CallbackKind, Due, Recorded, Target};
-use super::machine::{Env, Machine, Purpose, reply_message};
+use super::io::{Action, Due, Recorded, Target};
+use super::machine::{Env, Machine, reply_message};
 use crate::definition::Step;
 
 impl<'a, E: Env> Machine<'a, E> {
@@ -48,14 +48,7 @@ impl<'a, E: Env> Machine<'a, E> {
         };
         let Some(step) = definition.steps.get(frame.step) else {
             return match &definition.commit {
-                Some(commit) => self.call(
-                    exec,
-                    Purpose::Commit,
-                    &definition.name,
-                    commit,
-                    CallbackKind::Execute,
-                    None,
-                ),
+                Some(commit) => self.call(exec, Purpose::Commit, &definition.name, commit, None),
                 None => self.end_frame(exec),
             };
         };
@@ -85,7 +78,6 @@ impl<'a, E: Env> Machine<'a, E> {
                     Purpose::Prepare(index),
                     &definition.name,
                     prepare,
-                    CallbackKind::Prepare,
                     None,
                 ),
                 None => self.send_prepared(exec, Target::Step(index), &remote.invoke, None),
@@ -95,7 +87,6 @@ impl<'a, E: Env> Machine<'a, E> {
                 Purpose::Execute(index),
                 &definition.name,
                 &local.on_execute,
-                CallbackKind::Execute,
                 None,
             ),
             Step::Conditional(_) => self.try_branch(exec, index, 0),
@@ -145,7 +136,6 @@ impl<'a, E: Env> Machine<'a, E> {
                 Purpose::Condition { step, branch },
                 &saga,
                 condition,
-                CallbackKind::Condition,
                 None,
             ),
             None => {
@@ -237,7 +227,6 @@ impl<'a, E: Env> Machine<'a, E> {
                 },
                 &saga,
                 callback,
-                CallbackKind::OnReply,
                 Some((status, payload)),
             ),
             None => self.step_succeeded(exec, index),

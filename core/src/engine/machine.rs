@@ -15,11 +15,10 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::execution::{Context, ErrorInfo, Execution, Status};
+use super::execution::{Context, ErrorInfo, Execution, Pending, Purpose, Status};
 use super::io::{
     Action, Callback, CallbackKind, Cost, Entry, Event, Recorded, Rejected, Returned, Target,
 };
-use super::operator::check_operator;
 use crate::definition::SagaDefinition;
 use crate::ids::MessageId;
 
@@ -100,32 +99,6 @@ impl Decision {
     }
 }
 
-/// The callback an execution waits for within a transition.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Pending {
-    purpose: Purpose,
-    callback: String,
-    kind: CallbackKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Purpose {
-    /// The command of the remote step at this index.
-    Prepare(usize),
-    /// The command of the compensation of this step.
-    PrepareCompensation(usize),
-    /// `on_reply` (a 2xx reply) or `on_error` (a 4xx one) of this step.
-    Reply { step: usize, status: u16 },
-    /// A local step.
-    Execute(usize),
-    /// The local compensation (`on_failure`) of this step.
-    Compensate(usize),
-    /// Branch `branch` of the conditional step at this index.
-    Condition { step: usize, branch: usize },
-    /// The commit of the innermost running definition.
-    Commit,
-}
-
 /// The state machine, for one decision.
 pub struct Machine<'a, E: Env> {
     definitions: &'a dyn Definitions,
@@ -147,9 +120,6 @@ impl<'a, E: Env> Machine<'a, E> {
     /// Applies `event` to `exec`. An operator's request that does not fit the execution's state
     /// is rejected and changes nothing; any other event that does not fit is recorded as ignored.
     pub fn decide(mut self, exec: &mut Execution, event: Event) -> Result<Decision, Rejected> {
-        if let Event::Operator { action, .. } = &event {
-            check_operator(exec, action)?;
-        }
         let now = self.env.now();
         match event {
             Event::Start => self.start(exec),
@@ -170,7 +140,7 @@ impl<'a, E: Env> Machine<'a, E> {
                     self.ignore("a failure", format!("the saga is {}", exec.status.as_str()));
                 }
             }
-            Event::Operator { action, by } => self.operator(exec, action, by),
+            Event::Operator { action, by } => self.operator(exec, action, by)?,
         }
         exec.updated_at = exec.updated_at.max(now);
         Ok(self.out)
@@ -204,18 +174,16 @@ impl<'a, E: Env> Machine<'a, E> {
         purpose: Purpose,
         saga: &str,
         name: &str,
-        kind: CallbackKind,
         reply: Option<(u16, String)>,
     ) {
         exec.pending = Some(Pending {
             purpose,
             callback: name.to_string(),
-            kind,
         });
         self.out.actions.push(Action::Call(Callback {
             saga: saga.to_string(),
             name: name.to_string(),
-            kind,
+            kind: callback_kind(purpose),
             reply,
         }));
     }
@@ -236,7 +204,7 @@ impl<'a, E: Env> Machine<'a, E> {
         self.record(Recorded::Called {
             step,
             callback: pending.callback.clone(),
-            kind: pending.kind,
+            kind: callback_kind(pending.purpose),
             wall_us: cost.wall_us,
             cpu_us: cost.cpu_us,
             error: outcome.as_ref().err().cloned(),
@@ -279,6 +247,16 @@ impl<'a, E: Env> Machine<'a, E> {
 }
 
 /// A callback's new context, checked.
+/// Which export of the component runs a callback for `purpose`.
+fn callback_kind(purpose: Purpose) -> CallbackKind {
+    match purpose {
+        Purpose::Prepare(_) | Purpose::PrepareCompensation(_) => CallbackKind::Prepare,
+        Purpose::Reply { .. } => CallbackKind::OnReply,
+        Purpose::Execute(_) | Purpose::Compensate(_) | Purpose::Commit => CallbackKind::Execute,
+        Purpose::Condition { .. } => CallbackKind::Condition,
+    }
+}
+
 fn context_of(callback: &str, outcome: Result<Returned, ErrorInfo>) -> Result<Context, ErrorInfo> {
     match outcome? {
         Returned::Context(json) => Context::parse(json).map_err(|problem| {

@@ -7,7 +7,15 @@ use super::io::{OperatorAction, Recorded, Rejected, Target};
 use super::machine::{Env, Machine};
 
 impl<'a, E: Env> Machine<'a, E> {
-    pub(super) fn operator(&mut self, exec: &mut Execution, action: OperatorAction, by: String) {
+    /// Applies an operator's request, or rejects it (changing nothing) when it does not fit the
+    /// execution's state.
+    pub(super) fn operator(
+        &mut self,
+        exec: &mut Execution,
+        action: OperatorAction,
+        by: String,
+    ) -> Result<(), Rejected> {
+        check_operator(exec, &action)?;
         self.record(Recorded::Operator {
             action: action.clone(),
             by,
@@ -51,11 +59,12 @@ impl<'a, E: Env> Machine<'a, E> {
                 }
             },
         }
+        Ok(())
     }
 }
 
 /// Whether an operator's action fits the execution's state.
-pub(super) fn check_operator(exec: &Execution, action: &OperatorAction) -> Result<(), Rejected> {
+fn check_operator(exec: &Execution, action: &OperatorAction) -> Result<(), Rejected> {
     let rejected = |why: &str| {
         Err(Rejected {
             status: exec.status,
