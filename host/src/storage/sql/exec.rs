@@ -15,7 +15,7 @@ use std::future::Future;
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, PgConnection};
 
-use super::{Dialect, Result};
+use super::{Dialect, Result, together};
 use crate::storage::{StorageError, Transaction};
 
 /// A statement's argument: `$1` is the first.
@@ -198,7 +198,18 @@ impl Exec for PgConnection {
     }
 
     async fn commit_together(&mut self, batch: &[&Transaction]) -> Option<Result<()>> {
-        super::together::commit(self, batch).await
+        if !together::applies_together(batch) {
+            return None;
+        }
+        let committed = async {
+            begin(self).await?;
+            if let Err(error) = together::apply_all(self, batch).await {
+                rollback(self).await;
+                return Err(error);
+            }
+            commit(self).await
+        };
+        Some(committed.await)
     }
 }
 

@@ -16,7 +16,6 @@ use std::collections::HashSet;
 use sqlx::PgConnection;
 
 use super::Result;
-use super::exec;
 use crate::storage::{Action, SagaRow, StorageError, Transaction, Write};
 
 /// Whether `tx` only writes aggregates outside any saga and stores a saga.
@@ -33,7 +32,7 @@ fn plain(tx: &Transaction) -> bool {
 
 /// Whether the batch can be applied together: every transaction plain, and no aggregate or
 /// saga in two of them.
-fn applies_together(batch: &[&Transaction]) -> bool {
+pub(super) fn applies_together(batch: &[&Transaction]) -> bool {
     let mut aggregates = HashSet::new();
     let mut sagas = HashSet::new();
     batch.iter().all(|tx| {
@@ -67,24 +66,14 @@ fn column<'a, R, T>(rows: &[&'a R], field: impl Fn(&'a R) -> T) -> Vec<T> {
     rows.iter().map(|row| field(row)).collect()
 }
 
-/// Commits `batch` in one transaction, applied together: `Some(Ok)` committed, `Some(Err)`
-/// nothing committed (refused, or the database failed), `None` when the batch does not apply
-/// together.
-pub(super) async fn commit(conn: &mut PgConnection, batch: &[&Transaction]) -> Option<Result<()>> {
-    if !applies_together(batch) {
-        return None;
+/// Applies `batch`, together, within the transaction the caller began (`exec.rs`); `Err` when
+/// any of it was refused or failed, and then the caller rolls it all back. Only for a batch
+/// that `applies_together`.
+pub(super) async fn apply_all(conn: &mut PgConnection, batch: &[&Transaction]) -> Result<()> {
+    for part in parts(batch) {
+        apply(conn, part).await?;
     }
-    let committed = async {
-        exec::begin(conn).await?;
-        for part in parts(batch) {
-            if let Err(error) = apply(conn, part).await {
-                exec::rollback(conn).await;
-                return Err(error);
-            }
-        }
-        exec::commit(conn).await
-    };
-    Some(committed.await)
+    Ok(())
 }
 
 /// The most bytes of rows one statement of a part of a batch carries. A statement that fits in
