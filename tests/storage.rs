@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::{PgDatabase, TempDir};
 use saga_host::saga::Status;
 use saga_host::storage::condition::{CompareOp, Condition, FieldPath, Node};
@@ -129,16 +131,14 @@ fn saga_row(id: &str, status: &str, revision: i64, timer_at: Option<i64>) -> Sag
         name: "GET_USER_ATTEMPTS".into(),
         version: "digest-1".into(),
         status: Status::parse(status).expect("a saga status"),
-        state: "{}".into(),
+        // Storage keeps a record as the bytes it is given: a NUL and an invalid UTF-8 byte
+        // must come back as they went.
+        record: [format!("revision {revision}").as_bytes(), &[0, 0xff]].concat(),
         created_at: now_ms(),
         updated_at: now_ms(),
         revision,
         timer_at,
         owner: Some("host-a".into()),
-        history: Some(format!(
-            r#"[{{"at":{},"event":"ignored","what":"r{revision}","why":""}}]"#,
-            now_ms()
-        )),
     }
 }
 
@@ -875,12 +875,14 @@ async fn transactions_sent_at_once_commit_together_with_all_their_rows(db: Backe
         10,
         "each stored saga moved on once, its timer cleared"
     );
-    assert_eq!(db.count("SELECT COUNT(*) FROM saga_history").await, 50);
-    assert_eq!(
-        db.count("SELECT COUNT(*) FROM saga_history WHERE revision = 2")
-            .await,
-        10
-    );
+    for saga in &sagas {
+        let row = db.storage.load_saga(saga).await.unwrap().expect("stored");
+        assert_eq!(
+            (row.revision, row.record),
+            (2, saga_row(saga, "finished", 1, None).record),
+            "the record the saga's second transaction stored"
+        );
+    }
     let together = commits_together() - before;
     // SQLite applies one by one (its statements are calls in the process, not round trips).
     if db._postgres.is_some() {
@@ -1037,4 +1039,88 @@ async fn postgres_keys_compare_as_bytes() {
                 .any(|(column, _)| column == "sagas.sagas_pkey.id"),
         "the check saw the keys: {bytes:?}"
     );
+}
+
+/// The migration that moves each saga's history rows (`saga_history`, a row per stored
+/// revision) into its record: a database written before it keeps every saga, state and history
+/// in order, and the host reads them.
+async fn history_rows_move_into_the_saga_record(url: &str, dialect: &str) {
+    use sqlx::Connection;
+    use sqlx::migrate::Migrator;
+    sqlx::any::install_default_drivers();
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(dialect);
+    let mut before = Migrator::new(folder).await.expect("read the migrations");
+    let all = before.migrations.len();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 20261201000000)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    assert!(before.migrations.len() < all, "the migration is among them");
+    let mut conn = sqlx::AnyConnection::connect(url).await.expect("connect");
+    before
+        .run(&mut conn)
+        .await
+        .expect("the schema before the migration");
+    let id = uuid();
+    sqlx::query(
+        "INSERT INTO sagas (id, service, name, version, status, state, created_at, updated_at, \
+         revision, timer_at, owner) VALUES ($1, 'exam', 'GET_USER_ATTEMPTS', 'digest-1', \
+         'finished', $2, 1, 2, 2, NULL, NULL)",
+    )
+    .bind(&id)
+    .bind(r#"{"digest":"digest-1","context":{"user":"ü"},"frames":[],"steps":[]}"#)
+    .execute(&mut conn)
+    .await
+    .expect("a saga of the old schema");
+    // Inserted out of order: the revision orders them.
+    for (revision, what) in [(2, "second"), (1, "first")] {
+        sqlx::query("INSERT INTO saga_history (saga, revision, entries) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(revision as i64)
+            .bind(format!(
+                r#"[{{"at":{revision},"event":"ignored","what":"{what}","why":""}}]"#
+            ))
+            .execute(&mut conn)
+            .await
+            .expect("its history rows");
+    }
+    conn.close().await.expect("close");
+
+    let storage = Storage::open(url).await.expect("open and migrate");
+    let row = storage
+        .load_saga(&id)
+        .await
+        .unwrap()
+        .expect("the saga is kept");
+    let stored = saga_host::saga::record::Stored::from_row(&row).expect("the host reads it");
+    assert_eq!(stored.exec.context.as_str(), r#"{"user":"ü"}"#);
+    assert_eq!(stored.exec.digest.as_str(), "digest-1");
+    let said: Vec<String> = stored
+        .entries()
+        .expect("its history reads")
+        .iter()
+        .map(|entry| serde_json::to_value(entry).unwrap()["what"].to_string())
+        .collect();
+    assert_eq!(said, [r#""first""#, r#""second""#]);
+}
+
+#[tokio::test]
+async fn sqlite_history_rows_move_into_the_saga_record() {
+    let dir = TempDir::new("history-migration");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    history_rows_move_into_the_saga_record(&url, "sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_history_rows_move_into_the_saga_record() {
+    let database = PgDatabase::create("history_migration").await;
+    history_rows_move_into_the_saga_record(&database.url, "postgres").await;
 }

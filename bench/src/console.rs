@@ -132,10 +132,10 @@ async fn fill(server: &Server, count: usize) -> anyhow::Result<()> {
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1),
               t AS (SELECT *, row_number() OVER (ORDER BY id) - 1 AS k,
                            count(*) OVER () AS templates FROM sagas)
-         INSERT INTO sagas (id, service, name, version, status, state, created_at, updated_at,
+         INSERT INTO sagas (id, service, name, version, status, record, created_at, updated_at,
                             revision, timer_at)
          SELECT printf('%08x-0000-4000-8000-%012x', n.i, n.i), t.service, t.name, t.version,
-                t.status, replace(t.state, t.id, printf('%08x-0000-4000-8000-%012x', n.i, n.i)),
+                t.status, t.record,
                 t.created_at - n.i * 3000, t.updated_at - n.i * 3000, t.revision, NULL
          FROM n JOIN t ON t.k = n.i % t.templates",
     )

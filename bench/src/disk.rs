@@ -16,7 +16,7 @@ const DBSTAT: &str =
 /// Where a table's bytes are counted.
 fn group(table: &str) -> &'static str {
     match table {
-        "sagas" | "saga_history" => "saga bookkeeping (sagas, saga_history + indexes)",
+        "sagas" => "saga bookkeeping (sagas + indexes)",
         "events" | "snapshots" => "aggregates (events, snapshots + indexes)",
         _ => "other (broker, consumed, idempotency, components, schema…)",
     }

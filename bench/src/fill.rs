@@ -3,13 +3,13 @@
 //! and the query plan of that find.
 //!
 //! The database is filled with copies of what the host itself wrote for one real `POST /exams`:
-//! the Exam's and the Attempt's snapshot and events, the saga's row and its history (ended sagas
-//! are kept for 7 days by default). Each copy is inserted with SQL into the schema the host
+//! the Exam's and the Attempt's snapshot and events, and the saga's row with its history (ended
+//! sagas are kept for 7 days by default). Each copy is inserted with SQL into the schema the host
 //! created, with ids of its own (a fresh user, exam, aggregate uuids and saga id, replaced
-//! wherever the template's text holds them) and times spread over the last 5 days. The indexes
-//! of those four tables (the host's, and the field indexes the services declared) are dropped
-//! before the copy and created again after it, which builds the same entries much faster than
-//! inserting into them row by row.
+//! wherever the template's text holds them; the saga's packed record is copied as it is) and
+//! times spread over the last 5 days. The indexes of those three tables (the host's, and the
+//! field indexes the services declared) are dropped before the copy and created again after it,
+//! which builds the same entries much faster than inserting into them row by row.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ pub async fn run(exams: usize, load: &Load, requests: usize) -> anyhow::Result<(
     println!(
         "POST /exams with many exams stored, SQLite synchronous=FULL: {stored_before} exams \
          stored after the first measurement, then {copies} copies of one real POST /exams's rows \
-         (Exam and Attempt snapshots and events, saga and history) inserted with SQL in {:.1} s \
+         (Exam and Attempt snapshots and events, the saga with its history) inserted with SQL in {:.1} s \
          → {stored_after} exams, file {:.2} GB",
         filled_in.as_secs_f64(),
         file as f64 / 1e9
@@ -210,31 +210,21 @@ impl Seed {
                 .bind(&attempt_uuid)
                 .fetch_all(&mut *db)
                 .await?;
-        let sagas: Vec<(i64, String)> =
-            sqlx::query_as("SELECT rowid, id FROM sagas WHERE instr(state, ?1) > 0")
-                .bind(&user)
-                .fetch_all(&mut *db)
-                .await?;
+        // The seed ran alone, after the load: its saga is the newest.
+        let sagas: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT rowid, id FROM sagas ORDER BY created_at DESC, rowid DESC LIMIT 1",
+        )
+        .fetch_all(&mut *db)
+        .await?;
         let [(saga_rowid, saga)] = sagas.as_slice() else {
             bail!("the seed's saga: found {sagas:?}");
         };
-        let history: Vec<i64> =
-            sqlx::query_scalar("SELECT rowid FROM saga_history WHERE saga = ?1")
-                .bind(saga)
-                .fetch_all(&mut *db)
-                .await?;
-        ensure!(
-            !events.is_empty() && !history.is_empty(),
-            "the seed has {} events and {} history rows",
-            events.len(),
-            history.len()
-        );
+        ensure!(!events.is_empty(), "the seed has {} events", events.len());
         Ok(Template {
             rowids: vec![
                 ("snapshots", aggregates.iter().map(|(r, _, _)| *r).collect()),
                 ("events", events),
                 ("sagas", vec![*saga_rowid]),
-                ("saga_history", history),
             ],
             ids: [user, exam, exam_uuid, attempt_uuid, saga.clone()],
         })
@@ -264,7 +254,7 @@ async fn fill(db: &mut SqliteConnection, template: &Template, copies: usize) -> 
     }
     let indexes: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL \
-         AND tbl_name IN ('snapshots', 'events', 'sagas', 'saga_history')",
+         AND tbl_name IN ('snapshots', 'events', 'sagas')",
     )
     .fetch_all(&mut *db)
     .await?;
@@ -331,7 +321,9 @@ async fn fill(db: &mut SqliteConnection, template: &Template, copies: usize) -> 
 }
 
 /// `INSERT INTO table SELECT …` of one copy per row of temp.fill_ids: every text column has the
-/// template's ids replaced by the copy's (?1..?5), the times go back by i * ?6 ms.
+/// template's ids replaced by the copy's (?1..?5), the times go back by i * ?6 ms. A saga's
+/// record is copied as it is (packed, the ids inside it stay the seed's: its size is what a
+/// copy needs).
 async fn insert_sql(
     db: &mut SqliteConnection,
     table: &str,
@@ -347,6 +339,7 @@ async fn insert_sql(
         let kind: String = column.try_get("type")?;
         let value = match (name.as_str(), kind.to_uppercase().as_str()) {
             ("created_at" | "updated_at", _) => format!("t.{name} - f.i * ?6"),
+            ("record", _) => format!("t.{name}"),
             (_, "TEXT") => format!(
                 "replace(replace(replace(replace(replace(t.{name}, ?1, f.u), ?2, f.e), ?3, f.x), \
                  ?4, f.a), ?5, f.s)"

@@ -84,13 +84,14 @@ pub async fn get_history(State(api): State<Arc<Api>>, Path(id): Path<String>) ->
         Ok(saga) => saga,
         Err(refusal) => return refusal.into_response(),
     };
-    match api.orchestrator.inspect(saga).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
-        Err(problem) => return error(StatusCode::INTERNAL_SERVER_ERROR, problem),
-    }
-    match api.orchestrator.history(saga).await {
-        Ok(entries) => Json(entries).into_response(),
+    match api
+        .orchestrator
+        .inspect(saga)
+        .await
+        .and_then(|s| s.map(|s| s.entries()).transpose())
+    {
+        Ok(Some(entries)) => Json(entries).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no saga execution {id}")),
         Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem),
     }
 }

@@ -13,6 +13,7 @@ mod clock;
 mod counts;
 mod driver;
 mod ending;
+mod packed;
 pub mod record;
 mod timers;
 
@@ -317,22 +318,6 @@ impl Orchestrator {
         }
     }
 
-    /// Everything that happened to a saga, oldest first.
-    pub async fn history(&self, id: SagaId) -> Result<Vec<Entry>, String> {
-        let rows = self
-            .storage
-            .saga_history(&id.to_string())
-            .await
-            .map_err(|e| format!("storage failed: {e}"))?;
-        let mut entries = Vec::new();
-        for row in rows {
-            let mut batch: Vec<Entry> = serde_json::from_str(&row)
-                .map_err(|e| format!("saga {id} has an unreadable history: {e}"))?;
-            entries.append(&mut batch);
-        }
-        Ok(entries)
-    }
-
     /// An operator's request on a saga: applied as a transition, or rejected (nothing changes)
     /// when it does not fit the saga's state.
     pub async fn act(
@@ -413,13 +398,9 @@ impl Orchestrator {
         from: &StartsFrom<'_>,
     ) -> Result<(Stored, Arc<ServiceVersion>), TransitionError> {
         match from {
-            StartsFrom::New(template, version) => Ok((
-                Stored {
-                    exec: (*template).clone(),
-                    revision: 0,
-                },
-                (*version).clone(),
-            )),
+            StartsFrom::New(template, version) => {
+                Ok((Stored::new((*template).clone()), (*version).clone()))
+            }
             StartsFrom::Stored(id) => {
                 let stored = match self.load(*id).await {
                     Ok(Some(stored)) => stored,

@@ -1,5 +1,5 @@
 //! An execution in its three other forms: the storage row (the few columns storage queries by,
-//! and the rest as JSON in `state`), what a component sees (`wit::Execution`), and what an
+//! and the rest with its history in `record`, `packed.rs`), what a component sees (`wit::Execution`), and what an
 //! operator sees (`GET /sagas/{id}`).
 
 use serde::{Deserialize, Serialize};
@@ -8,22 +8,24 @@ use serde_json::{Value, json};
 use saga_core::engine::{Context, Entry, ErrorInfo, Execution, Frame, Status, StepRecord};
 use saga_core::ids::{Digest, SagaId, ServiceName};
 
+use super::packed;
 use crate::runtime::bindings::types as wit;
 use crate::storage::SagaRow;
 
 /// An execution as stored, with the revision it was read at (optimistic concurrency: a
-/// transition stores only if the revision it read is still the stored one).
+/// transition stores only if the revision it read is still the stored one) and its history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored {
     pub exec: Execution,
     /// 0 for an execution not stored yet.
     pub revision: i64,
+    /// The history stored so far: a line per stored transition, its entries as a JSON array.
+    pub history: String,
 }
 
-/// The part of an execution kept in the `state` column.
+/// The part of an execution kept in the record's first line (the version is a column).
 #[derive(Serialize, Deserialize)]
 struct State<F, S> {
-    digest: Digest,
     context: Context,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     user: Option<String>,
@@ -36,12 +38,27 @@ struct State<F, S> {
 }
 
 impl Stored {
-    /// The row that stores this execution's next revision, with its history entries; `owner`
-    /// is the host storing it.
-    pub fn to_row(&self, owner: &str, history: &[Entry]) -> SagaRow {
+    /// A new execution, not stored yet.
+    pub fn new(exec: Execution) -> Stored {
+        Stored {
+            exec,
+            revision: 0,
+            history: String::new(),
+        }
+    }
+
+    /// The row that stores this execution's next revision, its history followed by what
+    /// happened in this transition (appended to `self.history`); `owner` is the host storing it,
+    /// which keeps the saga's timer if it has one.
+    pub fn to_row(&mut self, owner: &str, happened: &[Entry]) -> SagaRow {
+        if !happened.is_empty() {
+            let line = serde_json::to_string(happened).expect("history serialises");
+            self.history.push_str(&line);
+            self.history.push('\n');
+        }
         let exec = &self.exec;
+        let timer_at = exec.timer_at();
         let state = State {
-            digest: exec.digest.clone(),
             context: exec.context.clone(),
             user: exec.user.clone(),
             frames: &exec.frames,
@@ -49,39 +66,41 @@ impl Stored {
             error: exec.error.clone(),
             deadline_at: exec.deadline_at,
         };
+        let mut text = serde_json::to_string(&state).expect("saga state serialises");
+        text.push('\n');
+        text.push_str(&self.history);
         SagaRow {
             id: exec.id.to_string(),
             service: exec.service.to_string(),
             name: exec.name.clone(),
             version: exec.digest.to_string(),
             status: exec.status,
-            state: serde_json::to_string(&state).expect("saga state serialises"),
+            record: packed::pack(&text),
             created_at: exec.created_at,
             updated_at: exec.updated_at,
             revision: self.revision,
-            timer_at: exec.timer_at(),
-            owner: Some(owner.to_string()),
-            history: (!history.is_empty())
-                .then(|| serde_json::to_string(history).expect("history serialises")),
+            timer_at,
+            owner: timer_at.map(|_| owner.to_string()),
         }
     }
 
     pub fn from_row(row: &SagaRow) -> Result<Stored, String> {
         let unreadable = |e: &dyn std::fmt::Display| format!("saga {} is unreadable: {e}", row.id);
+        let text = packed::unpack(&row.record).map_err(|e| unreadable(&e))?;
+        let (state, history) = text.split_once('\n').unwrap_or((&text, ""));
         let state: State<Vec<Frame>, Vec<StepRecord>> =
-            serde_json::from_str(&row.state).map_err(|e| unreadable(&e))?;
-        let status = row.status;
+            serde_json::from_str(state).map_err(|e| unreadable(&e))?;
         let id: SagaId = row.id.parse().map_err(|e| unreadable(&e))?;
         let mut exec = Execution::new(
             id,
             ServiceName(row.service.clone()),
             &row.name,
-            state.digest,
+            Digest(row.version.clone()),
             state.context,
             state.user,
             row.created_at,
         );
-        exec.status = status;
+        exec.status = row.status;
         exec.frames = state.frames;
         exec.steps = state.steps;
         exec.error = state.error;
@@ -90,7 +109,19 @@ impl Stored {
         Ok(Stored {
             exec,
             revision: row.revision,
+            history: history.to_string(),
         })
+    }
+
+    /// Everything that happened to the execution, oldest first.
+    pub fn entries(&self) -> Result<Vec<Entry>, String> {
+        let mut entries = Vec::new();
+        for line in self.history.lines() {
+            let mut batch: Vec<Entry> = serde_json::from_str(line)
+                .map_err(|e| format!("saga {} has an unreadable history: {e}", self.exec.id))?;
+            entries.append(&mut batch);
+        }
+        Ok(entries)
     }
 }
 

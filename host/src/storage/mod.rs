@@ -3,8 +3,8 @@
 //! broker's queue (so that a handler's writes, the messages it sends and the acknowledgement of
 //! the message it handled commit in one transaction: a transactional outbox).
 //!
-//! Storage does not interpret saga state or message bodies; it stores them as JSON text next to
-//! the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
+//! Storage does not interpret saga records or message bodies; it stores them as they come (a
+//! saga's record packed, a body as JSON text) next to the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
 //! `Executions`, `Queue`, `Hosts`, `Keys`, `Deploys` (`deploys.rs`), `Transactions` — each a
 //! trait, all implemented once over sqlx for SQLite and PostgreSQL (`sql/`); a part of the host
 //! uses the capabilities it needs.
@@ -110,7 +110,8 @@ pub struct SagaRow {
     /// The digest of the component version it runs on.
     pub version: String,
     pub status: Status,
-    pub state: String,
+    /// The rest of the execution and its whole history, packed (`saga::record`): opaque here.
+    pub record: Vec<u8>,
     pub created_at: i64,
     pub updated_at: i64,
     /// 0 for a new execution; otherwise the revision it was read at, which must still be the
@@ -118,11 +119,9 @@ pub struct SagaRow {
     pub revision: i64,
     /// When the execution next needs attention, if ever.
     pub timer_at: Option<i64>,
-    /// The host that stores this transition, which keeps the saga's timers.
+    /// The host that keeps the saga's timer (the one storing this transition); none without a
+    /// timer.
     pub owner: Option<String>,
-    /// What happened in this transition, for the saga's history: a JSON array, appended in the
-    /// same transaction under the revision the transition stores.
-    pub history: Option<String>,
 }
 
 /// How a saga's staged writes and messages end.
@@ -479,19 +478,14 @@ pub trait Aggregates {
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
-/// Saga executions and their history as stored (written with the transitions, through `Transactions`).
+/// Saga executions as stored, each row with its history (written with the transitions, through
+/// `Transactions`).
 pub trait Executions {
     /// One execution's row.
     fn load_saga(
         &self,
         id: &str,
     ) -> impl Future<Output = Result<Option<SagaRow>, StorageError>> + Send;
-
-    /// The history of a saga: each stored transition's entries (a JSON array), oldest first.
-    fn saga_history(
-        &self,
-        id: &str,
-    ) -> impl Future<Output = Result<Vec<String>, StorageError>> + Send;
 
     /// Forgets sagas that ended before `before` (ms since the epoch), with their history, at
     /// most `limit` of them; returns how many. A saga that has not ended is never forgotten.

@@ -209,7 +209,7 @@ async fn saga(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Response {
         Ok(None) => return not_found(),
         Err(problem) => return pages::refused(StatusCode::INTERNAL_SERVER_ERROR, &problem),
     };
-    let history = match api.orchestrator.history(saga).await {
+    let history = match stored.entries() {
         Ok(history) => history,
         Err(problem) => return pages::refused(StatusCode::INTERNAL_SERVER_ERROR, &problem),
     };

@@ -23,6 +23,7 @@ use crate::storage::{StorageError, Transaction};
 pub(super) enum Arg<'a> {
     Int(Option<i64>),
     Text(Option<&'a str>),
+    Blob(&'a [u8]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -52,6 +53,12 @@ impl<'a> From<&'a String> for Arg<'a> {
 impl<'a> From<Option<&'a str>> for Arg<'a> {
     fn from(value: Option<&'a str>) -> Self {
         Arg::Text(value)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(value: &'a [u8]) -> Self {
+        Arg::Blob(value)
     }
 }
 
@@ -167,6 +174,7 @@ fn pg_query<'q>(
     args.iter().fold(sqlx::query(sql), |query, arg| match *arg {
         Arg::Int(value) => query.bind(value),
         Arg::Text(value) => query.bind(value),
+        Arg::Blob(value) => query.bind(value),
     })
 }
 
@@ -227,6 +235,7 @@ impl rusqlite::ToSql for Arg<'_> {
         match self {
             Arg::Int(value) => value.to_sql(),
             Arg::Text(value) => value.to_sql(),
+            Arg::Blob(value) => value.to_sql(),
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::storage::{
 };
 
 const SAGA_COLUMNS: &str =
-    "id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner";
+    "id, service, name, status, record, created_at, updated_at, revision, timer_at, version, owner";
 
 /// A value bound to a numbered parameter.
 enum Bound {
@@ -106,34 +106,15 @@ impl Executions for Storage {
         row.map(|row| saga_from_row(&row)).transpose()
     }
 
-    async fn saga_history(&self, id: &str) -> Result<Vec<String>> {
-        let rows =
-            sqlx::query("SELECT entries FROM saga_history WHERE saga = $1 ORDER BY revision")
-                .bind(id)
-                .fetch_all(&self.inner.reads)
-                .await?;
-        rows.iter().map(|row| Ok(row.try_get("entries")?)).collect()
-    }
-
     async fn prune_ended_sagas(&self, before: i64, limit: u32) -> Result<u64> {
-        let mut tx = self.inner.reads.begin().await?;
-        let ended = format!(
-            "SELECT id FROM sagas WHERE status IN ('finished', 'errored', 'compensation-failed') \
-             AND updated_at < $1 ORDER BY updated_at LIMIT {limit}"
-        );
-        sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM saga_history WHERE saga IN ({ended})"
-        )))
-        .bind(before)
-        .execute(&mut *tx)
-        .await?;
         let pruned = sqlx::query(AssertSqlSafe(format!(
-            "DELETE FROM sagas WHERE id IN ({ended})"
+            "DELETE FROM sagas WHERE id IN (SELECT id FROM sagas \
+             WHERE status IN ('finished', 'errored', 'compensation-failed') \
+             AND updated_at < $1 ORDER BY updated_at LIMIT {limit})"
         )))
         .bind(before)
-        .execute(&mut *tx)
+        .execute(&self.inner.reads)
         .await?;
-        tx.commit().await?;
         Ok(pruned.rows_affected())
     }
 
@@ -263,14 +244,13 @@ fn saga_from_row(row: &AnyRow) -> Result<SagaRow> {
         service: row.try_get("service")?,
         name: row.try_get("name")?,
         status: status_from_row(row)?,
-        state: row.try_get("state")?,
+        record: row.try_get("record")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         revision: row.try_get("revision")?,
         timer_at: row.try_get("timer_at")?,
         version: row.try_get("version")?,
         owner: row.try_get("owner")?,
-        history: None,
     })
 }
 

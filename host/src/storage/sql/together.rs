@@ -86,14 +86,12 @@ const PART_BYTES: usize = 12 << 10;
 /// The batch in consecutive parts whose statements carry at most `PART_BYTES` of rows each (or
 /// one transaction).
 fn parts<'b, 't>(batch: &'b [&'t Transaction]) -> impl Iterator<Item = &'b [&'t Transaction]> {
-    // What the transaction adds to the largest statement: the aggregates' (snapshots), the
-    // saga's state (sagas) or its history entries (saga_history); ids and numbers rounded up.
+    // What the transaction adds to the largest statement: the aggregates' (snapshots) or the
+    // saga's record (sagas); ids and numbers rounded up.
     let bytes = |tx: &Transaction| {
         let writes: usize = tx.writes.iter().map(|w| w.data.len() + 128).sum();
-        let (state, history) = tx.saga.as_ref().map_or((0, 0), |s| {
-            (s.state.len(), s.history.as_ref().map_or(0, String::len))
-        });
-        writes.max(state + 256).max(history + 64)
+        let record = tx.saga.as_ref().map_or(0, |s| s.record.len());
+        writes.max(record + 256)
     };
     let mut rest = batch;
     std::iter::from_fn(move || {
@@ -198,26 +196,25 @@ async fn apply(conn: &mut PgConnection, batch: &[&Transaction]) -> Result<()> {
     save_sagas(conn, batch).await
 }
 
-/// The sagas' rows (new ones inserted, the others updated at the revision they were read at)
-/// and their history entries.
+/// The sagas' rows: new ones inserted, the others updated at the revision they were read at.
 async fn save_sagas(conn: &mut PgConnection, batch: &[&Transaction]) -> Result<()> {
     let sagas: Vec<&SagaRow> = batch.iter().filter_map(|tx| tx.saga.as_ref()).collect();
     let (new, stored): (Vec<&SagaRow>, Vec<&SagaRow>) =
         sagas.iter().copied().partition(|s| s.revision == 0);
     if !new.is_empty() {
         let done = sqlx::query(
-            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner) \
-             SELECT id, service, name, status, state, created_at, updated_at, 1, timer_at, version, owner \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], \
+            "INSERT INTO sagas (id, service, name, status, record, created_at, updated_at, revision, timer_at, version, owner) \
+             SELECT id, service, name, status, record, created_at, updated_at, 1, timer_at, version, owner \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::bigint[], $7::bigint[], \
              $8::bigint[], $9::text[], $10::text[]) \
-             AS s(id, service, name, status, state, created_at, updated_at, timer_at, version, owner) \
+             AS s(id, service, name, status, record, created_at, updated_at, timer_at, version, owner) \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(column(&new, |s| s.id.as_str()))
         .bind(column(&new, |s| s.service.as_str()))
         .bind(column(&new, |s| s.name.as_str()))
         .bind(column(&new, |s| s.status.as_str()))
-        .bind(column(&new, |s| s.state.as_str()))
+        .bind(column(&new, |s| s.record.as_slice()))
         .bind(column(&new, |s| s.created_at))
         .bind(column(&new, |s| s.updated_at))
         .bind(column(&new, |s| s.timer_at))
@@ -229,36 +226,22 @@ async fn save_sagas(conn: &mut PgConnection, batch: &[&Transaction]) -> Result<(
     }
     if !stored.is_empty() {
         let done = sqlx::query(
-            "UPDATE sagas AS t SET status = s.status, state = s.state, updated_at = s.updated_at, \
+            "UPDATE sagas AS t SET status = s.status, record = s.record, updated_at = s.updated_at, \
              revision = t.revision + 1, timer_at = s.timer_at, owner = s.owner \
-             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::text[]) \
-             AS s(id, revision, status, state, updated_at, timer_at, owner) \
+             FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[], $6::bigint[], $7::text[]) \
+             AS s(id, revision, status, record, updated_at, timer_at, owner) \
              WHERE t.id = s.id AND t.revision = s.revision",
         )
         .bind(column(&stored, |s| s.id.as_str()))
         .bind(column(&stored, |s| s.revision))
         .bind(column(&stored, |s| s.status.as_str()))
-        .bind(column(&stored, |s| s.state.as_str()))
+        .bind(column(&stored, |s| s.record.as_slice()))
         .bind(column(&stored, |s| s.updated_at))
         .bind(column(&stored, |s| s.timer_at))
         .bind(column(&stored, |s| s.owner.as_deref()))
         .execute(&mut *conn)
         .await?;
         changed(done, stored.len(), "a saga changed since it was read")?;
-    }
-    let history: Vec<&SagaRow> = sagas.into_iter().filter(|s| s.history.is_some()).collect();
-    if !history.is_empty() {
-        sqlx::query(
-            "INSERT INTO saga_history (saga, revision, entries) \
-             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
-        )
-        .bind(column(&history, |s| s.id.as_str()))
-        .bind(column(&history, |s| s.revision + 1))
-        .bind(column(&history, |s| {
-            s.history.as_deref().unwrap_or_default()
-        }))
-        .execute(&mut *conn)
-        .await?;
     }
     Ok(())
 }

@@ -410,14 +410,14 @@ async fn ended_sagas(conn: &mut impl Exec, tx: &Transaction) -> Result<Vec<SagaI
 async fn save_saga(conn: &mut impl Exec, saga: &SagaRow) -> Result<()> {
     let saved = if saga.revision == 0 {
         conn.execute(
-            "INSERT INTO sagas (id, service, name, status, state, created_at, updated_at, revision, timer_at, version, owner) \
+            "INSERT INTO sagas (id, service, name, status, record, created_at, updated_at, revision, timer_at, version, owner) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
             args![
                 &saga.id,
                 &saga.service,
                 &saga.name,
                 saga.status.as_str(),
-                &saga.state,
+                saga.record.as_slice(),
                 saga.created_at,
                 saga.updated_at,
                 saga.timer_at,
@@ -428,11 +428,11 @@ async fn save_saga(conn: &mut impl Exec, saga: &SagaRow) -> Result<()> {
         .await?
     } else {
         conn.execute(
-            "UPDATE sagas SET status = $1, state = $2, updated_at = $3, revision = revision + 1, \
+            "UPDATE sagas SET status = $1, record = $2, updated_at = $3, revision = revision + 1, \
              timer_at = $6, owner = $7 WHERE id = $4 AND revision = $5",
             args![
                 saga.status.as_str(),
-                &saga.state,
+                saga.record.as_slice(),
                 saga.updated_at,
                 &saga.id,
                 saga.revision,
@@ -444,13 +444,6 @@ async fn save_saga(conn: &mut impl Exec, saga: &SagaRow) -> Result<()> {
     };
     if saved == 0 {
         return Err(StorageError::SagaChanged(saga.id.clone()));
-    }
-    if let Some(entries) = &saga.history {
-        conn.execute(
-            "INSERT INTO saga_history (saga, revision, entries) VALUES ($1, $2, $3)",
-            args![&saga.id, saga.revision + 1, entries],
-        )
-        .await?;
     }
     Ok(())
 }
