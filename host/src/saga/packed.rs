@@ -2,7 +2,7 @@
 //! one value, compressed.
 //!
 //! The text is the state as one JSON line, then one line per stored transition holding that
-//! transition's history entries as a JSON array (JSON never holds a raw newline). It is stored
+//! transition's history entries as a JSON array (`record.rs` writes each on one line). It is stored
 //! as a tag byte and a zstd frame compressed with a dictionary of the engine's own words (the
 //! keys and values every saga's state and history repeat). The dictionary takes what generic
 //! compression cannot: a `POST /exams` saga's 1,545 bytes of text are stored in 445, where zstd

@@ -53,7 +53,7 @@ impl Stored {
     pub fn to_row(&mut self, owner: &str, happened: &[Entry]) -> SagaRow {
         if !happened.is_empty() {
             let line = serde_json::to_string(happened).expect("history serialises");
-            self.history.push_str(&line);
+            self.history.push_str(&one_line(line));
             self.history.push('\n');
         }
         let exec = &self.exec;
@@ -66,7 +66,9 @@ impl Stored {
             error: exec.error.clone(),
             deadline_at: exec.deadline_at,
         };
-        let mut text = serde_json::to_string(&state).expect("saga state serialises");
+        // The context and a command's payload are kept as the component wrote them, which may
+        // be JSON spread over lines.
+        let mut text = one_line(serde_json::to_string(&state).expect("saga state serialises"));
         text.push('\n');
         text.push_str(&self.history);
         SagaRow {
@@ -125,6 +127,16 @@ impl Stored {
     }
 }
 
+/// JSON text on one line, the same value: a raw newline in JSON is whitespace between tokens (a
+/// string holds it escaped), so a space can stand for it.
+fn one_line(json: String) -> String {
+    if json.contains('\n') {
+        json.replace('\n', " ")
+    } else {
+        json
+    }
+}
+
 /// The execution as `sagas.run` and `sagas.get` report it to a component.
 pub fn to_wit(exec: &Execution) -> wit::Execution {
     wit::Execution {
@@ -177,4 +189,43 @@ pub fn to_summary(exec: &Execution) -> Value {
         "created_at": exec.created_at,
         "updated_at": exec.updated_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use saga_core::engine::Recorded;
+
+    #[test]
+    fn a_stored_execution_reads_back_with_its_whole_history_even_from_json_over_lines() {
+        let context =
+            Context::parse("{\n  \"note\": \"two\\nlines\",\n  \"n\": 1\n}".into()).unwrap();
+        let exec = Execution::new(
+            SagaId::random(),
+            ServiceName("exam".into()),
+            "GET_USER_ATTEMPTS",
+            Digest("d1".into()),
+            context.clone(),
+            None,
+            1,
+        );
+        let mut stored = Stored::new(exec);
+        let entry = |at| Entry {
+            at,
+            event: Recorded::Ignored {
+                what: format!("event {at}"),
+                why: "a test".into(),
+            },
+        };
+        stored.to_row("host-a", &[entry(1), entry(2)]);
+        stored.revision = 1;
+        let row = stored.to_row("host-a", &[entry(3)]);
+        assert_eq!(row.owner, None, "no timer, no owner");
+
+        let read = Stored::from_row(&row).expect("it reads back");
+        let value = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        assert_eq!(value(read.exec.context.as_str()), value(context.as_str()));
+        assert_eq!(read.exec.digest.as_str(), "d1");
+        assert_eq!(read.entries().unwrap(), [entry(1), entry(2), entry(3)]);
+    }
 }
