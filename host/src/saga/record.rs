@@ -1,6 +1,6 @@
 //! An execution in its three other forms: the storage row (the few columns storage queries by,
-//! and the rest with its history in `record`, `packed.rs`), what a component sees (`wit::Execution`), and what an
-//! operator sees (`GET /sagas/{id}`).
+//! and the rest with its history in `record`, packed by `packed.rs`), what a component sees
+//! (`wit::Execution`), and what an operator sees (`GET /sagas/{id}`).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

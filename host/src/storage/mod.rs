@@ -4,10 +4,10 @@
 //! the message it handled commit in one transaction: a transactional outbox).
 //!
 //! Storage does not interpret saga records or message bodies; it stores them as they come (a
-//! saga's record packed, a body as JSON text) next to the few columns it queries by. What it offers is split into small capabilities — `Aggregates`,
-//! `Executions`, `Queue`, `Hosts`, `Keys`, `Deploys` (`deploys.rs`), `Transactions` — each a
-//! trait, all implemented once over sqlx for SQLite and PostgreSQL (`sql/`); a part of the host
-//! uses the capabilities it needs.
+//! saga's record packed, a body as JSON text) next to the few columns it queries by. What it
+//! offers is split into small capabilities — `Aggregates`, `Executions`, `Queue`, `Hosts`,
+//! `Keys`, `Deploys` (`deploys.rs`), `Transactions` — each a trait, all implemented once over
+//! sqlx for SQLite and PostgreSQL (`sql/`); a part of the host uses the capabilities it needs.
 
 mod deploys;
 mod sql;
