@@ -356,6 +356,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         idempotency_retention: Duration::from_secs(serve.idempotency_hours * 3600),
     };
     telemetry::metrics::install().map_err(anyhow::Error::msg)?;
+    saga_host::allocator::start_releasing().context("the memory release thread could not start")?;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -364,6 +365,8 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     let running = saga_host::start(config)
         .await
         .context("saga-host could not start")?;
+    // Compiling and loading the components is done: what it used goes back now.
+    saga_host::allocator::release_now();
     let services = running.services();
     println!(
         "saga-host listening on {scheme}://{} (services: {})",
