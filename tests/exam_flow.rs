@@ -212,3 +212,50 @@ async fn a_restart_keeps_exams_and_attempt_counts() {
     assert_eq!(fourth.status, 400, "{}", fourth.body);
     assert_eq!(fourth.error(), MAX_ATTEMPTS_MESSAGE);
 }
+
+/// `--workers` sizes the runtime that serves requests (one worker per core by default); a size
+/// of 0 is refused with a message that names the flag.
+#[tokio::test]
+async fn the_host_serves_on_the_workers_it_is_given() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for (args, workers) in [(&["--workers", "3"][..], 3), (&[][..], cores)] {
+        let dir = TempDir::new("workers");
+        let host = Host::start_with(&dir, &BUNDLED, args);
+        let answer = host
+            .http()
+            .post_json("/exams", &submission(Uuid::new_v4(), Uuid::new_v4()))
+            .await;
+        assert_eq!(answer.status, 200, "{args:?}: {}", answer.body);
+        let said = format!("workers={workers}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !host
+            .log()
+            .lines()
+            .any(|line| line.contains("worker threads") && line.contains(&said))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{args:?}: the host did not say it runs on {workers} workers:\n{}",
+                host.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let dir = TempDir::new("no-workers");
+    let refused = std::process::Command::new(common::host_binary())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "0",
+            "--data",
+        ])
+        .arg(dir.path().join("data"))
+        .output()
+        .expect("saga-host runs");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("'0'") && said.contains("--workers"), "{said}");
+    assert!(!dir.path().join("data").exists(), "nothing was set up");
+}
