@@ -8,15 +8,16 @@
 //! mimalloc's defaults on Linux keep what was once allocated: arenas are committed eagerly, and
 //! freed pages go back to the kernel only after a delay and only when a later allocation passes
 //! by, so the memory of compiling the components at start (about 70 MB) stayed resident for
-//! good. The host commits lazily and gives freed pages back after a short delay, and a thread of
-//! its own (`start_releasing`) makes sure that happens on an idle host too: it stays as small as
-//! it was on glibc (about 45 MB idle; see the README's Benchmarks).
+//! good. The host commits lazily, and while it starts it gives freed pages back at once: it
+//! stays as small as it was on glibc (about 45 MB idle; see the README's Benchmarks).
 //!
-//! The delay is what a host under load needs: each component call frees its store, and giving
-//! those pages back at once (a delay of 0) cost a `madvise`, a TLB flush on the other core and
-//! a page fault to touch them again: about 5 page faults a saga at 32 clients. With 250 ms they
-//! are mostly taken again before they are given back (0.3 faults a saga), and the host's CPU
-//! a saga fell by about 15%.
+//! Once it serves (`start_serving`), freed pages go back after 250 ms instead. Each component
+//! call frees its store, and giving those pages back at once cost a `madvise`, a TLB flush on
+//! the other core and a page fault to touch them again: about 5 page faults a saga at 32
+//! clients. Within 250 ms they are mostly taken again (0.3 faults a saga), and the host's CPU a
+//! saga fell by about 15%. A thread of its own gives back what is due while nothing else
+//! allocates, as on an idle host. (With the delay from the start, reused pages resident whole
+//! kept about 3 MB more after start.)
 
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ const ARENA_EAGER_COMMIT: mi_option_t = 4;
 /// `mi_option_purge_delay`, in milliseconds.
 const PURGE_DELAY: mi_option_t = 15;
 
-/// How long a freed page stays committed before it goes back to the kernel.
+/// How long a freed page stays committed before it goes back to the kernel, once the host
+/// serves.
 const PURGE_DELAY_MS: std::ffi::c_long = 250;
 
 /// The host's allocator; each binary declares it as its `#[global_allocator]`.
@@ -41,7 +43,7 @@ pub type Allocator = mimalloc::MiMalloc;
 pub extern "C" fn configure() {
     for (option, variable, value) in [
         (ARENA_EAGER_COMMIT, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
-        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS),
+        (PURGE_DELAY, c"MIMALLOC_PURGE_DELAY", 0),
     ] {
         // SAFETY: getenv reads a NUL-terminated name; setting an option is a plain store of a
         // value mimalloc reads when it next needs it.
@@ -53,25 +55,23 @@ pub extern "C" fn configure() {
     }
 }
 
-/// Gives back to the kernel every freed page, whatever its delay: for memory known to be done
-/// with, such as what compiling the components at start used.
-pub fn release_now() {
-    // SAFETY: a collection has no precondition; it runs on the calling thread's heap and the
-    // shared arenas, which mimalloc guards itself.
-    unsafe { mi_collect(true) }
-}
-
-/// Starts the thread that gives freed pages back once their delay is over. mimalloc does it
-/// only when an allocation passes by, and an idle host allocates nothing.
-pub fn start_releasing() -> std::io::Result<()> {
+/// The host has started: freed pages now stay committed for `PURGE_DELAY_MS` before they go
+/// back (unless `MIMALLOC_PURGE_DELAY` set the delay), and a thread gives back those whose
+/// delay is over, which mimalloc does only when an allocation passes by.
+pub fn start_serving() -> std::io::Result<()> {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: setting an option is a plain store of a value mimalloc reads when it next
+        // needs it.
+        unsafe { mi_option_set(PURGE_DELAY, PURGE_DELAY_MS) }
+    }
     let every = Duration::from_millis(PURGE_DELAY_MS as u64);
     std::thread::Builder::new()
         .name("memory-release".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                // SAFETY: as in `release_now`; without force it gives back only pages whose
-                // delay is over.
+                // SAFETY: a collection has no precondition; without force it gives back only
+                // the pages whose delay is over, from arenas mimalloc guards itself.
                 unsafe { mi_collect(false) }
             }
         })

@@ -368,7 +368,6 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         idempotency_retention: Duration::from_secs(serve.idempotency_hours * 3600),
     };
     telemetry::metrics::install().map_err(anyhow::Error::msg)?;
-    saga_host::allocator::start_releasing().context("the memory release thread could not start")?;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -377,8 +376,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     let running = saga_host::start(config)
         .await
         .context("saga-host could not start")?;
-    // Compiling and loading the components is done: what it used goes back now.
-    saga_host::allocator::release_now();
+    saga_host::allocator::start_serving().context("the memory release thread could not start")?;
     let services = running.services();
     tracing::info!(
         workers = tokio::runtime::Handle::current().metrics().num_workers(),
