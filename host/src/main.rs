@@ -172,9 +172,7 @@ struct Serve {
     #[arg(long, env = "SAGA_HOST_INSECURE_OPEN_OPERATOR_API")]
     insecure_open_operator_api: bool,
     /// Threads of the async runtime, which serve requests and run components; default: one
-    /// per core. On two cores, 1 left SQLite's writer a core of its own and served `POST
-    /// /exams` about 10% faster, but Python and JavaScript services, whose calls compute for a
-    /// millisecond, a third slower: see the README's Configuration.
+    /// per core (the README's Configuration says when fewer serve better).
     #[arg(long, env = "SAGA_HOST_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
     /// Run saga steps whose participant is loaded in this host within the saga's own
