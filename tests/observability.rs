@@ -151,6 +151,23 @@ async fn metrics_count_the_exam_flow_and_pass_promtool() {
     assert!(total(&metrics, "saga_host_component_cpu_seconds_count", &[]) >= 8.0);
     assert!(total(&metrics, "saga_host_component_cpu_seconds_sum", &[]) > 0.0);
     assert!(total(&metrics, "saga_host_storage_commit_seconds_count", &[]) >= 4.0);
+    // SQLite's checkpointer copies those commits into the database file moments later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let checkpoints = loop {
+        let copies = total(
+            &samples(&scrape(http).await),
+            "saga_host_storage_checkpoint_seconds_count",
+            &[],
+        );
+        if copies >= 1.0 || Instant::now() > deadline {
+            break copies;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        checkpoints >= 1.0,
+        "no checkpoint within 5 s of the commits"
+    );
     assert_eq!(
         total(&metrics, "saga_host_sagas_open", &[]),
         0.0,

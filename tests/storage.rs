@@ -1041,6 +1041,48 @@ async fn postgres_keys_compare_as_bytes() {
     );
 }
 
+/// SQLite's checkpointer copies each commit into the database file soon after it, beside the
+/// writer, rather than in the commit that fills the WAL: a reader of the file alone
+/// (`immutable=1` makes SQLite ignore the WAL) sees the commit within a moment.
+#[tokio::test]
+async fn sqlite_commits_reach_the_database_file_beside_the_writer() {
+    use rusqlite::OpenFlags;
+    let db = sqlite().await;
+    let path = db.url.trim_start_matches("sqlite://");
+    let path = path.split('?').next().expect("a file path");
+    let events_in_file = |id: &str| -> i64 {
+        // The checkpointer may be writing the page this reads: an error is "not there yet".
+        rusqlite::Connection::open_with_flags(
+            format!("file:{path}?immutable=1"),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .and_then(|file| {
+            file.query_row("SELECT COUNT(*) FROM events WHERE uuid = ?1", [id], |row| {
+                row.get(0)
+            })
+        })
+        .unwrap_or(0)
+    };
+    let id = uuid();
+    db.storage
+        .commit(writes(vec![write(
+            &id,
+            Action::Create,
+            1,
+            serde_json::json!({}),
+        )]))
+        .await
+        .expect("commit");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while events_in_file(&id) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit is still only in the WAL after 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// The migration that moves each saga's history rows (`saga_history`, a row per stored
 /// revision) into its record: a database written before it keeps every saga, state and history
 /// in order, and the host reads them.

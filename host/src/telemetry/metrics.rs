@@ -82,6 +82,7 @@ const TRAPS: &str = "saga_host_component_traps_total";
 const HTTP_REQUESTS: &str = "saga_host_http_requests_total";
 const HTTP_DURATION: &str = "saga_host_http_request_duration_seconds";
 const COMMIT_DURATION: &str = "saga_host_storage_commit_seconds";
+const CHECKPOINT_DURATION: &str = "saga_host_storage_checkpoint_seconds";
 const BATCH_TRANSACTIONS: &str = "saga_host_storage_batch_transactions";
 const COMMITS: &str = "saga_host_storage_commits_total";
 const CONFLICTS: &str = "saga_host_storage_conflicts_total";
@@ -198,6 +199,11 @@ const METRICS: &[(&str, Kind, &str)] = &[
         COMMIT_DURATION,
         Kind::Histogram,
         "Time of one database commit (a group of transactions).",
+    ),
+    (
+        CHECKPOINT_DURATION,
+        Kind::Histogram,
+        "Time of one copy of SQLite's WAL into the database file, beside the writer (SQLite).",
     ),
     (
         BATCH_TRANSACTIONS,
@@ -418,6 +424,11 @@ pub fn commit(transactions: usize, way: &'static str, took: Duration) {
     histogram!(COMMIT_DURATION).record(seconds(took));
     histogram!(BATCH_TRANSACTIONS).record(transactions as f64);
     counter!(COMMITS, "way" => way).increment(1);
+}
+
+/// SQLite's checkpointer copied the WAL into the database file.
+pub fn checkpoint(took: Duration) {
+    histogram!(CHECKPOINT_DURATION).record(seconds(took));
 }
 
 /// The services' aggregates were read from the database (`kind`: get, find).

@@ -12,6 +12,7 @@ use sqlx::{AnyConnection, AnyPool, Executor};
 use tokio::sync::mpsc;
 
 mod aggregates;
+mod checkpoint;
 mod deploys;
 mod exec;
 mod idempotency;
@@ -163,9 +164,11 @@ fn create_sqlite_parent(url: &str) -> std::io::Result<()> {
 
 /// How every SQLite connection of the host is set up. WAL lets readers run beside the writer;
 /// synchronous=FULL makes every commit durable (fsync of the WAL) before the host reports
-/// success; a connection waits up to 10 s for another's write lock.
-const SQLITE_PRAGMAS: &str =
-    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000;";
+/// success; a connection waits up to 10 s for another's write lock. A commit checkpoints the
+/// WAL itself only once it is past 10,000 frames (40 MiB): the checkpointer does it beside the
+/// writer long before (`checkpoint.rs`).
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 10000; PRAGMA wal_autocheckpoint = 10000;";
 
 async fn configure(conn: &mut AnyConnection, dialect: Dialect) -> Result<(), sqlx::Error> {
     if dialect == Dialect::Sqlite {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use saga_core::ids::SagaId;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint;
 use super::exec::{Exec, Row, args, begin, commit, rollback};
 use super::writes::{apply_write, discard, enqueue, promote, stage_message, stage_write};
 use super::{Dialect, Result, Storage};
@@ -55,17 +56,23 @@ pub(super) async fn start(
     match dialect {
         Dialect::Postgres => {
             let conn = <sqlx::PgConnection as Exec>::connect(&url).await?;
-            tokio::spawn(write_loop(conn, url, jobs, lost));
+            tokio::spawn(write_loop(conn, url, jobs, lost, || ()));
         }
         Dialect::Sqlite => {
             let conn = <rusqlite::Connection as Exec>::connect(&url).await?;
+            let checkpointer =
+                checkpoint::start(<rusqlite::Connection as Exec>::connect(&url).await?)
+                    .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
                 .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || runtime.block_on(write_loop(conn, url, jobs, lost)))
+                .spawn(move || {
+                    let committed = move || checkpointer.committed();
+                    runtime.block_on(write_loop(conn, url, jobs, lost, committed))
+                })
                 .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
         }
     }
@@ -76,12 +83,13 @@ pub(super) async fn start(
 /// restart), or that failed on a full disk, is not used again: the writer connects again — before the next batch, and every
 /// second while it has no connection, whether or not anything waits to be written — so that
 /// the host recovers by itself once the database is back. Meanwhile `lost` says why it has
-/// none, and each batch fails as unreachable.
+/// none, and each batch fails as unreachable. `committed` runs after each batch.
 async fn write_loop<C: Exec>(
     conn: C,
     url: String,
     mut jobs: mpsc::Receiver<Job>,
     lost: Arc<Mutex<Option<String>>>,
+    committed: impl Fn(),
 ) {
     let mut kept = Some(conn);
     let note = |why: Option<String>| {
@@ -152,6 +160,7 @@ async fn write_loop<C: Exec>(
             }
         };
         metrics::commit(batch.len(), way.as_str(), started.elapsed());
+        committed();
         for (job, result) in batch.into_iter().zip(results) {
             if let Err(refused) = &result
                 && let Some(kind) = refused.refusal()
