@@ -65,7 +65,7 @@ fn run(conn: &rusqlite::Connection, woken: &Receiver<()>) {
             }
             Err(error) => {
                 if !failing {
-                    tracing::warn!(%error, "could not copy the WAL into the database file; SQLite does it in the writer's commits until this works again");
+                    tracing::warn!(%error, "could not copy the WAL into the database file; until this works again, a commit does it once the WAL is past 10,000 frames");
                 }
                 failing = true;
             }
