@@ -95,7 +95,7 @@ pub(super) fn classify(service: &str, error: &wasmtime::Error, state: &CallState
         };
     }
     // Standard error full: the component's next write failed, and that is why it stopped.
-    let stderr = state.stderr.contents();
+    let stderr = state.stderr();
     if stderr.len() >= STDERR_BYTES {
         return CallError::Limit {
             service: service.to_string(),
