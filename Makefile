@@ -10,7 +10,7 @@ WASM_DIR := target/$(WASM_TARGET)/release
 # The components `make run` serves (the bundled Exam and Attempt services).
 BUNDLED := guest_exam guest_attempt
 # Components built only for tests and benchmarks.
-TEST_GUESTS := -p test-probe -p test-noop -p test-participant -p test-orchestrator -p test-not-a-service \
+TEST_GUESTS := -p test-probe -p test-noop -p test-noop-sdk -p test-participant -p test-orchestrator -p test-not-a-service \
 	-p test-broken-saga -p test-hijack -p test-old-wit -p test-wrong-compensation
 # Second builds of three components (feature variant-b), for the hot-swap and cluster-deploy
 # tests.

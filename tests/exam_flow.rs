@@ -259,3 +259,39 @@ async fn the_host_serves_on_the_workers_it_is_given() {
     assert!(said.contains("'0'") && said.contains("--workers"), "{said}");
     assert!(!dir.path().join("data").exists(), "nothing was set up");
 }
+
+/// The component `saga-bench instantiate` measures the host's cost per call with: built without
+/// Rust's standard library, it imports no function (not even the WASI ones the library links
+/// in; only the WIT's shared types), and the host serves it like any other service.
+#[tokio::test]
+async fn the_no_op_component_imports_no_function_and_is_served() {
+    use wasmtime::component::types::ComponentItem;
+    let engine = wasmtime::Engine::default();
+    let component =
+        wasmtime::component::Component::from_file(&engine, common::component("test_noop"))
+            .expect("test_noop is a component");
+    let mut imports = Vec::new();
+    let mut functions = Vec::new();
+    for (name, item) in component.component_type().imports(&engine) {
+        imports.push(name.to_string());
+        match item.ty {
+            ComponentItem::ComponentInstance(instance) => functions.extend(
+                instance
+                    .exports(&engine)
+                    .filter(|(_, item)| matches!(item.ty, ComponentItem::ComponentFunc(_)))
+                    .map(|(function, _)| format!("{name}#{function}")),
+            ),
+            _ => functions.push(name.to_string()),
+        }
+    }
+    assert!(functions.is_empty(), "test_noop imports {functions:?}");
+    assert_eq!(imports, ["saga:host/types@0.2.0"]);
+    let dir = TempDir::new("no-op");
+    let host = Host::start(&dir, &["test_noop"]);
+    for _ in 0..3 {
+        let answer = host.http().get("/noop").await;
+        assert_eq!(answer.status, 200, "{}", answer.error());
+        assert_eq!(answer.json(), serde_json::Value::Null);
+    }
+    host.stop();
+}

@@ -240,7 +240,7 @@ pub async fn instantiate(calls: usize, probes: &[Probe]) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .map_err(|e| anyhow::anyhow!("{}", e.message))
         };
-        let calls = if probe.language == "rust" {
+        let calls = if probe.language.starts_with("rust") {
             calls
         } else {
             calls / 10

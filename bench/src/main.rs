@@ -169,7 +169,7 @@ struct InstantiateArgs {
     /// Calls to time (a tenth of that for the Python and JavaScript components).
     #[arg(long, default_value_t = 20_000)]
     calls: usize,
-    /// Only these languages (rust, python, javascript); default: all three.
+    /// Only these components (rust, rust-sdk, python, javascript); default: all four.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -527,16 +527,22 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
     .await
 }
 
-/// The components `instantiate` measures: a no-op handler in Rust (a component with nothing
-/// else, so that the figure is the host's own cost), Python and JavaScript; `only` keeps some
-/// languages (all when empty).
+/// The components `instantiate` measures: a no-op handler in Rust (`rust`: a component with
+/// nothing else and no import, so that the figure is the host's own cost; `rust-sdk`: the same
+/// handler in a service built with the SDK and Rust's standard library, which imports WASI),
+/// Python and JavaScript; `only` keeps some (all when empty).
 fn probes(only: &[String]) -> anyhow::Result<Vec<load::Probe>> {
-    ["rust", "python", "javascript"]
+    const KINDS: [&str; 4] = ["rust", "rust-sdk", "python", "javascript"];
+    if let Some(unknown) = only.iter().find(|kind| !KINDS.contains(&kind.as_str())) {
+        anyhow::bail!("--only {unknown}: no such component; choose among {KINDS:?}");
+    }
+    KINDS
         .into_iter()
-        .filter(|language| only.is_empty() || only.iter().any(|l| l == language))
+        .filter(|kind| only.is_empty() || only.iter().any(|k| k == kind))
         .map(|language| {
             let (path, route) = match language {
                 "rust" => (component("test_noop")?, "GET /noop"),
+                "rust-sdk" => (component("test_noop_sdk")?, "GET /noop"),
                 "python" => (
                     server::example("python-grader", "grader")?,
                     "GET /grader/version",

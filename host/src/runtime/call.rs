@@ -263,8 +263,8 @@ pub struct CallState {
     pub(super) meter: Arc<Meter>,
     pub started: Instant,
     /// WASI's context, made when the component first calls WASI: most calls never do (a Rust
-    /// service imports WASI's stdio for its panics), and making it is about 3 K instructions
-    /// of the 38 K a no-op call costs (callgrind).
+    /// service imports WASI's stdio for its panics), and making it cost every call about 3 K
+    /// instructions (callgrind; a no-op call is 31 K).
     wasi: Option<Wasi>,
     stderr_bytes: usize,
     table: wasmtime::component::ResourceTable,
