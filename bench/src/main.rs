@@ -528,9 +528,9 @@ async fn sagas(load: &SagaLoad) -> anyhow::Result<()> {
 }
 
 /// The components `instantiate` measures: a no-op handler in Rust (`rust`: a component with
-/// nothing else and no import, so that the figure is the host's own cost; `rust-sdk`: the same
-/// handler in a service built with the SDK and Rust's standard library, which imports WASI),
-/// Python and JavaScript; `only` keeps some (all when empty).
+/// nothing else that imports no function, so that the figure is the host's own cost;
+/// `rust-sdk`: the same handler in a service built with the SDK and Rust's standard library,
+/// which imports WASI), Python and JavaScript; `only` keeps some (all when empty).
 fn probes(only: &[String]) -> anyhow::Result<Vec<load::Probe>> {
     const KINDS: [&str; 4] = ["rust", "rust-sdk", "python", "javascript"];
     if let Some(unknown) = only.iter().find(|kind| !KINDS.contains(&kind.as_str())) {
