@@ -82,6 +82,12 @@ pub(super) trait Exec: Send + Sized + 'static {
     /// Opens and configures a connection to the database at `url`.
     fn connect(url: &str) -> impl Future<Output = Result<Self>> + Send;
 
+    /// Opens the writer's connection (`writer.rs`): `connect`'s, unless the database writes
+    /// better otherwise.
+    fn connect_writer(url: &str) -> impl Future<Output = Result<Self>> + Send {
+        Self::connect(url)
+    }
+
     /// Runs a statement; how many rows it changed.
     fn execute(
         &mut self,
@@ -284,16 +290,17 @@ impl Exec for rusqlite::Connection {
     const DIALECT: Dialect = Dialect::Sqlite;
 
     async fn connect(url: &str) -> Result<Self> {
-        use rusqlite::OpenFlags;
-        // The read pool opened (and created) the file first and brought its schema up to date.
-        let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-        let conn = rusqlite::Connection::open_with_flags(
-            options.get_filename(),
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        // As every connection of the host: see `super::configure`.
-        conn.execute_batch(super::SQLITE_PRAGMAS)?;
-        conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+        open_sqlite(url, None)
+    }
+
+    /// The writer's WAL writes gathered (`wal_writes.rs`), which holds only because every
+    /// commit syncs (synchronous = FULL, `SQLITE_PRAGMAS`) and no page is written before its
+    /// transaction commits (`cache_spill = false`: a batch's pages stay in memory until then).
+    async fn connect_writer(url: &str) -> Result<Self> {
+        super::wal_writes::register()
+            .map_err(|e| StorageError::Database(sqlx::Error::Configuration(e.into())))?;
+        let conn = open_sqlite(url, Some(super::wal_writes::VFS_NAME))?;
+        conn.execute_batch("PRAGMA cache_spill = false;")?;
         Ok(conn)
     }
 
@@ -323,6 +330,24 @@ impl Exec for rusqlite::Connection {
     async fn control(&mut self, sql: &'static str) -> Result<()> {
         Exec::execute(self, sql, &[]).await.map(drop)
     }
+}
+
+/// Opens the SQLite database at `url` (the read pool opened and created the file first, and
+/// brought its schema up to date) with the host's settings.
+fn open_sqlite(url: &str, vfs: Option<&std::ffi::CStr>) -> Result<rusqlite::Connection> {
+    use rusqlite::OpenFlags;
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match vfs {
+        Some(vfs) => {
+            rusqlite::Connection::open_with_flags_and_vfs(options.get_filename(), flags, vfs)?
+        }
+        None => rusqlite::Connection::open_with_flags(options.get_filename(), flags)?,
+    };
+    // As every connection of the host: see `super::configure`.
+    conn.execute_batch(super::SQLITE_PRAGMAS)?;
+    conn.set_prepared_statement_cache_capacity(PREPARED_STATEMENTS);
+    Ok(conn)
 }
 
 /// How many idle SQLite connections `PointReads` keeps.

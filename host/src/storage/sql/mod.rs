@@ -20,6 +20,7 @@ mod membership;
 mod queue;
 mod sagas;
 mod together;
+mod wal_writes;
 mod writer;
 mod writes;
 

@@ -55,11 +55,11 @@ pub(super) async fn start(
     let url = url.to_string();
     match dialect {
         Dialect::Postgres => {
-            let conn = <sqlx::PgConnection as Exec>::connect(&url).await?;
+            let conn = <sqlx::PgConnection as Exec>::connect_writer(&url).await?;
             tokio::spawn(write_loop(conn, url, jobs, lost, || ()));
         }
         Dialect::Sqlite => {
-            let conn = <rusqlite::Connection as Exec>::connect(&url).await?;
+            let conn = <rusqlite::Connection as Exec>::connect_writer(&url).await?;
             let checkpointer =
                 checkpoint::start(<rusqlite::Connection as Exec>::connect(&url).await?)
                     .map_err(|e| StorageError::Database(sqlx::Error::Io(e)))?;
@@ -110,7 +110,7 @@ async fn write_loop<C: Exec>(
             match tokio::time::timeout(RECONNECT_EVERY, jobs.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    match C::connect(&url).await {
+                    match C::connect_writer(&url).await {
                         Ok(conn) => {
                             kept = Some(conn);
                             note(None);
@@ -132,7 +132,7 @@ async fn write_loop<C: Exec>(
         let started = std::time::Instant::now();
         let connection = match kept.take() {
             Some(conn) => Ok(conn),
-            None => C::connect(&url).await,
+            None => C::connect_writer(&url).await,
         };
         let (results, way) = match connection {
             Ok(mut conn) => {
