@@ -1,5 +1,6 @@
-//! What the host process costs, read from /proc: its CPU time (utime + stime) and its resident
-//! memory (VmRSS now, VmHWM its peak), and a sampler of VmRSS during a measured window.
+//! What the host process costs, read from /proc: its CPU time (utime + stime), its read and write
+//! system calls, its resident memory (VmRSS now, VmHWM its peak), and a sampler of VmRSS during a
+//! measured window.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +61,39 @@ pub fn status_kb(pid: u32, field: &str) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|value| value.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("/proc/{pid}/status has no {field}"))
+}
+
+/// The process's read and write system calls so far, all threads (syscr and syscw of
+/// /proc/PID/io: read, pread, readv… and write, pwrite, writev…, on files, sockets and eventfds
+/// alike).
+pub fn io_calls(pid: u32) -> anyhow::Result<IoCalls> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .with_context(|| format!("read /proc/{pid}/io"))?;
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("/proc/{pid}/io has no {name}"))
+    };
+    Ok(IoCalls {
+        reads: field("syscr")?,
+        writes: field("syscw")?,
+    })
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct IoCalls {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+impl IoCalls {
+    pub fn since(self, before: IoCalls) -> IoCalls {
+        IoCalls {
+            reads: self.reads.saturating_sub(before.reads),
+            writes: self.writes.saturating_sub(before.writes),
+        }
+    }
 }
 
 pub fn mb(kb: u64) -> f64 {

@@ -28,6 +28,8 @@ pub struct Report {
     pub host_cpu: Option<Duration>,
     /// The largest VmRSS of the host sampled every 100 ms over the window, in kB, when watched.
     pub peak_rss_kb: Option<u64>,
+    /// The host's read and write system calls over the window, when watched.
+    pub host_io_calls: Option<host_proc::IoCalls>,
 }
 
 impl Report {
@@ -39,6 +41,13 @@ impl Report {
     pub fn cpu_ms_per_saga(&self) -> Option<f64> {
         let cpu = self.host_cpu?;
         (self.completed > 0).then(|| cpu.as_secs_f64() * 1e3 / self.completed as f64)
+    }
+
+    /// The host's read and write system calls per completed saga, when the host was watched.
+    pub fn io_calls_per_saga(&self) -> Option<(f64, f64)> {
+        let calls = self.host_io_calls?;
+        let per = |n: u64| n as f64 / self.completed as f64;
+        (self.completed > 0).then(|| (per(calls.reads), per(calls.writes)))
     }
 }
 
@@ -87,10 +96,12 @@ pub async fn run_watched(
         return phase(&client, &urls, &workload, clients, duration).await;
     };
     let cpu_before = host_proc::cpu_time(pid)?;
+    let io_before = host_proc::io_calls(pid)?;
     let sampler = host_proc::RssSampler::start(pid);
     let mut report = phase(&client, &urls, &workload, clients, duration).await?;
     report.peak_rss_kb = Some(sampler.finish());
     report.host_cpu = Some(host_proc::cpu_time(pid)?.saturating_sub(cpu_before));
+    report.host_io_calls = Some(host_proc::io_calls(pid)?.since(io_before));
     Ok(report)
 }
 
@@ -149,6 +160,7 @@ async fn phase(
         latency: Samples::default(),
         host_cpu: None,
         peak_rss_kb: None,
+        host_io_calls: None,
     };
     for task in tasks {
         let (latency, errors) = task.await.context("a client task")?;

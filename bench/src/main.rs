@@ -448,6 +448,14 @@ async fn post_exams(
         host_proc::mb(idle_kb)
     );
     for (clients, report) in &reports {
+        if let Some((reads, writes)) = report.io_calls_per_saga() {
+            println!(
+                "host system calls per saga under {clients} clients: {reads:.1} reads, {writes:.1} \
+                 writes (/proc/{pid}/io syscr and syscw: files, sockets and wake-ups alike)"
+            );
+        }
+    }
+    for (clients, report) in &reports {
         if let Some(peak) = report.peak_rss_kb {
             println!(
                 "host RSS under {clients} clients: peak {:.1} MB (VmRSS sampled every 100 ms)",
