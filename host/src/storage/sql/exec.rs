@@ -82,8 +82,8 @@ pub(super) trait Exec: Send + Sized + 'static {
     /// Opens and configures a connection to the database at `url`.
     fn connect(url: &str) -> impl Future<Output = Result<Self>> + Send;
 
-    /// Opens the writer's connection (`writer.rs`): `connect`'s, unless the database writes
-    /// better otherwise.
+    /// Opens the writer's connection (`writer.rs`): by default as `connect` does; a database
+    /// whose writer is better served otherwise says how.
     fn connect_writer(url: &str) -> impl Future<Output = Result<Self>> + Send {
         Self::connect(url)
     }

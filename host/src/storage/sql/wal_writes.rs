@@ -39,12 +39,12 @@ struct WalFile {
     pending: Vec<u8>,
 }
 
-/// The default VFS this one wraps (set once, by `register`).
-static DEFAULT_VFS: OnceLock<usize> = OnceLock::new();
+/// The default VFS this one wraps, once `register` has registered this one; SQLite's error if
+/// it could not.
+static REGISTERED: OnceLock<Result<usize, String>> = OnceLock::new();
 
 /// Registers the VFS (once per process); the error is SQLite's.
 pub(super) fn register() -> Result<(), String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
             // SAFETY: sqlite3_vfs_find only reads SQLite's list of VFSes; the copy of the default
@@ -54,7 +54,6 @@ pub(super) fn register() -> Result<(), String> {
                 if default.is_null() {
                     return Err("SQLite has no default VFS".into());
                 }
-                DEFAULT_VFS.get_or_init(|| default as usize);
                 // The default VFS's other methods ignore the VFS they are given, or read only
                 // the fields copied with them (its unix implementation), so a copy can stand in.
                 let mut vfs = *default;
@@ -64,17 +63,20 @@ pub(super) fn register() -> Result<(), String> {
                 vfs.xOpen = Some(open);
                 let rc = ffi::sqlite3_vfs_register(Box::into_raw(Box::new(vfs)), 0);
                 if rc == ffi::SQLITE_OK {
-                    Ok(())
+                    Ok(default as usize)
                 } else {
                     Err(format!("SQLite refused the WAL-gathering VFS (code {rc})"))
                 }
             }
         })
         .clone()
+        .map(drop)
 }
 
+/// The default VFS; only this VFS's own methods ask, so it was registered.
 fn default_vfs() -> *mut ffi::sqlite3_vfs {
-    *DEFAULT_VFS.get().expect("registered before use") as *mut ffi::sqlite3_vfs
+    let registered = REGISTERED.get().and_then(|r| r.as_ref().ok());
+    *registered.expect("registered before use") as *mut ffi::sqlite3_vfs
 }
 
 unsafe extern "C" fn open(
