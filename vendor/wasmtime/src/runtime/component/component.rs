@@ -99,6 +99,11 @@ struct ComponentInner {
 
     /// The checksum of the source binary from which the module was compiled.
     checksum: WasmChecksum,
+
+    /// Where each trampoline's Wasm-call and array-call code is in the text section, looked up
+    /// once here: every instantiation sets every trampoline, and two lookups of `index` each
+    /// took more than the rest of setting it. (A saga-host patch: see vendor/README.md.)
+    trampoline_locs: PrimaryMap<TrampolineIndex, (Option<FunctionLoc>, Option<FunctionLoc>)>,
 }
 
 impl fmt::Debug for Component {
@@ -471,6 +476,16 @@ impl Component {
             [ValType::I32],
         ));
 
+        let trampoline_locs = info
+            .component
+            .trampolines
+            .keys()
+            .map(|i| {
+                let loc = |abi| index.func_loc(FuncKey::ComponentTrampoline(abi, i)).copied();
+                (loc(Abi::Wasm), loc(Abi::Array))
+            })
+            .collect();
+
         Ok(Component {
             inner: Arc::new(ComponentInner {
                 id: CompiledModuleId::new(),
@@ -482,6 +497,7 @@ impl Component {
                 index,
                 realloc_func_type,
                 checksum,
+                trampoline_locs,
             }),
         })
     }
@@ -518,14 +534,9 @@ impl Component {
     }
 
     pub(crate) fn trampoline_ptrs(&self, index: TrampolineIndex) -> AllCallFuncPointers {
-        let wasm_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Wasm, index))
-            .unwrap()
-            .cast();
-        let array_call = self
-            .store_invariant_func(FuncKey::ComponentTrampoline(Abi::Array, index))
-            .unwrap()
-            .cast();
+        let (wasm_call, array_call) = &self.inner.trampoline_locs[index];
+        let wasm_call = self.func_loc_to_pointer(wasm_call.as_ref().unwrap()).cast();
+        let array_call = self.func_loc_to_pointer(array_call.as_ref().unwrap()).cast();
         AllCallFuncPointers {
             wasm_call,
             array_call,

@@ -960,26 +960,28 @@ impl Instance {
         // it's better for instantiation performance if we don't have to track
         // "is-initialized" state at all!
 
-        let module_with_code = ModuleWithCode::in_store(
-            registry,
-            self.runtime_module()
-                .expect("funcref impossible in fake module"),
-        )
-        .expect("module not in store");
-
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
-
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
+        let module = self
+            .runtime_module()
+            .expect("funcref impossible in fake module");
+        // A saga-host patch (see vendor/README.md): without guest debugging, every store runs
+        // the engine's own copy of the code (`StoreCode::new`), so the function is found in the
+        // module's text without looking the store's copy up in its registry, which cost more
+        // than the rest of making the funcref.
+        let (array_call, wasm_call) = if module.engine().tunables().debug_guest {
+            let code = ModuleWithCode::in_store(registry, module).expect("module not in store");
+            (
+                NonNull::from(code.function(array_to_wasm_key)).cast::<u8>(),
+                NonNull::from(code.function(wasm_key)).cast::<u8>(),
             )
-            .unwrap(),
-        ));
+        } else {
+            let text = module.engine_code().text();
+            let function = |key| {
+                NonNull::from(&text[module.compiled_module().function_range(key)]).cast::<u8>()
+            };
+            (function(array_to_wasm_key), function(wasm_key))
+        };
+        let array_call = VmPtr::from(array_call.cast());
+        let wasm_call = Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
