@@ -106,7 +106,8 @@ pub fn saga(saga: &Value) -> String {
         .map(|(i, step)| {
             let from = step["started_at"].as_i64().unwrap_or(start);
             let to = step["finished_at"].as_i64().unwrap_or(end);
-            let a = (from - start) * WIDTH / (end - start);
+            // A step that starts at the saga's last change still gets the last cell.
+            let a = ((from - start) * WIDTH / (end - start)).min(WIDTH - 1);
             let b = ((to - start) * WIDTH / (end - start)).max(a + 1);
             let bar: String = (0..WIDTH)
                 .map(|x| if x >= a && x < b { '█' } else { '·' })
@@ -301,4 +302,30 @@ pub fn deployed(v: &Value) -> String {
         ));
     }
     said
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_step_that_starts_at_the_sagas_last_change_is_drawn() {
+        // A saga of 1 ms whose second step began in that last millisecond (a fast machine).
+        let shown = super::saga(&json!({
+            "id": "s", "service": "orchestrator", "name": "THREE", "status": "paused",
+            "created_at": 1000, "updated_at": 1001, "context": {},
+            "steps": [
+                {"saga": "THREE", "index": 0, "started_at": 1001, "finished_at": 1001},
+                {"saga": "THREE", "index": 1, "started_at": 1001},
+            ],
+        }));
+        let bars: Vec<&str> = shown
+            .lines()
+            .filter(|line| line.contains("THREE#"))
+            .collect();
+        assert_eq!(bars.len(), 2, "{shown}");
+        for bar in bars {
+            assert!(bar.ends_with('█'), "drawn in the last cell: {shown}");
+        }
+    }
 }
