@@ -346,6 +346,14 @@ impl Broker {
         Ok(addressed(message, consumer, staged_under))
     }
 
+    /// Whether a service, here or on another host, subscribes to events of `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
+        [&local, &remote]
+            .into_iter()
+            .any(|topics| topics.events.get(topic).is_some_and(|s| !s.is_empty()))
+    }
+
     /// An event, once for every subscribed service.
     pub fn address_event(
         &self,

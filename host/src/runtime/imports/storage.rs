@@ -169,22 +169,26 @@ impl StorageImport<'_> {
                 Action::Delete => "Deleted",
             }
         );
-        let payload = serde_json::json!({
-            "uuid": write.uuid,
-            "aggregate": write.aggregate,
-            "version": write.version,
-            "action": write.action.as_str(),
-            "diff": raw_json(&write.diff),
-            "data": raw_json(&write.data),
-            "at": write.updated_at,
-        });
-        let message = outgoing(
-            self.who,
-            Message::event(&event_topic, payload.to_string(), Vec::new()),
-        );
-        self.effects
-            .messages
-            .extend(env.broker.address_event(&message, self.who.saga_id()));
+        // An event no service subscribes to is not made: its payload holds the aggregate's data
+        // and diff parsed and written again (27 K instructions a write, by callgrind).
+        if env.broker.is_subscribed(&event_topic) {
+            let payload = serde_json::json!({
+                "uuid": write.uuid,
+                "aggregate": write.aggregate,
+                "version": write.version,
+                "action": write.action.as_str(),
+                "diff": raw_json(&write.diff),
+                "data": raw_json(&write.data),
+                "at": write.updated_at,
+            });
+            let message = outgoing(
+                self.who,
+                Message::event(&event_topic, payload.to_string(), Vec::new()),
+            );
+            self.effects
+                .messages
+                .extend(env.broker.address_event(&message, self.who.saga_id()));
+        }
         self.effects.writes.push(write);
         Ok(())
     }
