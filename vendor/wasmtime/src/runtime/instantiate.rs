@@ -25,7 +25,14 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// A saga-host patch (see vendor/README.md): for each defined function, where its
+    /// array-to-wasm trampoline (`NO_TRAMPOLINE` if it has none) and its own code start in the
+    /// text section, found once here instead of searched for at each funcref made.
+    func_ref_code: Box<[(u32, u32)]>,
 }
+
+/// In `func_ref_code`: a function that has no array-to-wasm trampoline.
+const NO_TRAMPOLINE: u32 = u32::MAX;
 
 impl CompiledModule {
     /// Creates `CompiledModule` directly from a precompiled artifact.
@@ -58,7 +65,20 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            func_ref_code: Box::default(),
         };
+        ret.func_ref_code = ret
+            .module
+            .defined_func_indices()
+            .map(|i| {
+                let module = ret.module_index();
+                let trampoline = ret
+                    .index
+                    .func_loc(FuncKey::ArrayToWasmTrampoline(module, i))
+                    .map_or(NO_TRAMPOLINE, |loc| loc.start);
+                (trampoline, ret.func_loc(FuncKey::DefinedWasmFunction(module, i)).start)
+            })
+            .collect();
         ret.register_profiling(profiler)?;
 
         Ok(ret)
@@ -119,6 +139,17 @@ impl CompiledModule {
             let key = FuncKey::DefinedWasmFunction(self.module_index(), i);
             (i, self.function_range(key))
         })
+    }
+
+    /// A saga-host patch: where the array-to-wasm trampoline and the code of the defined
+    /// function `index` start in the text section (`function_range(..).start` of both keys).
+    ///
+    /// Panics if the function has no array-to-wasm trampoline, as `function_range` does.
+    #[inline]
+    pub fn func_ref_code(&self, index: DefinedFuncIndex) -> (usize, usize) {
+        let (trampoline, code) = self.func_ref_code[index.as_u32() as usize];
+        assert!(trampoline != NO_TRAMPOLINE, "defined function should be present");
+        (trampoline as usize, code as usize)
     }
 
     /// Returns the offset in the text section of the function that `key`

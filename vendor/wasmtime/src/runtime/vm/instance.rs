@@ -975,10 +975,17 @@ impl Instance {
             )
         } else {
             let text = module.engine_code().text();
-            let function = |key| {
-                NonNull::from(&text[module.compiled_module().function_range(key)]).cast::<u8>()
+            let compiled = module.compiled_module();
+            let (array_start, wasm_start) = match wasm_key {
+                // A defined function's starts were found when the module was loaded.
+                FuncKey::DefinedWasmFunction(_, index) => compiled.func_ref_code(index),
+                _ => (
+                    compiled.function_range(array_to_wasm_key).start,
+                    compiled.function_range(wasm_key).start,
+                ),
             };
-            (function(array_to_wasm_key), function(wasm_key))
+            let function = |start: usize| NonNull::from(&text[start..]).cast::<u8>();
+            (function(array_start), function(wasm_start))
         };
         let array_call = VmPtr::from(array_call.cast());
         let wasm_call = Some(VmPtr::from(wasm_call.cast::<VMWasmCallFunction>()));
