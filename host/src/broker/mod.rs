@@ -346,28 +346,28 @@ impl Broker {
         Ok(addressed(message, consumer, staged_under))
     }
 
-    /// Whether a service, here or on another host, subscribes to events of `topic`.
-    pub fn is_subscribed(&self, topic: &str) -> bool {
-        let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
-        [&local, &remote]
-            .into_iter()
-            .any(|topics| topics.events.get(topic).is_some_and(|s| !s.is_empty()))
-    }
-
-    /// An event, once for every subscribed service.
+    /// An event of `topic`, once for every service that subscribes to it, here or on another
+    /// host. `event` makes the message only when one does: an event nobody consumes costs
+    /// nothing to build.
     pub fn address_event(
         &self,
-        message: &Message,
+        topic: &str,
         staged_under: Option<SagaId>,
+        event: impl FnOnce() -> Message,
     ) -> Vec<NewMessage> {
         let (local, remote) = (self.inner.topics.load(), self.inner.remote.load());
         let mut subscribers: Vec<&String> = [&local, &remote]
             .into_iter()
-            .filter_map(|topics| topics.events.get(&message.topic))
+            .filter_map(|topics| topics.events.get(topic))
             .flatten()
             .collect();
+        if subscribers.is_empty() {
+            return Vec::new();
+        }
         subscribers.sort_unstable();
         subscribers.dedup();
+        let message = event();
+        debug_assert_eq!(message.topic, topic);
         subscribers
             .into_iter()
             .map(|service| {

@@ -319,8 +319,9 @@ impl Harness {
     /// Publishes an event to every loaded service that subscribes to `topic`, and waits until
     /// they handled it.
     pub async fn event(&self, topic: &str, payload: Value) -> anyhow::Result<()> {
-        let message = Message::event(topic, payload.to_string(), Vec::new());
-        let messages = self.parts.broker.address_event(&message, None);
+        let messages = self.parts.broker.address_event(topic, None, || {
+            Message::event(topic, payload.to_string(), Vec::new())
+        });
         if messages.is_empty() {
             bail!("no loaded service subscribes to the event {topic:?}");
         }

@@ -36,8 +36,8 @@ impl broker::Host for BrokerImport<'_> {
                     "{topic} reports an aggregate of service {owner}; a service publishes only its own aggregates' events (the host does, when it writes them)"
                 )));
             }
-            let message = outgoing(ctx.who, Message::event(&topic, payload, Vec::new()));
-            let addressed = env.broker.address_event(&message, ctx.who.saga_id());
+            let message = || outgoing(ctx.who, Message::event(&topic, payload, Vec::new()));
+            let addressed = env.broker.address_event(&topic, ctx.who.saga_id(), message);
             ctx.effects.messages.extend(addressed);
             Ok(())
         })())
