@@ -10,6 +10,9 @@
 //!   number of statements. Reads, migrations and maintenance stay on sqlx's pool, but for the
 //!   point reads every request makes (`PointReads`).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::future::Future;
 
 use sqlx::postgres::{PgConnectOptions, PgRow};
@@ -231,7 +234,7 @@ impl Exec for PgConnection {
 const PREPARED_STATEMENTS: usize = 64;
 
 /// The `$n` names of SQLite's parameters: a statement may use them in any order (`$6` before
-/// `$4`), so each argument is bound by name, not by position.
+/// `$4`), so each argument is bound to the index SQLite gave its name.
 const PARAMETER_NAMES: [&str; 12] = [
     "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12",
 ];
@@ -266,6 +269,17 @@ impl Row for Vec<rusqlite::types::Value> {
     }
 }
 
+/// A statement's text, by its address and length.
+type StatementText = (usize, usize);
+
+thread_local! {
+    /// The SQLite index of each argument of the statements bound on this thread, by the address
+    /// and length of their text (`'static`: one address is one text). SQLite numbers `$n`
+    /// parameters in the order they are first used (`$3` is index 1 in a statement that uses it
+    /// first), and finding one by name costs a C string and a scan of the names, per argument.
+    static PARAMETER_INDEXES: RefCell<HashMap<StatementText, Box<[usize]>>> = RefCell::default();
+}
+
 /// Prepares (once) and binds a statement.
 fn sqlite_statement<'c>(
     conn: &'c rusqlite::Connection,
@@ -279,9 +293,31 @@ fn sqlite_statement<'c>(
         ));
     }
     let mut statement = conn.prepare_cached(sql)?;
-    for (name, arg) in PARAMETER_NAMES.iter().zip(args) {
-        statement.raw_bind_parameter(*name, arg)?;
-    }
+    PARAMETER_INDEXES.with_borrow_mut(|known| {
+        let indexes = match known.entry((sql.as_ptr() as usize, sql.len())) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(unknown) => unknown.insert(
+                PARAMETER_NAMES[..args.len()]
+                    .iter()
+                    .map(|name| {
+                        statement
+                            .parameter_index(name)?
+                            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.to_string()))
+                    })
+                    .collect::<rusqlite::Result<_>>()?,
+            ),
+        };
+        if indexes.len() != args.len() {
+            return Err(rusqlite::Error::InvalidParameterCount(
+                args.len(),
+                indexes.len(),
+            ));
+        }
+        for (index, arg) in indexes.iter().zip(args) {
+            statement.raw_bind_parameter(*index, arg)?;
+        }
+        Ok(())
+    })?;
     Ok(statement)
 }
 
@@ -408,25 +444,40 @@ mod tests {
                 .await
                 .expect("create");
             // $3 is used before $1 and $2, as in `UPDATE sagas … WHERE id = $4`.
-            // `Exec::execute`, not rusqlite's own `execute`.
-            let inserted = Exec::execute(
-                &mut conn,
-                "INSERT INTO t (c, a, b) VALUES ($3, $1, $2)",
-                args!["first", 2, None::<&str>],
-            )
-            .await
-            .expect("insert");
-            assert_eq!(inserted, 1);
+            // `Exec::execute`, not rusqlite's own `execute`; twice, the second time with the
+            // indexes found the first.
+            for (a, b) in [("first", 2), ("second", 3)] {
+                let inserted = Exec::execute(
+                    &mut conn,
+                    "INSERT INTO t (c, a, b) VALUES ($3, $1, $2)",
+                    args![a, b, None::<&str>],
+                )
+                .await
+                .expect("insert");
+                assert_eq!(inserted, 1);
+            }
             let rows = conn
-                .fetch("SELECT a, b, c IS NULL FROM t", &[])
+                .fetch("SELECT a, b, c IS NULL FROM t ORDER BY b", &[])
                 .await
                 .expect("select");
-            assert_eq!(rows.len(), 1);
-            assert_eq!(rows[0].text(0).expect("a"), "first");
-            assert_eq!(rows[0].int(1).expect("b"), 2);
-            assert_eq!(rows[0].int(2).expect("c is null"), 1);
+            assert_eq!(rows.len(), 2);
+            for (row, (a, b)) in rows.iter().zip([("first", 2), ("second", 3)]) {
+                assert_eq!(row.text(0).expect("a"), a);
+                assert_eq!(row.int(1).expect("b"), b);
+                assert_eq!(row.int(2).expect("c is null"), 1);
+            }
             assert!(rows[0].text(1).is_err(), "an integer is not read as text");
         });
+    }
+
+    #[test]
+    fn sqlite_refuses_an_argument_its_statement_does_not_name() {
+        let conn = rusqlite::Connection::open_in_memory().expect("in-memory SQLite");
+        let refused = sqlite_statement(&conn, "SELECT $1", args![1, 2]).map(drop);
+        assert!(
+            matches!(&refused, Err(rusqlite::Error::InvalidParameterName(name)) if name == "$2"),
+            "{refused:?}"
+        );
     }
 
     #[test]
