@@ -72,16 +72,11 @@ fn route_of<B>(response: &axum::http::Response<B>) -> &str {
 /// Counts a request by route template, method and status, with its duration.
 async fn count_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_string();
+    let method = request.method().clone();
     let response = next.run(request).await;
     let route = route_of(&response);
     tracing::Span::current().record("route", route);
-    metrics::http_request(
-        route,
-        &method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    metrics::http_request(route, method.as_str(), response.status(), started.elapsed());
     response
 }
 

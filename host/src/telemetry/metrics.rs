@@ -8,10 +8,13 @@
 //! keys — never ids, payloads or anything a request chooses freely.
 
 use std::collections::HashMap;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -297,23 +300,75 @@ fn seconds(duration: Duration) -> f64 {
     duration.as_secs_f64()
 }
 
+/// The handles of one metric (or of metrics recorded together), one per set of label values,
+/// registered with the recorder the first time those values come: every later recording is a
+/// map lookup and atomic adds, where the macros build a label set (a `String` per value), sort
+/// it and look it up in the recorder's registry each time. For what every saga, step, call,
+/// request and commit records.
+struct Registered<H>(LazyLock<RwLock<HashMap<Box<str>, H>>>);
+
+impl<H: Clone> Registered<H> {
+    const fn new() -> Self {
+        Registered(LazyLock::new(RwLock::default))
+    }
+
+    /// The handle for these label values, made by `make` the first time they come.
+    fn get(&self, values: &[&str], make: impl FnOnce() -> H) -> H {
+        let mut key = String::with_capacity(values.iter().map(|v| v.len() + 1).sum());
+        for value in values {
+            key.push_str(value);
+            key.push('\0');
+        }
+        let known = self
+            .0
+            .read()
+            .ok()
+            .and_then(|map| map.get(key.as_str()).cloned());
+        if let Some(known) = known {
+            return known;
+        }
+        let made = make();
+        if let Ok(mut map) = self.0.write() {
+            map.entry(key.into_boxed_str())
+                .or_insert_with(|| made.clone());
+        }
+        made
+    }
+}
+
 /// A saga started.
 pub fn saga_started(service: &str, saga: &str) {
-    counter!(SAGAS_STARTED, "service" => service.to_string(), "saga" => saga.to_string())
+    static STARTED: Registered<Counter> = Registered::new();
+    STARTED
+        .get(&[service, saga], || {
+            counter!(SAGAS_STARTED, "service" => service.to_string(), "saga" => saga.to_string())
+        })
         .increment(1);
 }
 
 /// A saga ended with `status`, `took` after it started.
 pub fn saga_ended(service: &str, saga: &str, status: &'static str, took: Duration) {
-    counter!(SAGAS_ENDED, "service" => service.to_string(), "saga" => saga.to_string(), "status" => status)
-        .increment(1);
-    histogram!(SAGA_DURATION, "saga" => saga.to_string()).record(seconds(took));
+    static ENDED: Registered<(Counter, Histogram)> = Registered::new();
+    let (ended, duration) = ENDED.get(&[service, saga, status], || {
+        (
+            counter!(SAGAS_ENDED, "service" => service.to_string(), "saga" => saga.to_string(), "status" => status),
+            histogram!(SAGA_DURATION, "saga" => saga.to_string()),
+        )
+    });
+    ended.increment(1);
+    duration.record(seconds(took));
 }
 
 /// A saga command (a step's or a compensation's) was sent.
 pub fn step_dispatched(topic: &str, inline: bool, compensation: bool) {
+    static DISPATCHED: Registered<Counter> = Registered::new();
     let mode = if inline { "inline" } else { "queued" };
-    counter!(STEP_DISPATCHES, "topic" => topic.to_string(), "mode" => mode).increment(1);
+    DISPATCHED
+        .get(
+            &[topic, mode],
+            || counter!(STEP_DISPATCHES, "topic" => topic.to_string(), "mode" => mode),
+        )
+        .increment(1);
     if compensation {
         counter!(COMPENSATIONS, "topic" => topic.to_string(), "outcome" => "sent").increment(1);
     }
@@ -326,8 +381,15 @@ pub fn step_replied(topic: &str, status: u16, after: Duration) {
         400..=499 => "error",
         _ => "system_error",
     };
-    counter!(STEP_REPLIES, "topic" => topic.to_string(), "class" => class).increment(1);
-    histogram!(STEP_LATENCY, "topic" => topic.to_string()).record(seconds(after));
+    static REPLIED: Registered<(Counter, Histogram)> = Registered::new();
+    let (replies, latency) = REPLIED.get(&[topic, class], || {
+        (
+            counter!(STEP_REPLIES, "topic" => topic.to_string(), "class" => class),
+            histogram!(STEP_LATENCY, "topic" => topic.to_string()),
+        )
+    });
+    replies.increment(1);
+    latency.record(seconds(after));
 }
 
 /// A saga command is to be sent again after a system error.
@@ -360,7 +422,12 @@ pub fn component_call(
     cpu: Duration,
     refused_on: Option<&str>,
 ) {
-    let handles = call_handles(service, export);
+    static CALLS_OF: Registered<CallHandles> = Registered::new();
+    let handles = CALLS_OF.get(&[service, export], || CallHandles {
+        ok: counter!(CALLS, "service" => service.to_string(), "export" => export, "outcome" => "ok"),
+        wall: histogram!(CALL_WALL, "service" => service.to_string(), "export" => export),
+        cpu: histogram!(CALL_CPU, "service" => service.to_string(), "export" => export),
+    });
     if outcome == "ok" {
         handles.ok.increment(1);
     } else {
@@ -378,52 +445,41 @@ pub fn component_call(
     }
 }
 
-/// The handles of one service's export: registered once, so that the hot path of every call is
-/// a map lookup and three atomic adds instead of building and hashing label sets.
+/// The handles every call of one service's export records.
 #[derive(Clone)]
 struct CallHandles {
-    ok: metrics::Counter,
-    wall: metrics::Histogram,
-    cpu: metrics::Histogram,
-}
-
-type CallHandleMap = HashMap<String, HashMap<&'static str, CallHandles>>;
-
-fn call_handles(service: &str, export: &'static str) -> CallHandles {
-    static HANDLES: OnceLock<RwLock<CallHandleMap>> = OnceLock::new();
-    let handles = HANDLES.get_or_init(RwLock::default);
-    let known = handles.read().ok().and_then(|map| {
-        map.get(service)
-            .and_then(|exports| exports.get(export).cloned())
-    });
-    if let Some(known) = known {
-        return known;
-    }
-    let name = service.to_string();
-    let made = CallHandles {
-        ok: counter!(CALLS, "service" => name.clone(), "export" => export, "outcome" => "ok"),
-        wall: histogram!(CALL_WALL, "service" => name.clone(), "export" => export),
-        cpu: histogram!(CALL_CPU, "service" => name.clone(), "export" => export),
-    };
-    if let Ok(mut map) = handles.write() {
-        map.entry(name).or_default().insert(export, made.clone());
-    }
-    made
+    ok: Counter,
+    wall: Histogram,
+    cpu: Histogram,
 }
 
 /// An HTTP request was answered.
-pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
-    let (route, method) = (route.to_string(), method.to_string());
-    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
-        .increment(1);
-    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(seconds(took));
+pub fn http_request(route: &str, method: &str, status: axum::http::StatusCode, took: Duration) {
+    static ANSWERED: Registered<(Counter, Histogram)> = Registered::new();
+    let (requests, duration) = ANSWERED.get(&[route, method, status.as_str()], || {
+        let (route, method) = (route.to_string(), method.to_string());
+        (
+            counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.as_str().to_string()),
+            histogram!(HTTP_DURATION, "route" => route, "method" => method),
+        )
+    });
+    requests.increment(1);
+    duration.record(seconds(took));
 }
 
 /// A group commit of `transactions`, applied the `way` given, took `took`.
 pub fn commit(transactions: usize, way: &'static str, took: Duration) {
-    histogram!(COMMIT_DURATION).record(seconds(took));
-    histogram!(BATCH_TRANSACTIONS).record(transactions as f64);
-    counter!(COMMITS, "way" => way).increment(1);
+    static COMMITTED: Registered<(Histogram, Histogram, Counter)> = Registered::new();
+    let (duration, batch, commits) = COMMITTED.get(&[way], || {
+        (
+            histogram!(COMMIT_DURATION),
+            histogram!(BATCH_TRANSACTIONS),
+            counter!(COMMITS, "way" => way),
+        )
+    });
+    duration.record(seconds(took));
+    batch.record(transactions as f64);
+    commits.increment(1);
 }
 
 /// SQLite's checkpointer copied the WAL into the database file.
@@ -433,7 +489,9 @@ pub fn checkpoint(took: Duration) {
 
 /// The services' aggregates were read from the database (`kind`: get, find).
 pub fn storage_read(kind: &'static str) {
-    counter!(READS, "kind" => kind).increment(1);
+    static READ: Registered<Counter> = Registered::new();
+    READ.get(&[kind], || counter!(READS, "kind" => kind))
+        .increment(1);
 }
 
 /// Storage refused a transaction (`kind`: conflict, saga_changed, overwritten, duplicate).
