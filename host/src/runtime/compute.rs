@@ -259,20 +259,24 @@ impl Drop for LongCall<'_> {
     }
 }
 
-/// A long call in the pool, its threads' CPU clocks read around each poll.
+/// A long call in the pool, its threads' CPU clocks read around each poll, within the span it
+/// was moved from (so that what it logs there says whose call it is).
 struct Metered<F> {
     call: Pin<Box<F>>,
     meter: Arc<Meter>,
+    span: tracing::Span,
 }
 
 impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        let _within = this.span.enter();
         let started = thread_cpu_ns();
-        let polled = self.call.as_mut().poll(cx);
+        let polled = this.call.as_mut().poll(cx);
         let used = thread_cpu_ns().saturating_sub(started);
-        self.meter.pooled_ns.fetch_add(used, Ordering::Relaxed);
+        this.meter.pooled_ns.fetch_add(used, Ordering::Relaxed);
         polled
     }
 }
@@ -326,6 +330,7 @@ impl Pool {
         let task = self.runtime().spawn(Metered {
             call,
             meter: meter.clone(),
+            span: tracing::Span::current(),
         });
         // Whoever waits for the call gives up (a request timeout): so does the pool.
         let _abort = AbortOnDrop(task.abort_handle());

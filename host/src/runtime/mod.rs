@@ -562,8 +562,7 @@ impl Runtime {
             let returned =
                 tokio::time::timeout(wall_time, run_call(&mut store, &owned, call)).await;
             (returned, store)
-        }
-        .in_current_span();
+        };
         let (returned, store) = self.long_calls.run(run, &meter).await;
         let result = match returned {
             // A call refused on a limit fails as a whole, whatever it did with the refusal.
