@@ -18,7 +18,7 @@ done
 command -v valgrind >/dev/null || { echo "valgrind is missing (apt-get install valgrind)" >&2; exit 1; }
 data=$(mktemp -d); out="$data/callgrind.out"
 mkdir "$data/components" && cp "$wasm/guest_exam.wasm" "$wasm/guest_attempt.wasm" "$data/components/"
-RUST_LOG=warn SAGA_HOST_PERFMAP=1 setsid valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+env -u RUST_LOG SAGA_HOST_PERFMAP=1 setsid valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
   "$host" serve --listen 127.0.0.1:0 --data "$data" --components "$data/components" >"$data/log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT

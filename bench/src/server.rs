@@ -75,9 +75,11 @@ impl Server {
             .arg("--components")
             .arg(&components_dir)
             .args(extra_args)
-            .env("RUST_LOG", "warn")
+            // The default log filter, as `make run` has it; the log goes to a file, which a
+            // host that does not start is reported with.
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(data.join("host.log"))?)
             .spawn()
             .with_context(|| format!("start {}", binary.display()))?;
         let stdout = child.stdout.take().context("stdout is piped")?;
@@ -94,9 +96,24 @@ impl Server {
                 }
             }
         });
-        let addr = listening
-            .recv_timeout(Duration::from_secs(120))
-            .context("the host did not start within 120 s")?;
+        let addr = match listening.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(waited) => {
+                // Its output closed: it is ending. Otherwise it is stopped here.
+                if waited == mpsc::RecvTimeoutError::Timeout {
+                    let _ = child.kill();
+                }
+                let ended = match child.wait() {
+                    Ok(status) if waited == mpsc::RecvTimeoutError::Disconnected => {
+                        format!("exited ({status}) before it listened")
+                    }
+                    _ => "did not listen within 120 s".to_string(),
+                };
+                let log = std::fs::read_to_string(data.join("host.log")).unwrap_or_default();
+                let _ = std::fs::remove_dir_all(&data);
+                bail!("{} {ended}; its log:\n{log}", binary.display());
+            }
+        };
         Ok(Server { child, addr, data })
     }
 
