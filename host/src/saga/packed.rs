@@ -6,7 +6,7 @@
 //! as a tag byte and a zstd frame compressed with a dictionary of the engine's own words (the
 //! keys and values every saga's state and history repeat) and of entropy tables made for
 //! records. The dictionary takes what generic compression cannot: a `POST /exams` saga's 1,545
-//! bytes of text are stored in 375, where zstd alone leaves about 650 and the words without the
+//! bytes of text are stored in 373, where zstd alone leaves about 650 and the words without the
 //! tables 445; what remains is mostly the services' own data (uuids, timestamps). Packing one
 //! costs about 4 µs.
 //!
@@ -37,9 +37,9 @@ const DICTIONARY_1: &[u8] = include_bytes!("dictionary/words-1.txt");
 /// them, which takes about 40% off packing one and 70 bytes off a `POST /exams` record.
 const DICTIONARY_2: &[u8] = include_bytes!("dictionary/2.zdict");
 
-/// zstd's level: 3, its default, which the tables of `DICTIONARY_2` were made for. With it,
-/// levels 1 and 2 packed a `POST /exams` record in about 10% less time and left 393 and 403
-/// bytes of it, where 3 leaves 374 (`ops/record-dictionary`'s samples).
+/// zstd's level: 3, its default, which the tables of `DICTIONARY_2` were made for. With them,
+/// levels 1 and 2 packed a `POST /exams` record in about 10% less time and left 392 and 401
+/// bytes of its frame, where 3 leaves 372.
 const LEVEL: i32 = 3;
 
 static ENCODER: LazyLock<EncoderDictionary<'static>> =
