@@ -312,8 +312,12 @@ impl<H: Clone> Registered<H> {
         Registered(LazyLock::new(RwLock::default))
     }
 
-    /// The handle for these label values, made by `make` the first time they come.
+    /// The handle for these label values, made by `make` the first time they come. Before the
+    /// recorder is installed `make` gives handles that record nothing: those are not kept.
     fn get(&self, values: &[&str], make: impl FnOnce() -> H) -> H {
+        if RECORDER.get().is_none() {
+            return make();
+        }
         let mut key = String::with_capacity(values.iter().map(|v| v.len() + 1).sum());
         for value in values {
             key.push_str(value);
